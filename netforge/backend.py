@@ -1,0 +1,78 @@
+"""Device choice and the array module (numpy on CPU, CuPy on GPU).
+
+The choice is made once per process (``set_mode_cpu``/``set_mode_gpu``) — the one piece of
+global state netforge keeps, as pycaffe does. Everything else receives ``xp`` explicitly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from netforge.errors import DeviceError
+
+_mode = "cpu"
+_device_id = 0
+
+
+def set_mode_cpu() -> None:
+    global _mode
+    _mode = "cpu"
+
+
+def set_mode_gpu() -> None:
+    global _mode
+    _require_gpu(_device_id)
+    _mode = "gpu"
+
+
+def set_device(device_id: int) -> None:
+    global _device_id
+    _device_id = int(device_id)
+    if _mode == "gpu":
+        _require_gpu(_device_id)
+
+
+def mode() -> str:
+    return _mode
+
+
+def array_module():
+    """numpy, or cupy when the GPU mode is on."""
+    if _mode == "gpu":
+        import cupy
+
+        cupy.cuda.Device(_device_id).use()
+        return cupy
+    return np
+
+
+def _require_gpu(device_id: int) -> None:
+    try:
+        import cupy
+    except ImportError as exc:
+        raise DeviceError(
+            "a GPU was requested but CuPy is not installed "
+            "(install the GPU extra: pip install 'netforge[gpu]'), or use --gpu -1 for CPU"
+        ) from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDA driver missing or broken
+        raise DeviceError(f"a GPU was requested but CUDA is not usable: {exc}") from exc
+    if not 0 <= device_id < count:
+        raise DeviceError(f"GPU {device_id} was requested but this machine has {count} GPU(s)")
+
+
+def gpu_available() -> bool:
+    try:
+        _require_gpu(0)
+    except DeviceError:
+        return False
+    return True
+
+
+def to_host(array) -> np.ndarray:
+    """A numpy array for either kind of input (copies from the device when needed)."""
+    if isinstance(array, np.ndarray):
+        return array
+    get = getattr(array, "get", None)
+    return get() if get is not None else np.asarray(array)

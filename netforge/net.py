@@ -1,0 +1,202 @@
+"""Net: runs a compiled plan forward and backward; pycaffe-shaped API.
+
+    net = Net("deploy.prototxt", phase="test", weights="w.caffemodel")
+    out = net.forward(data=batch)       # output blob name -> array
+    net.blobs["conv1"].data; net.params["conv1"][0].data
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from netforge import backend, config, weights
+from netforge import netforge_pb2 as pb
+from netforge.errors import ConfigError, ShapeError
+from netforge.graph import Plan, compile_net
+from netforge.layers.base import LayerContext
+
+log = logging.getLogger("netforge")
+
+
+class Net:
+    """A network built from a prototxt (path or NetParameter) for one phase.
+
+    Args:
+        net: path of a net prototxt, or a NetParameter.
+        phase: "train" or "test" (case-insensitive).
+        weights: optional .caffemodel / .caffemodel.h5 to copy weights from (by layer name).
+        level, stages: NetState level and stages used to filter layers.
+        dtype: float32 (default) or float64 (gradient checks).
+        seed: seeds the generator that fills weights and drives Dropout/data augmentation.
+    """
+
+    def __init__(self, net, phase: str = "test", weights: str | None = None, level: int = 0,
+                 stages=(), *, dtype=np.float32, seed: int | None = None,
+                 rng: np.random.Generator | None = None, base_dirs=()):
+        phase = phase.upper()
+        if isinstance(net, (str, Path)):
+            source = str(net)
+            param = config.load_net_param(net)
+            base_dirs = (Path(net).resolve().parent, *base_dirs)
+        else:
+            source = net.name or "net"
+            param = pb.NetParameter()
+            param.CopyFrom(net)
+            config.upgrade_net(param, source)
+        state = config.make_state(phase, level, stages)
+        # Caffe: the requested phase wins; level and stages from the file are merged in.
+        merged = pb.NetState()
+        merged.CopyFrom(param.state)
+        merged.MergeFrom(state)
+        merged.phase = state.phase
+        filtered = config.filter_net(param, merged, source)
+        self.source = source
+        self.rng = rng if rng is not None else np.random.default_rng(seed)
+        self.ctx = LayerContext(phase, np.dtype(dtype), backend.array_module(), self.rng,
+                                tuple(Path(b) for b in base_dirs))
+        log.info("Initializing net from parameters (%s, phase %s)", source, phase)
+        self.plan: Plan = compile_net(filtered, self.ctx)
+        self.phase = phase
+        self.param = filtered
+        self._steps = self.plan.steps
+        self._loss_tops = self.plan.loss_tops
+        if weights:
+            for path in str(weights).split(","):
+                self.copy_from(path)
+
+    # -- pycaffe-shaped views --------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def blobs(self) -> OrderedDict:
+        return self.plan.blobs
+
+    @property
+    def params(self) -> OrderedDict:
+        return self.plan.layer_params
+
+    @property
+    def layers(self) -> list:
+        return [s.layer for s in self._steps]
+
+    @property
+    def layer_dict(self) -> OrderedDict:
+        return OrderedDict((s.layer.name, s.layer) for s in self._steps)
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.plan.inputs)
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self.plan.outputs)
+
+    @property
+    def learnable_params(self):
+        return self.plan.learnable
+
+    # -- running ---------------------------------------------------------------------------
+    def _index(self, layer_name: str | None, default: int) -> int:
+        if layer_name is None:
+            return default
+        for i, step in enumerate(self._steps):
+            if step.layer.name == layer_name:
+                return i
+        raise ConfigError(f'no layer named "{layer_name}" in net "{self.name}"')
+
+    def forward(self, blobs=None, start: str | None = None, end: str | None = None,
+                **inputs) -> dict:
+        """Run layers start..end; inputs are copied into the input blobs first.
+
+        Returns output blob name (or the tops of ``end``) -> array (a view into the net).
+        """
+        for name, value in inputs.items():
+            self.set_input(name, value)
+        first = self._index(start, 0)
+        last = self._index(end, len(self._steps) - 1)
+        self.forward_range(first, last)
+        names = self._steps[last].top_names if end is not None else self.plan.outputs
+        names = list(names) + list(blobs or [])
+        return {name: self.blobs[name].data for name in names}
+
+    def set_input(self, name: str, value) -> None:
+        if name not in self.blobs:
+            raise ConfigError(f'no blob named "{name}" in net "{self.name}"')
+        blob = self.blobs[name]
+        value = np.asarray(backend.to_host(value))
+        if value.shape != blob.shape:
+            raise ShapeError(
+                f'input "{name}" has shape {value.shape} but the net expects {blob.shape} '
+                "(call net.reshape after changing the Input layer's shape)"
+            )
+        blob.data[...] = self.ctx.xp.asarray(value)
+
+    def forward_range(self, first: int, last: int) -> float:
+        """Forward layers first..last (inclusive); returns the weighted loss of those tops."""
+        for step in self._steps[first : last + 1]:
+            step.layer.forward(step.bottoms, step.tops)
+        return self.loss()
+
+    def loss(self) -> float:
+        total = 0.0
+        for top, w in self._loss_tops:
+            total += w * float(top.data.sum())
+        return total
+
+    def backward(self) -> None:
+        """Backpropagate from every weighted top, down to the first layer."""
+        for top, w in self._loss_tops:
+            top.diff.fill(w)
+        for step in reversed(self._steps):
+            if step.need_backward:
+                step.layer.backward(step.tops, step.propagate_down, step.bottoms)
+
+    def forward_backward(self) -> float:
+        loss = self.forward_range(0, len(self._steps) - 1)
+        self.backward()
+        return loss
+
+    def clear_param_diffs(self) -> None:
+        for p in self.plan.learnable:
+            p.blob.diff.fill(0)
+
+    # -- weights ---------------------------------------------------------------------------
+    def copy_from(self, path) -> None:
+        """Copy weights by layer name from a .caffemodel / .caffemodel.h5 file."""
+        weights.copy_into(self, path)
+
+    def save(self, path) -> None:
+        weights.save_caffemodel(self, path)
+
+    def save_hdf5(self, path) -> None:
+        weights.save_hdf5(self, path)
+
+    def to_proto(self, write_diff: bool = False) -> pb.NetParameter:
+        return weights.net_to_proto(self, write_diff)
+
+    def share_trained_layers(self, other: Net) -> None:
+        """Point this net's params at ``other``'s, by layer name (test nets share the train
+        net's weights, BatchNorm statistics included, without copying)."""
+        for name, mine in self.params.items():
+            theirs = other.params.get(name)
+            if theirs is None:
+                continue
+            for k, blob in enumerate(mine):
+                if blob.shape != theirs[k].shape:
+                    raise ShapeError(
+                        f'layer "{name}" param {k}: shape {blob.shape} here but '
+                        f"{theirs[k].shape} in the train net"
+                    )
+                blob.data = theirs[k].data
+
+    def close(self) -> None:
+        for step in self._steps:
+            close = getattr(step.layer, "close", None)
+            if close is not None:
+                close()

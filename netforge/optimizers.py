@@ -1,0 +1,204 @@
+"""Caffe's update rules, keyed by the solver's ``type``.
+
+Per parameter, in Caffe's order: normalize (÷ iter_size) → regularize (L2/L1 with decay_mult)
+→ compute the update value into ``diff`` → ``data -= diff``. Gradient clipping runs before,
+on all parameters together. Every buffer is allocated once, when the rule is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from netforge.errors import ConfigError
+
+log = logging.getLogger("netforge")
+
+
+class UpdateRule:
+    """Base: owns the history blobs (``history``: one list of arrays per history slot)."""
+
+    slots = 1  # history arrays per parameter (Caffe stores all of slot 0, then slot 1)
+
+    def __init__(self, solver_param, params):
+        self.sp = solver_param
+        self.params = params
+        xp = params[0].blob.xp if params else None
+        self.history = [[xp.zeros_like(p.blob.data) for p in params] for _ in range(self.slots)]
+        self.temp = [xp.zeros_like(p.blob.data) for p in params]
+        self._check()
+
+    def _check(self) -> None:
+        pass
+
+    def apply(self, rate: float, iteration: int) -> None:
+        self.clip_gradients()
+        for i, p in enumerate(self.params):
+            if p.lr_mult == 0:
+                continue
+            self.normalize(p)
+            self.regularize(i, p)
+            self.compute_update(i, p, rate * p.lr_mult, iteration)
+            p.blob.data -= p.blob.diff
+
+    def clip_gradients(self) -> None:
+        threshold = self.sp.clip_gradients
+        if threshold < 0:
+            return
+        sumsq = sum(float((p.blob.diff * p.blob.diff).sum()) for p in self.params if p.lr_mult)
+        norm = math.sqrt(sumsq)
+        if norm > threshold:
+            factor = threshold / norm
+            log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale "
+                     "factor %g", norm, threshold, factor)
+            for p in self.params:
+                if p.lr_mult:
+                    p.blob.diff *= factor
+
+    def normalize(self, p) -> None:
+        if self.sp.iter_size > 1:
+            p.blob.diff *= 1.0 / self.sp.iter_size
+
+    def regularize(self, i: int, p) -> None:
+        decay = self.sp.weight_decay * p.decay_mult
+        if not decay:
+            return
+        kind = self.sp.regularization_type
+        if kind == "L2":
+            p.blob.diff += decay * p.blob.data  # small temp; avoided below where it matters
+        elif kind == "L1":
+            xp = p.blob.xp
+            xp.sign(p.blob.data, out=self.temp[i])
+            self.temp[i] *= decay
+            p.blob.diff += self.temp[i]
+        else:
+            raise ConfigError(f'unknown regularization_type "{kind}" (use "L2" or "L1")')
+
+    def compute_update(self, i: int, p, local_rate: float, iteration: int) -> None:
+        raise NotImplementedError
+
+
+class SGD(UpdateRule):
+    """v = momentum·v + lr·g; diff = v (the rate lives inside the momentum buffer)."""
+
+    def regularize(self, i, p):
+        decay = self.sp.weight_decay * p.decay_mult
+        if decay and self.sp.regularization_type == "L2":
+            xp = p.blob.xp
+            xp.multiply(p.blob.data, decay, out=self.temp[i])
+            p.blob.diff += self.temp[i]
+        else:
+            super().regularize(i, p)
+
+    def compute_update(self, i, p, local_rate, iteration):
+        v = self.history[0][i]
+        v *= self.sp.momentum
+        self.temp[i][...] = p.blob.diff
+        self.temp[i] *= local_rate
+        v += self.temp[i]
+        p.blob.diff[...] = v
+
+
+class Nesterov(SGD):
+    """v' = momentum·v + lr·g; diff = (1+momentum)·v' − momentum·v."""
+
+    def compute_update(self, i, p, local_rate, iteration):
+        v, prev, m = self.history[0][i], self.temp[i], self.sp.momentum
+        prev[...] = v
+        v *= m
+        v += local_rate * p.blob.diff
+        p.blob.diff[...] = (1 + m) * v
+        p.blob.diff -= m * prev
+
+
+class AdaGrad(SGD):
+    """h += g²; diff = lr·g / (√h + delta)."""
+
+    def _check(self):
+        if self.sp.momentum != 0:
+            raise ConfigError("AdaGrad does not use momentum; set momentum: 0")
+
+    def compute_update(self, i, p, local_rate, iteration):
+        xp, h, t, g = p.blob.xp, self.history[0][i], self.temp[i], p.blob.diff
+        xp.multiply(g, g, out=t)
+        h += t
+        xp.sqrt(h, out=t)
+        t += self.sp.delta
+        xp.divide(g, t, out=g)
+        g *= local_rate
+
+
+class RMSProp(SGD):
+    """h = d·h + (1−d)·g²; diff = lr·g / (√h + delta)."""
+
+    def _check(self):
+        if self.sp.momentum != 0:
+            raise ConfigError("RMSProp does not use momentum; set momentum: 0")
+        if not 0 <= self.sp.rms_decay < 1:
+            raise ConfigError(f"rms_decay must be in [0, 1), got {self.sp.rms_decay}")
+
+    def compute_update(self, i, p, local_rate, iteration):
+        xp, h, t, g, d = p.blob.xp, self.history[0][i], self.temp[i], p.blob.diff, self.sp.rms_decay
+        xp.multiply(g, g, out=t)
+        t *= 1 - d
+        h *= d
+        h += t
+        xp.sqrt(h, out=t)
+        t += self.sp.delta
+        xp.divide(g, t, out=g)
+        g *= local_rate
+
+
+class AdaDelta(SGD):
+    """h = m·h + (1−m)g²; u = g·√((h2+δ)/(h+δ)); h2 = m·h2 + (1−m)u²; diff = lr·u."""
+
+    slots = 2
+
+    def compute_update(self, i, p, local_rate, iteration):
+        xp, g, t, m, delta = p.blob.xp, p.blob.diff, self.temp[i], self.sp.momentum, self.sp.delta
+        h, h2 = self.history[0][i], self.history[1][i]
+        xp.multiply(g, g, out=t)
+        h *= m
+        h += (1 - m) * t
+        xp.add(h2, delta, out=t)
+        t /= h + delta
+        xp.sqrt(t, out=t)
+        g *= t
+        xp.multiply(g, g, out=t)
+        h2 *= m
+        h2 += (1 - m) * t
+        g *= local_rate
+
+
+class Adam(SGD):
+    """m, v moments; diff = lr·√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + delta), t = iteration + 1."""
+
+    slots = 2
+
+    def compute_update(self, i, p, local_rate, iteration):
+        xp, g, t = p.blob.xp, p.blob.diff, self.temp[i]
+        b1, b2 = self.sp.momentum, self.sp.momentum2
+        m, v = self.history[0][i], self.history[1][i]
+        step = iteration + 1
+        correction = math.sqrt(1 - b2**step) / (1 - b1**step)
+        m *= b1
+        m += (1 - b1) * g
+        xp.multiply(g, g, out=t)
+        t *= 1 - b2
+        v *= b2
+        v += t
+        xp.sqrt(v, out=t)
+        t += self.sp.delta
+        xp.divide(m, t, out=g)
+        g *= local_rate * correction
+
+
+RULES = {"SGD": SGD, "Nesterov": Nesterov, "AdaGrad": AdaGrad, "RMSProp": RMSProp,
+         "AdaDelta": AdaDelta, "Adam": Adam}
+
+
+def make_update_rule(solver_param, params) -> UpdateRule:
+    kind = solver_param.type
+    if kind not in RULES:
+        raise ConfigError(f'unknown solver type "{kind}"; known types: {", ".join(RULES)}')
+    return RULES[kind](solver_param, params)
