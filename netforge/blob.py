@@ -75,4 +75,5 @@ class Blob:
 def shape_string(shape) -> str:
     """Caffe's log form: ``64 20 24 24 (737280)``."""
     dims = " ".join(str(int(d)) for d in shape)
-    return f"{dims} ({prod(int(d) for d in shape)})"
+    count = prod(int(d) for d in shape)
+    return f"{dims} ({count})" if dims else f"({count})"

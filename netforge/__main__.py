@@ -1,0 +1,3 @@
+from netforge.cli import main
+
+main()

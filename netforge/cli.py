@@ -1,0 +1,204 @@
+"""The ``netforge`` command line (click). Flags in, library calls out; no logic here.
+
+Bad input ends with one line ``netforge: error: ...`` and exit code 2; a failed run with 1.
+``--debug`` or ``NETFORGE_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+import click
+
+from netforge import __version__
+from netforge.errors import ConfigError, DeviceError, NetforgeError
+
+_DEBUG = {"on": os.environ.get("NETFORGE_DEBUG", "") not in ("", "0")}
+
+
+def main(argv=None) -> None:
+    """Console entry point: runs the click group and maps errors to exit codes."""
+    try:
+        cli.main(args=argv, prog_name="netforge", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("netforge: interrupted", err=True)
+        sys.exit(1)
+    except NetforgeError as exc:
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        click.echo(f"netforge: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("netforge: interrupted", err=True)
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="netforge")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors in the log.")
+def cli(debug: bool, quiet: bool) -> None:
+    """Caffe-compatible nets and solvers, trained from the command line."""
+    from netforge import logs
+
+    _DEBUG["on"] = _DEBUG["on"] or debug
+    logs.configure(logging.WARNING if quiet else logging.INFO)
+
+
+def _select_device(gpu: str | None, solver_param=None) -> None:
+    """--gpu -1 = CPU, an id = that GPU; unset: the solver's explicit solver_mode decides."""
+    from netforge import backend
+
+    if gpu is None and solver_param is not None and solver_param.HasField("solver_mode") and (
+        solver_param.solver_mode == solver_param.GPU
+    ):
+        gpu = str(solver_param.device_id)
+    if gpu is None or gpu.strip() == "-1":
+        backend.set_mode_cpu()
+        return
+    if gpu == "all" or "," in gpu:
+        raise DeviceError("multi-GPU training (--gpu all or a list) is not supported yet; "
+                          "give one device id")
+    try:
+        device = int(gpu)
+    except ValueError:
+        raise ConfigError(f'--gpu must be -1, a device id or "all", got "{gpu}"') from None
+    backend.set_device(device)
+    backend.set_mode_gpu()
+
+
+# -- convert ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.argument("dest", type=click.Path())
+@click.option("--backend", type=click.Choice(["lmdb", "hdf5"]), default="lmdb", show_default=True)
+@click.option("--list", "list_file", type=click.Path(exists=True, dir_okay=False),
+              help="Caffe list file (`relpath label` a line) of images under SOURCE.")
+@click.option("--resize-height", type=int, default=0, show_default=True, help="0 keeps the size.")
+@click.option("--resize-width", type=int, default=0, show_default=True, help="0 keeps the size.")
+@click.option("--gray", is_flag=True, help="Store one grey channel.")
+@click.option("--shuffle/--no-shuffle", default=True, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Shuffle/split seed.")
+@click.option("--encoded", is_flag=True, help="Store the compressed image bytes.")
+@click.option("--encode-type", type=click.Choice(["png", "jpg"]), default=None,
+              help="Re-encode stored images as png or jpg (implies --encoded).")
+@click.option("--check-size", is_flag=True, help="Require every image to have the same size.")
+@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
+              help="Hold out this fraction per class: writes DEST/train and DEST/val.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing DEST.")
+def convert(source, dest, backend, list_file, resize_height, resize_width, gray, shuffle, seed,
+            encoded, encode_type, check_size, val_fraction, overwrite):
+    """Convert class folders (or a Caffe list file) of images into an LMDB/HDF5 dataset."""
+    from netforge.data.convert import convert_images
+
+    summary = convert_images(
+        source, dest, list_file=list_file, backend=backend,
+        resize=(resize_height, resize_width), gray=gray, shuffle=shuffle, seed=seed,
+        encoded=encoded or bool(encode_type), encode_type=encode_type or "png",
+        check_size=check_size, val_fraction=val_fraction, overwrite=overwrite,
+        progress=_make_bar_callback("converting"),
+    )
+    click.echo(str(summary))
+
+
+def _make_bar_callback(label: str):
+    """A callback(done, total) that draws a bar on a terminal (created on the first call)."""
+    if not sys.stderr.isatty():
+        return None
+    state = {"bar": None, "done": 0}
+
+    def update(done, total):
+        if state["bar"] is None:
+            state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr)
+            state["bar"].__enter__()
+        state["bar"].update(done - state["done"])
+        state["done"] = done
+        if done >= total:
+            state["bar"].__exit__(None, None, None)
+
+    return update
+
+
+# -- train -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--solver", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Solver prototxt.")
+@click.option("--weights", default=None,
+              help="Pretrained weights to finetune from: W1[,W2...] copied in order by layer name.")
+@click.option("--snapshot", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A .solverstate to resume from.")
+@click.option("--gpu", default=None, help="-1 for CPU, a device id, or all.")
+@click.option("--sigint-effect", type=click.Choice(["stop", "snapshot", "none"]), default="stop",
+              show_default=True, help="What Ctrl-C does.")
+@click.option("--sighup-effect", type=click.Choice(["stop", "snapshot", "none"]),
+              default="snapshot", show_default=True, help="What SIGHUP does.")
+@click.option("--level", type=int, default=0, show_default=True, help="NetState level.")
+@click.option("--stage", default="", help="Comma-separated NetState stages.")
+def train(solver, weights, snapshot, gpu, sigint_effect, sighup_effect, level, stage):
+    """Train the net of a solver file (with testing and snapshots)."""
+    from netforge import config
+    from netforge.solver import SignalRequests, Solver
+
+    if weights and snapshot:
+        raise ConfigError("give either --weights (finetune) or --snapshot (resume), not both")
+    solver_param = config.load_solver_param(solver)
+    _select_device(gpu, solver_param)
+    signals = SignalRequests(sigint_effect, sighup_effect)
+    trainer = Solver(solver, level=level, stages=[s for s in stage.split(",") if s],
+                     signals=signals)
+    try:
+        weight_list = weights.split(",") if weights else list(solver_param.weights)
+        if snapshot is None:
+            for path in (w for item in weight_list for w in item.split(",") if w):
+                logging.getLogger("netforge").info("Finetuning from %s", path)
+                trainer.net.copy_from(path)
+        signals.install()
+        trainer.solve(resume_file=snapshot)
+    finally:
+        signals.uninstall()
+        trainer.close()
+    if trainer.stop_requested:
+        sys.exit(0 if (solver_param.snapshot_after_train or sigint_effect == "snapshot") else 1)
+
+
+# -- test ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Net prototxt (its TEST phase is used).")
+@click.option("--weights", required=True, help="Trained weights (.caffemodel or .h5).")
+@click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--gpu", default=None, help="-1 for CPU or a device id.")
+@click.option("--level", type=int, default=0, show_default=True)
+@click.option("--stage", default="", help="Comma-separated NetState stages.")
+def test(model, weights, iterations, gpu, level, stage):
+    """Score a trained model: mean of each net output over N batches."""
+    from netforge.evaluate import run_test
+    from netforge.net import Net
+
+    _select_device(gpu)
+    net = Net(model, "test", weights=weights, level=level,
+              stages=[s for s in stage.split(",") if s])
+    try:
+        means = run_test(net, iterations, progress=_make_bar_callback("testing"))
+    finally:
+        net.close()
+    for name, value in means.items():
+        click.echo(f"{name} = {value:.6g}" if isinstance(value, float) else f"{name} = {value}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

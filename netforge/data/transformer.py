@@ -1,0 +1,126 @@
+"""Caffe's TransformationParameter applied to one (C, H, W) image: crop, mirror, mean, scale.
+
+Per element: ``out = (pixel - mean) * scale``. The crop is random in TRAIN and centred in
+TEST; with ``mirror`` each image is flipped horizontally with probability 0.5 in both
+phases. A mean image is indexed at the crop offset, so it must have the stored image size.
+Random draws per image, in Caffe's order: mirror, then crop row offset, then column offset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from netforge.errors import DataError
+
+
+class Transformer:
+    """Preprocesses images into preallocated float outputs.
+
+    ``mean``: None, a list of per-channel values (one value applies to all channels), or a
+    (C, H, W) mean image (from a mean file). ``rng`` is a numpy Generator (only used when
+    ``mirror`` is on or when cropping in TRAIN); ``apply`` may be given another one per call.
+    """
+
+    def __init__(
+        self,
+        *,
+        scale: float = 1.0,
+        mean=None,
+        crop_size: int = 0,
+        mirror: bool = False,
+        train: bool = True,
+        rng: np.random.Generator | None = None,
+    ):
+        self.scale = float(scale)
+        self.crop_size = int(crop_size)
+        self.mirror = bool(mirror)
+        self.train = bool(train)
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.mean_image: np.ndarray | None = None
+        self.mean_values: np.ndarray | None = None
+        if mean is not None:
+            mean_array = np.asarray(mean, dtype=np.float32)
+            if mean_array.ndim == 4 and mean_array.shape[0] == 1:
+                mean_array = mean_array[0]
+            if mean_array.ndim == 3:
+                self.mean_image = np.ascontiguousarray(mean_array)
+            elif mean_array.ndim <= 1 and mean_array.size:
+                self.mean_values = mean_array.reshape(-1)
+            elif mean_array.size:
+                raise DataError(
+                    f"mean must be per-channel values or a C×H×W image, got shape "
+                    f"{mean_array.shape}"
+                )
+        self._mean_cache: dict[int, np.ndarray] = {}
+
+    def output_shape(self, datum_shape) -> tuple[int, int, int]:
+        """(C, h, w) of the transformed image for a stored image of (C, H, W).
+
+        Raises DataError when the mean or the crop does not fit the image.
+        """
+        channels, height, width = (int(d) for d in datum_shape)
+        if self.mean_image is not None and self.mean_image.shape != (channels, height, width):
+            raise DataError(
+                f"mean file has size {'×'.join(map(str, self.mean_image.shape))} but the images "
+                f"are {channels}×{height}×{width}; the mean must have the stored image size"
+            )
+        if self.mean_values is not None and self.mean_values.size not in (1, channels):
+            raise DataError(
+                f"{self.mean_values.size} mean values given for {channels}-channel images; "
+                f"give one value or one per channel"
+            )
+        if self.crop_size:
+            if self.crop_size > height or self.crop_size > width:
+                raise DataError(
+                    f"crop_size {self.crop_size} is larger than the images ({height}×{width})"
+                )
+            return channels, self.crop_size, self.crop_size
+        return channels, height, width
+
+    def _values_for(self, channels: int) -> np.ndarray:
+        cached = self._mean_cache.get(channels)
+        if cached is None:
+            values = self.mean_values
+            if values.size == 1:
+                values = np.broadcast_to(values, (channels,))
+            cached = np.ascontiguousarray(values, dtype=np.float32).reshape(channels, 1, 1)
+            self._mean_cache[channels] = cached
+        return cached
+
+    def offsets(self, height: int, width: int, rng: np.random.Generator | None = None):
+        """``(h_off, w_off, mirror)`` for one image, drawing from ``rng`` as Caffe does."""
+        rng = rng if rng is not None else self.rng
+        do_mirror = bool(rng.integers(0, 2)) if self.mirror else False
+        h_off = w_off = 0
+        if self.crop_size:
+            if self.train:
+                h_off = int(rng.integers(0, height - self.crop_size + 1))
+                w_off = int(rng.integers(0, width - self.crop_size + 1))
+            else:
+                h_off = (height - self.crop_size) // 2
+                w_off = (width - self.crop_size) // 2
+        return h_off, w_off, do_mirror
+
+    def apply(self, chw: np.ndarray, out: np.ndarray, *, rng=None) -> None:
+        """Transform ``chw`` (C, H, W) into ``out`` (C, h, w), a float view of the batch."""
+        channels, height, width = chw.shape
+        _, out_h, out_w = out.shape
+        h_off, w_off, do_mirror = self.offsets(height, width, rng)
+        src = chw[:, h_off : h_off + out_h, w_off : w_off + out_w]
+        # Mirroring writes through a reversed view of out: the mean stays at source positions.
+        dst = out[:, :, ::-1] if do_mirror else out
+        if self.mean_image is not None:
+            mean = self.mean_image[:, h_off : h_off + out_h, w_off : w_off + out_w]
+            np.subtract(src, mean, out=dst, casting="unsafe")
+        elif self.mean_values is not None:
+            np.subtract(src, self._values_for(channels), out=dst, casting="unsafe")
+        else:
+            np.copyto(dst, src, casting="unsafe")
+        if self.scale != 1.0:
+            out *= out.dtype.type(self.scale)
+
+    def __call__(self, chw: np.ndarray, *, rng=None) -> np.ndarray:
+        """Transform one image into a new float32 array."""
+        out = np.empty(self.output_shape(chw.shape), dtype=np.float32)
+        self.apply(chw, out, rng=rng)
+        return out

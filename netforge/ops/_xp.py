@@ -1,0 +1,63 @@
+"""Array-module plumbing shared by every kernel in ``netforge.ops``.
+
+- ``get_array_module(*arrays)``: ``cupy`` if any argument is a CuPy array, else ``numpy``.
+- ``allocate(spec, xp)``: turn a ``*_workspace_shapes`` dict into arrays (once, at reshape time).
+- ``view_as(a, shape)``: a reshape that refuses to copy.
+
+Workspace convention (all of ``netforge.ops``): a kernel that needs scratch memory takes
+``ws``, a dict of caller-owned arrays built by ``allocate(<op>_workspace_shapes(...))``.
+The spec maps a name to ``(shape, dtype)``. A kernel never assumes anything about a
+workspace's contents on entry, so one workspace dict may be shared by several layers that do
+not run concurrently (the exception, ``conv_backward(reuse_col=True)``, says so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+import numpy
+
+Array = Any  # numpy.ndarray or cupy.ndarray; kept loose so that cupy stays optional
+WorkspaceSpec = dict[str, tuple[tuple[int, ...], numpy.dtype]]
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
+    """Return ``cupy`` if any argument is a CuPy ndarray, otherwise ``numpy``.
+
+    CuPy is imported only when a CuPy array is actually seen, so CPU-only installs never pay
+    for (or fail on) the import.
+    """
+    for a in arrays:
+        if type(a).__module__.startswith("cupy"):
+            import cupy
+
+            if isinstance(a, cupy.ndarray):
+                return cupy
+    return numpy
+
+
+def allocate(spec: Mapping[str, tuple[tuple[int, ...], Any]], xp: ModuleType = numpy) -> dict:
+    """Allocate (uninitialised) workspace arrays from a ``*_workspace_shapes`` spec."""
+    return {name: xp.empty(shape, dtype=dtype) for name, (shape, dtype) in spec.items()}
+
+
+def view_as(a: Array, shape: tuple[int, ...]) -> Array:
+    """Reshape ``a`` without copying; raise if ``a`` is not C-contiguous.
+
+    Kernels write through reshaped views of their output arguments. ``ndarray.reshape`` on a
+    non-contiguous array silently returns a copy, and results written into it would be lost.
+    """
+    if not a.flags.c_contiguous:
+        raise ValueError(f"expected a C-contiguous array of shape {a.shape}, got strides "
+                         f"{a.strides}")
+    return a.reshape(shape)
+
+
+def pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Accept ``k`` or ``(kh, kw)`` and return ``(kh, kw)``."""
+    if isinstance(v, int):
+        return (v, v)
+    h, w = v
+    return (int(h), int(w))

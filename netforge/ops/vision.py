@@ -1,0 +1,378 @@
+"""Spatial kernels: convolution (im2col + GEMM) and Caffe pooling, forward beside backward.
+
+Shapes: x (N, C, H, W), w (O, C/group, kh, kw), y (N, O, OH, OW). ``kernel``, ``pad``,
+``stride`` and ``dilation`` take an int or an ``(h, w)`` pair.
+
+    conv_output_size(size, kernel, pad, stride, dilation) -> int
+    pool_output_size(size, kernel, pad, stride, ceil_mode=True) -> int
+    im2col(x, col, *, kernel, pad, stride, dilation)             col (C*kh*kw, N*OH*OW)
+    col2im(col, dx, *, kernel, pad, stride, dilation)            dx (N, C, H, W), assigned
+    conv_workspace_shapes(x_shape, w_shape, *, stride, pad, dilation, group, dtype) -> spec
+    conv_forward(x, w, b, y, *, stride, pad, dilation, group, ws)
+    conv_backward(dy, x, w, *, dx, dw, db, stride, pad, dilation, group, ws, reuse_col=False)
+    max_pool_workspace_shapes(x_shape, y_shape, *, index_dtype) -> spec
+    max_pool_forward(x, y, argmax, *, kernel, stride, pad, ws)
+    max_pool_backward(dy, argmax, dx, *, kernel, stride, pad, ws)
+    ave_pool_workspace_shapes(x_shape, y_shape, *, dtype) -> spec
+    ave_pool_forward(x, y, *, kernel, stride, pad, ws)
+    ave_pool_backward(dy, dx, *, kernel, stride, pad, ws)
+
+Outputs and bottom gradients (``y``, ``dx``) are assigned; parameter gradients (``dw``,
+``db``) are accumulated (``+=``), as Caffe does for ``iter_size`` and shared params. Scratch
+memory comes from ``ws`` (see ``netforge.ops._xp``); nothing proportional to the data is
+allocated per call.
+
+Convolution: one GEMM over the whole batch, ``w (G, O/G, K) @ col (G, K, N*OH*OW)`` with
+``K = C/G*kh*kw``; groups are the batch dimension of that one matmul call, and the weight
+gradient is likewise one GEMM with inner size N*OH*OW. (Measured: a per-sample batched
+matmul avoids the output transpose but runs N small GEMMs and loses on LeNet's shapes.)
+The column matrix comes in two layouts, chosen from the output width (measured on 2 cores):
+
+- "nchw": columns ordered (n, oh, ow). im2col copies runs of OW contiguous pixels; the
+  product (O, N, L) is transposed into y with runs of L. Best for wide outputs.
+- "chwn": x is first transposed to (C, H, W, N) so that im2col copies runs of OW*N; costs
+  2-D transposes of x and y, but numpy's per-run overhead dominates when OW is small
+  (LeNet conv2: im2col 6x, col2im 5x faster than "nchw").
+
+A 1x1, stride-1, unpadded convolution skips im2col: x (N, C, H*W) already is a stack of
+column matrices, and y = w @ x[n] is one batched matmul.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy
+
+from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, pair, view_as
+
+IntPair = int | tuple[int, int]
+
+# Caffe initialises a max-pool window to -FLT_MAX (whatever the Dtype) and keeps an index of
+# -1 until a value beats it; padding never takes part.
+_NEG_FLT_MAX = -float(numpy.finfo(numpy.float32).max)
+# Below this output width, im2col in the "nchw" layout is dominated by numpy's per-run
+# overhead and the batch-innermost "chwn" layout wins despite its transposes (measured).
+_CHWN_MAX_WIDTH = 16
+# A 1x1 convolution's weight gradient is a per-sample batched GEMM (summed over N) when each
+# sample has at least this many pixels, else one big GEMM on transposed copies; measured
+# crossover on 2 cores.
+_POINTWISE_BATCHED_MIN_PIXELS = 128
+
+
+def conv_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int = 1) -> int:
+    """Caffe's convolution output size: floor((size + 2p - (d(k-1)+1)) / s) + 1."""
+    return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+def pool_output_size(size: int, kernel: int, pad: int, stride: int,
+                     ceil_mode: bool = True) -> int:
+    """Caffe's pooling output size; with padding, a last window starting in the pad is dropped.
+
+    ceil((size + 2p - k) / s) + 1 (floor when ``ceil_mode`` is False), then minus one if
+    (out - 1) * s >= size + p.
+    """
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if pad > 0 and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _valid_range(offset: int, stride: int, out_size: int, in_size: int) -> tuple[int, int, int]:
+    """Outputs o in [o0, o1) whose input index o*stride + offset lies in [0, in_size).
+
+    Returns (o0, o1, first input index). Lets the offset loops below skip padding instead of
+    materialising a padded copy of the input.
+    """
+    o0 = max(0, -(offset // stride))  # ceil(-offset / stride)
+    o1 = min(out_size, (in_size - 1 - offset) // stride + 1)
+    o1 = max(o0, o1)
+    return o0, o1, o0 * stride + offset
+
+
+def _stop(start: int, count: int, step: int) -> int:
+    """Slice stop for ``count`` elements from ``start`` with ``step`` (never past the last)."""
+    return start + (count - 1) * step + 1
+
+
+# --------------------------------------------------------------------------- im2col
+
+
+def _unfold(src: Array, col7: Array, kernel: tuple[int, int], pad: tuple[int, int],
+            stride: tuple[int, int], dilation: tuple[int, int]) -> None:
+    """src (P, Q, H, W, R) -> col7 (P, kh, kw, Q, OH, OW, R); zero where a window is in pad.
+
+    One copy per kernel offset: the in-image part of each (i, j) slab comes from a strided
+    view of src, and the padded border of the slab is zeroed, so no padded copy of the input
+    is ever made.
+    """
+    xp = get_array_module(src)
+    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = kernel, pad, stride, dilation
+    h, w = src.shape[2], src.shape[3]
+    oh, ow = col7.shape[4], col7.shape[5]
+    for i in range(kh):
+        oh0, oh1, h0 = _valid_range(i * dh - ph, sh, oh, h)
+        for j in range(kw):
+            ow0, ow1, w0 = _valid_range(j * dw - pw, sw, ow, w)
+            slab = col7[:, i, j]
+            if oh0 > 0:
+                slab[:, :, :oh0] = 0
+            if oh1 < oh:
+                slab[:, :, oh1:] = 0
+            if ow0 > 0:
+                slab[:, :, oh0:oh1, :ow0] = 0
+            if ow1 < ow:
+                slab[:, :, oh0:oh1, ow1:] = 0
+            if oh1 > oh0 and ow1 > ow0:
+                xp.copyto(slab[:, :, oh0:oh1, ow0:ow1],
+                          src[:, :, h0:_stop(h0, oh1 - oh0, sh):sh,
+                              w0:_stop(w0, ow1 - ow0, sw):sw])
+
+
+def _fold(col7: Array, dst: Array, kernel: tuple[int, int], pad: tuple[int, int],
+          stride: tuple[int, int], dilation: tuple[int, int]) -> None:
+    """col7 (P, kh, kw, Q, OH, OW, R) -> dst (P, Q, H, W, R), summing overlaps; dst assigned.
+
+    Overlapping windows make this a scatter-add: kh*kw strided in-place adds.
+    """
+    xp = get_array_module(col7)
+    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = kernel, pad, stride, dilation
+    h, w = dst.shape[2], dst.shape[3]
+    oh, ow = col7.shape[4], col7.shape[5]
+    dst[...] = 0
+    for i in range(kh):
+        oh0, oh1, h0 = _valid_range(i * dh - ph, sh, oh, h)
+        for j in range(kw):
+            ow0, ow1, w0 = _valid_range(j * dw - pw, sw, ow, w)
+            if oh1 > oh0 and ow1 > ow0:
+                d = dst[:, :, h0:_stop(h0, oh1 - oh0, sh):sh, w0:_stop(w0, ow1 - ow0, sw):sw]
+                xp.add(d, col7[:, i, j, :, oh0:oh1, ow0:ow1], out=d)
+
+
+def _window(kernel: IntPair, pad: IntPair, stride: IntPair, dilation: IntPair) -> tuple:
+    return pair(kernel), pair(pad), pair(stride), pair(dilation)
+
+
+def _conv_out_hw(h: int, w: int, win: tuple) -> tuple[int, int]:
+    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = win
+    return conv_output_size(h, kh, ph, sh, dh), conv_output_size(w, kw, pw, sw, dw)
+
+
+def im2col(x: Array, col: Array, *, kernel: IntPair, pad: IntPair = 0, stride: IntPair = 1,
+           dilation: IntPair = 1) -> None:
+    """Unfold x (N, C, H, W) into col (C*kh*kw, N*OH*OW): rows (c, i, j), columns (n, oh, ow).
+
+    With N == 1 this is Caffe's per-image column buffer (C*kh*kw, OH*OW).
+    """
+    win = _window(kernel, pad, stride, dilation)
+    n, c, h, w = x.shape
+    oh, ow = _conv_out_hw(h, w, win)
+    (kh, kw) = win[0]
+    _unfold(x.transpose(1, 0, 2, 3)[..., None], view_as(col, (c, kh, kw, n, oh, ow, 1)), *win)
+
+
+def col2im(col: Array, dx: Array, *, kernel: IntPair, pad: IntPair = 0, stride: IntPair = 1,
+           dilation: IntPair = 1) -> None:
+    """Fold col (C*kh*kw, N*OH*OW) back into dx (N, C, H, W), summing overlaps; dx assigned."""
+    win = _window(kernel, pad, stride, dilation)
+    n, c, h, w = dx.shape
+    oh, ow = _conv_out_hw(h, w, win)
+    (kh, kw) = win[0]
+    _fold(view_as(col, (c, kh, kw, n, oh, ow, 1)), dx.transpose(1, 0, 2, 3)[..., None], *win)
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+class _ConvGeom(NamedTuple):
+    n: int
+    c: int
+    h: int
+    w: int
+    o: int
+    g: int
+    oh: int
+    ow: int
+    win: tuple  # ((kh, kw), (ph, pw), (sh, sw), (dh, dw))
+    mode: str  # "pointwise", "nchw" or "chwn" (see the module docstring)
+
+    @property
+    def kh(self) -> int:
+        return self.win[0][0]
+
+    @property
+    def kw(self) -> int:
+        return self.win[0][1]
+
+    @property
+    def k(self) -> int:  # GEMM inner size per group
+        return self.c // self.g * self.kh * self.kw
+
+    @property
+    def lp(self) -> int:  # output pixels per image
+        return self.oh * self.ow
+
+    @property
+    def m(self) -> int:  # GEMM columns: every output pixel of the batch
+        return self.n * self.lp
+
+    @property
+    def batched_wgrad(self) -> bool:
+        return self.mode == "pointwise" and self.lp >= _POINTWISE_BATCHED_MIN_PIXELS
+
+
+def _conv_geom(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: IntPair,
+               pad: IntPair, dilation: IntPair, group: int) -> _ConvGeom:
+    n, c, h, w = x_shape
+    o, cg, kh, kw = w_shape
+    if c != cg * group or o % group:
+        raise ValueError(f"convolution: x {tuple(x_shape)} and w {tuple(w_shape)} do not fit "
+                         f"group={group} (need C == w.shape[1] * group and O % group == 0)")
+    win = _window((kh, kw), pad, stride, dilation)
+    oh, ow = _conv_out_hw(h, w, win)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"convolution: window {win[0]} (pad {win[1]}, dilation {win[3]}) "
+                         f"does not fit input {tuple(x_shape)}")
+    if win[0] == (1, 1) and win[1] == (0, 0) and win[2] == (1, 1):
+        mode = "pointwise"
+    elif ow < _CHWN_MAX_WIDTH:
+        mode = "chwn"
+    else:
+        mode = "nchw"
+    return _ConvGeom(n, c, h, w, o, group, oh, ow, win, mode)
+
+
+def conv_workspace_shapes(x_shape: tuple[int, ...], w_shape: tuple[int, ...], *,
+                          stride: IntPair = 1, pad: IntPair = 0, dilation: IntPair = 1,
+                          group: int = 1, dtype: numpy.dtype = numpy.float32) -> WorkspaceSpec:
+    """Scratch arrays for ``conv_forward``/``conv_backward`` on these shapes.
+
+    ``col`` (C*kh*kw, N*OH*OW) holds the unfolded input and, in backward, its gradient;
+    ``top`` (O, N*OH*OW) the GEMM product / the transposed top gradient; ``xt`` (C, H, W, N)
+    the batch-innermost input / input gradient (layout "chwn" only); ``dw`` and ``db`` stage
+    the parameter gradients before they are accumulated. A 1x1 stride-1 unpadded convolution
+    on large images needs only ``dw_batch`` (N, O, C/group) besides those.
+    """
+    geo = _conv_geom(x_shape, w_shape, stride, pad, dilation, group)
+    dt = numpy.dtype(dtype)
+    spec: WorkspaceSpec = {"dw": (tuple(w_shape), dt), "db": ((geo.o,), dt)}
+    if geo.batched_wgrad:
+        spec["dw_batch"] = ((geo.n, geo.o, geo.c // geo.g), dt)
+        return spec
+    spec["col"] = ((geo.g * geo.k, geo.m), dt)
+    spec["top"] = ((geo.o, geo.m), dt)
+    if geo.mode == "chwn":
+        spec["xt"] = ((geo.c, geo.h, geo.w, geo.n), dt)
+    return spec
+
+
+def _columns(x: Array, geo: _ConvGeom, ws: dict) -> None:
+    """im2col of x into ws["col"] in the layout the geometry chose."""
+    xp = get_array_module(x)
+    c, kh, kw, n = geo.c, geo.kh, geo.kw, geo.n
+    if geo.mode == "chwn":
+        xt = ws["xt"]
+        xp.copyto(xt, x.transpose(1, 2, 3, 0))
+        _unfold(xt[:, None], view_as(ws["col"], (c, kh, kw, 1, geo.oh, geo.ow, n)), *geo.win)
+    else:
+        _unfold(x.transpose(1, 0, 2, 3)[..., None],
+                view_as(ws["col"], (c, kh, kw, n, geo.oh, geo.ow, 1)), *geo.win)
+
+
+def _top_as_nol(top: Array, geo: _ConvGeom) -> Array:
+    """The (N, O, OH*OW) view of the (O, N*OH*OW) GEMM product, whatever its column order."""
+    if geo.mode == "chwn":
+        return view_as(top, (geo.o, geo.lp, geo.n)).transpose(2, 0, 1)
+    return view_as(top, (geo.o, geo.n, geo.lp)).transpose(1, 0, 2)
+
+
+def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPair = 1,
+                 pad: IntPair = 0, dilation: IntPair = 1, group: int = 1, ws: dict) -> None:
+    """y = conv(x, w) + b.
+
+    Args:
+        x: (N, C, H, W) input.
+        w: (O, C/group, kh, kw) filters.
+        b: (O,) bias or None.
+        y: (N, O, OH, OW) output, assigned.
+        ws: workspace from ``conv_workspace_shapes``.
+    """
+    xp = get_array_module(x)
+    geo = _conv_geom(x.shape, w.shape, stride, pad, dilation, group)
+    g, og, cg, lp = geo.g, geo.o // geo.g, geo.c // geo.g, geo.lp
+    y3 = view_as(y, (geo.n, geo.o, lp))
+    if geo.mode == "pointwise":
+        xp.matmul(view_as(w, (g, og, cg)), view_as(x, (geo.n, g, cg, lp)),
+                  out=view_as(y, (geo.n, g, og, lp)))
+        if b is not None:
+            xp.add(y3, b[:, None], out=y3)
+        return
+    _columns(x, geo, ws)
+    xp.matmul(view_as(w, (g, og, geo.k)), view_as(ws["col"], (g, geo.k, geo.m)),
+              out=view_as(ws["top"], (g, og, geo.m)))
+    # The transpose into (N, O, L) and the bias add share one pass over y.
+    if b is None:
+        xp.copyto(y3, _top_as_nol(ws["top"], geo))
+    else:
+        xp.add(_top_as_nol(ws["top"], geo), b[:, None], out=y3)
+
+
+def conv_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Array | None,
+                  db: Array | None, stride: IntPair = 1, pad: IntPair = 0,
+                  dilation: IntPair = 1, group: int = 1, ws: dict,
+                  reuse_col: bool = False) -> None:
+    """Gradients of ``conv_forward``; any of dx/dw/db may be None to skip it.
+
+    Args:
+        dy: (N, O, OH, OW) top gradient.
+        x: (N, C, H, W) forward input (read only when dw is wanted).
+        w: (O, C/group, kh, kw) filters.
+        dx: (N, C, H, W), assigned.
+        dw: (O, C/group, kh, kw), accumulated.
+        db: (O,), accumulated.
+        ws: workspace from ``conv_workspace_shapes``.
+        reuse_col: promise that ``ws["col"]`` still holds the columns that ``conv_forward``
+            built from this same x (the caller owns the workspace and nothing used it since),
+            so that they are not rebuilt. Ignored for 1x1 convolutions.
+    """
+    xp = get_array_module(dy)
+    geo = _conv_geom(x.shape, w.shape, stride, pad, dilation, group)
+    g, og, cg, lp = geo.g, geo.o // geo.g, geo.c // geo.g, geo.lp
+    dy3 = view_as(dy, (geo.n, geo.o, lp))
+    if db is not None:
+        xp.sum(dy3, axis=(0, 2), out=ws["db"])
+        xp.add(db, ws["db"], out=db)
+    w_t = view_as(w, (g, og, geo.k)).transpose(0, 2, 1)  # (G, K, O/G)
+    if geo.mode == "pointwise" and dx is not None:
+        xp.matmul(w_t, view_as(dy, (geo.n, g, og, lp)), out=view_as(dx, (geo.n, g, cg, lp)))
+        dx = None  # done; what follows only has dw left to do
+    if dw is None and dx is None:
+        return
+    if geo.batched_wgrad:
+        # Sum over samples of dy[n] @ x[n]^T: per-sample GEMMs, then a reduction over N.
+        dwb = view_as(ws["dw_batch"], (geo.n, g, og, cg))
+        xp.matmul(view_as(dy, (geo.n, g, og, lp)),
+                  view_as(x, (geo.n, g, cg, lp)).transpose(0, 1, 3, 2), out=dwb)
+        xp.sum(dwb, axis=0, out=view_as(ws["dw"], (g, og, cg)))
+        xp.add(dw, ws["dw"], out=dw)
+        return
+    top_g = view_as(ws["top"], (g, og, geo.m))
+    col_g = view_as(ws["col"], (g, geo.k, geo.m))
+    xp.copyto(_top_as_nol(ws["top"], geo), dy3)
+    if dw is not None:
+        if not reuse_col or geo.mode == "pointwise":
+            _columns(x, geo, ws)
+        xp.matmul(top_g, col_g.transpose(0, 2, 1), out=view_as(ws["dw"], (g, og, geo.k)))
+        xp.add(dw, ws["dw"], out=dw)
+    if dx is not None:
+        # The columns are free once dw is done: they now receive the column gradient.
+        xp.matmul(w_t, top_g, out=col_g)
+        c, kh, kw, n = geo.c, geo.kh, geo.kw, geo.n
+        if geo.mode == "chwn":
+            xt = ws["xt"]
+            _fold(view_as(ws["col"], (c, kh, kw, 1, geo.oh, geo.ow, n)), xt[:, None], *geo.win)
+            xp.copyto(dx, xt.transpose(3, 0, 1, 2))
+        else:
+            _fold(view_as(ws["col"], (c, kh, kw, n, geo.oh, geo.ow, 1)),
+                  dx.transpose(1, 0, 2, 3)[..., None], *geo.win)

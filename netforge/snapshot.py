@@ -1,0 +1,170 @@
+"""Snapshots: ``<prefix>_iter_<N>.caffemodel`` + ``.solverstate`` (or their ``.h5`` forms).
+
+Both files are written atomically (temporary name, then rename), weights first, so a crash
+never leaves a truncated file under a final name and a state never points at missing weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from netforge import backend, config, weights
+from netforge import netforge_pb2 as pb
+from netforge.data.records import array_to_blobproto, blobproto_to_array
+from netforge.errors import DataError, ShapeError
+from netforge.fileio import atomic_path, atomic_write_bytes
+from netforge.lr_policies import multistep_current_step
+
+log = logging.getLogger("netforge")
+
+
+def snapshot_prefix(solver_param, solver_path) -> Path:
+    """Caffe's rule: unset ⇒ the solver file without extension; a directory ⇒ dir/stem."""
+    prefix = solver_param.snapshot_prefix
+    stem = Path(solver_path).with_suffix("").name if solver_path else "netforge"
+    if not prefix:
+        return Path(solver_path).with_suffix("") if solver_path else Path(stem)
+    path = Path(prefix)
+    if prefix.endswith("/") or path.is_dir():
+        return path / stem
+    return path
+
+
+class SnapshotWriter:
+    def __init__(self, solver):
+        self.solver = solver
+        self.prefix = snapshot_prefix(solver.param, solver.path)
+        self.hdf5 = solver.param.snapshot_format == pb.SolverParameter.HDF5
+
+    def filename(self, extension: str) -> Path:
+        return Path(f"{self.prefix}_iter_{self.solver.iter}{extension}")
+
+    def write(self) -> tuple[Path, Path]:
+        solver = self.solver
+        diff = solver.param.snapshot_diff
+        if self.hdf5:
+            model = self.filename(".caffemodel.h5")
+            log.info("Snapshotting to HDF5 file %s", model)
+            weights.save_hdf5(solver.net, model, diff)
+        else:
+            model = self.filename(".caffemodel")
+            log.info("Snapshotting to binary proto file %s", model)
+            weights.save_caffemodel(solver.net, model, diff)
+        state_path = self.filename(".solverstate.h5" if self.hdf5 else ".solverstate")
+        history = [h for slot in solver.rule.history for h in slot]
+        current_step = multistep_current_step(solver.param, solver.iter)
+        extra = json.dumps(_resume_state(solver))
+        if self.hdf5:
+            log.info("Snapshotting solver state to HDF5 file %s", state_path)
+            _write_state_hdf5(state_path, solver.iter, str(model), current_step, history, extra)
+        else:
+            log.info("Snapshotting solver state to binary proto file %s", state_path)
+            state = pb.SolverState(iter=solver.iter, learned_net=str(model),
+                                   current_step=current_step, resume_state=extra)
+            for h in history:
+                state.history.add().CopyFrom(array_to_blobproto(backend.to_host(h)))
+            atomic_write_bytes(state_path, state.SerializeToString())
+        return model, state_path
+
+
+def _resume_state(solver) -> dict:
+    """What Caffe's solverstate lacks for an exact resume: generators and data cursors."""
+    nets = [solver.net, *solver.test_nets]
+    layers = {}
+    for i, net in enumerate(nets):
+        for layer in net.layers:
+            get_state = getattr(layer, "get_state", None)
+            if get_state is not None:
+                layers[f"{i}/{layer.name}"] = get_state()
+    return {
+        "rng": [net.rng.bit_generator.state for net in nets],
+        "layers": layers,
+        "smoothed_loss": solver.smoothed_loss,
+    }
+
+
+def _apply_resume_state(solver, text: str) -> None:
+    if not text:
+        return
+    state = json.loads(text)
+    nets = [solver.net, *solver.test_nets]
+    for net, rng_state in zip(nets, state.get("rng", []), strict=False):
+        net.rng.bit_generator.state = rng_state
+    for i, net in enumerate(nets):
+        for layer in net.layers:
+            saved = state.get("layers", {}).get(f"{i}/{layer.name}")
+            if saved is not None and hasattr(layer, "set_state"):
+                layer.set_state(saved)
+
+
+def _write_state_hdf5(path, iteration, model, current_step, history, extra) -> None:
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as handle:
+            handle.create_dataset("iter", data=np.int32(iteration))
+            handle.create_dataset("learned_net", data=model)
+            handle.create_dataset("current_step", data=np.int32(current_step))
+            handle.create_dataset("resume_state", data=extra)
+            group = handle.create_group("history")
+            for k, h in enumerate(history):
+                group.create_dataset(str(k), data=backend.to_host(h))
+
+
+def _find_weights(learned_net: str, state_path: Path) -> Path:
+    """The weights named in the state: as written, else beside the state file."""
+    path = Path(learned_net)
+    if path.exists():
+        return path
+    beside = state_path.parent / path.name
+    if beside.exists():
+        return beside
+    raise DataError(f"{state_path}: its weights file {learned_net} does not exist")
+
+
+def restore_state(solver, state_file) -> None:
+    state_path = Path(state_file)
+    if not state_path.exists():
+        raise DataError(f"{state_path}: no such solver state file")
+    if state_path.suffix == ".h5":
+        import h5py
+
+        try:
+            with h5py.File(state_path, "r") as handle:
+                iteration = int(handle["iter"][()])
+                learned = handle["learned_net"][()] if "learned_net" in handle else b""
+                learned = learned.decode() if isinstance(learned, bytes) else str(learned)
+                history = [np.asarray(handle["history"][str(k)])
+                           for k in range(len(handle["history"]))]
+                extra = handle["resume_state"][()] if "resume_state" in handle else b""
+                extra = extra.decode() if isinstance(extra, bytes) else str(extra)
+        except (OSError, KeyError) as exc:
+            raise DataError(f"{state_path}: damaged solver state ({exc})") from None
+    else:
+        state = config.read_binary(state_path, pb.SolverState(), "solver state")
+        iteration, learned, extra = state.iter, state.learned_net, state.resume_state
+        history = [blobproto_to_array(b) for b in state.history]
+    if learned:
+        weights.copy_into(solver.net, _find_weights(learned, state_path))
+    slots = solver.rule.history
+    flat = [(k, i) for k in range(len(slots)) for i in range(len(slots[k]))]
+    if len(history) != len(flat):
+        raise DataError(
+            f"{state_path}: {len(history)} history blobs but this solver keeps {len(flat)} "
+            "(different solver type or net?)"
+        )
+    for (k, i), values in zip(flat, history, strict=True):
+        target = slots[k][i]
+        if values.size != target.size:
+            raise ShapeError(
+                f"{state_path}: history blob {k * len(slots[0]) + i} has {values.size} values "
+                f"but the parameter has {target.size}"
+            )
+        target[...] = solver.net.ctx.xp.asarray(values.reshape(target.shape))
+    solver.iter = iteration
+    _apply_resume_state(solver, extra)
+    log.info("SGDSolver: restoring history")

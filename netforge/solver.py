@@ -1,0 +1,291 @@
+"""Solver: Caffe's training loop (Solver::Step / Solve) with its log lines.
+
+One iteration: clear param diffs → test (every test_interval) → iter_size × forward/backward
+→ smoothed loss → display → update (lr policy, clip, normalize, regularize, rule) → iter += 1
+→ snapshot (every ``snapshot`` iterations or on request) → stop on request.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+from netforge import config, lr_policies
+from netforge import netforge_pb2 as pb
+from netforge.errors import ConfigError
+from netforge.net import Net
+from netforge.optimizers import make_update_rule
+from netforge.snapshot import SnapshotWriter, restore_state
+
+log = logging.getLogger("netforge")
+
+
+class SignalRequests:
+    """Turns SIGINT/SIGHUP into requested actions ("stop", "snapshot" or "none")."""
+
+    def __init__(self, sigint: str = "stop", sighup: str = "snapshot"):
+        for effect in (sigint, sighup):
+            if effect not in ("stop", "snapshot", "none"):
+                raise ConfigError(f'signal effect must be stop, snapshot or none, got "{effect}"')
+        self.effects = {signal.SIGINT: sigint, signal.SIGHUP: sighup}
+        self.pending: list[str] = []
+        self._previous = {}
+
+    def install(self) -> None:
+        for sig in self.effects:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        effect = self.effects.get(signum, "none")
+        if effect != "none":
+            self.pending.append(effect)
+
+    def take(self) -> str:
+        return self.pending.pop(0) if self.pending else "none"
+
+
+class Solver:
+    """Trains the solver file's train net and tests its test nets.
+
+    Args:
+        solver: path of a solver prototxt, or a SolverParameter.
+        level, stages: NetState level/stages merged into the train net's state.
+        signals: a SignalRequests the CLI installs; None means signals are not watched.
+    """
+
+    def __init__(self, solver, *, level: int = 0, stages=(), signals: SignalRequests | None = None,
+                 dtype=np.float32):
+        if isinstance(solver, (str, Path)):
+            self.path = Path(solver)
+            sp = config.load_solver_param(solver)
+        else:
+            self.path = None
+            sp = pb.SolverParameter()
+            sp.CopyFrom(solver)
+        self.param = sp
+        if not sp.lr_policy:
+            raise ConfigError(f"{self.path or 'solver'}: lr_policy is not set "
+                              "(fixed, step, exp, inv, multistep, poly or sigmoid)")
+        lr_policies.learning_rate(sp, 0)  # fail early on a bad policy
+        self.signals = signals
+        seed = sp.random_seed if sp.random_seed >= 0 else None
+        self.rng = np.random.default_rng(seed)
+
+        train_param, test_params, net_dir = config.solver_net_params(sp, self.path)
+        self.net_dir = net_dir
+        base_dirs = (net_dir,) + ((self.path.resolve().parent,) if self.path else ())
+        train_state = pb.NetState(phase=pb.TRAIN)
+        train_state.MergeFrom(train_param.state)
+        train_state.MergeFrom(sp.train_state)
+        train_state.level = level or train_state.level
+        train_state.stage.extend(s for s in stages if s)
+        train_param.state.CopyFrom(train_state)
+        self.net = Net(train_param, "train", level=train_state.level,
+                       stages=list(train_state.stage), dtype=dtype, rng=self._child_rng(),
+                       base_dirs=base_dirs)
+        self.test_nets: list[Net] = []
+        for i, test_param in enumerate(test_params):
+            param = pb.NetParameter()
+            param.CopyFrom(test_param)
+            state = pb.NetState(phase=pb.TEST)
+            state.MergeFrom(param.state)
+            if sp.test_state:
+                state.MergeFrom(sp.test_state[i])
+            param.state.CopyFrom(state)
+            test_net = Net(param, "test", level=state.level, stages=list(state.stage),
+                           dtype=dtype, rng=self._child_rng(), base_dirs=base_dirs)
+            test_net.share_trained_layers(self.net)
+            self.test_nets.append(test_net)
+
+        self.iter = 0
+        self.rule = make_update_rule(sp, self.net.learnable_params)
+        self.snapshots = SnapshotWriter(self)
+        self.callbacks: list = []
+        self.smoothed_loss = 0.0
+        self._losses: list[float] = []
+        self.stop_requested = False
+        self.test_results: list[dict] = []  # last test pass: one {name: mean} per test net
+
+    def _child_rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.rng.integers(2**63))
+
+    # -- public API ------------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        return lr_policies.learning_rate(self.param, self.iter)
+
+    def add_callback(self, on_start=None, on_gradients_ready=None) -> None:
+        """Hooks run at the start of each iteration and when gradients are ready."""
+        self.callbacks.append((on_start, on_gradients_ready))
+
+    def solve(self, resume_file=None) -> None:
+        sp = self.param
+        log.info("Solving %s", self.net.name)
+        log.info("Learning Rate Policy: %s", sp.lr_policy)
+        self.stop_requested = False
+        if resume_file:
+            log.info("Restoring previous solver status from %s", resume_file)
+            self.restore(resume_file)
+        start_iter = self.iter
+        self.step(sp.max_iter - self.iter)
+        if sp.snapshot_after_train and (not sp.snapshot or self.iter % sp.snapshot != 0):
+            self.snapshot()
+        if self.stop_requested:
+            log.info("Optimization stopped early.")
+            return
+        if sp.display and self.iter % sp.display == 0:
+            loss = self.net.forward_range(0, len(self.net.plan.steps) - 1)
+            self._update_smoothed_loss(loss, start_iter)
+            log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
+        if sp.test_interval and self.iter % sp.test_interval == 0:
+            self.test_all()
+        log.info("Optimization Done.")
+
+    def step(self, iters: int) -> None:
+        sp = self.param
+        start_iter = self.iter
+        stop_iter = self.iter + iters
+        self._losses = []
+        self.smoothed_loss = 0.0
+        timer = time.perf_counter()
+        last_display_iter = self.iter
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if (sp.test_interval and self.iter % sp.test_interval == 0
+                    and (self.iter > 0 or sp.test_initialization)):
+                self.test_all()
+                if self.stop_requested:
+                    break
+            for on_start, _ in self.callbacks:
+                if on_start:
+                    on_start()
+            display = sp.display and self.iter % sp.display == 0
+            loss = 0.0
+            for _ in range(sp.iter_size):
+                loss += self.net.forward_backward()
+            loss /= sp.iter_size
+            self._update_smoothed_loss(loss, start_iter)
+            if display:
+                lapse = time.perf_counter() - timer
+                per_s = (self.iter - last_display_iter) / (lapse or 1.0)
+                log.info("Iteration %d (%s iter/s, %.3fs/%d iters), loss = %s", self.iter,
+                         _fmt(per_s), lapse, sp.display, _fmt(self.smoothed_loss))
+                timer = time.perf_counter()
+                last_display_iter = self.iter
+                self._log_outputs(self.net, "Train")
+            for _, on_ready in self.callbacks:
+                if on_ready:
+                    on_ready()
+            self.apply_update()
+            self.iter += 1
+            request = self.signals.take() if self.signals else "none"
+            if (sp.snapshot and self.iter % sp.snapshot == 0) or request == "snapshot":
+                self.snapshot()
+            if request == "stop":
+                self.stop_requested = True
+                break
+
+    def apply_update(self) -> None:
+        rate = self.lr
+        if self.param.display and self.iter % self.param.display == 0:
+            log.info("Iteration %d, lr = %s", self.iter, _fmt(rate))
+        self.rule.apply(rate, self.iter)
+
+    def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
+        average = max(self.param.average_loss, 1)
+        if len(self._losses) < average:
+            self._losses.append(loss)
+            size = len(self._losses)
+            self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
+        else:
+            idx = (self.iter - start_iter) % average
+            self.smoothed_loss += (loss - self._losses[idx]) / average
+            self._losses[idx] = loss
+
+    def _log_outputs(self, net: Net, kind: str, values=None) -> None:
+        """``    Train net output #k: name = v (* w = l loss)`` for each output value."""
+        weights = {id(top): w for top, w in net.plan.loss_tops}
+        index = 0
+        for name in net.outputs:
+            blob = net.blobs[name]
+            flat = values[name] if values is not None else np.ravel(_host(blob.data))
+            w = weights.get(id(blob), 0.0)
+            for v in np.ravel(flat):
+                extra = f" (* {_fmt(w)} = {_fmt(w * v)} loss)" if w else ""
+                log.info("    %s net output #%d: %s = %s%s", kind, index, name, _fmt(v), extra)
+                index += 1
+
+    # -- testing ---------------------------------------------------------------------------
+    def test_all(self) -> None:
+        self.test_results = []
+        for i in range(len(self.test_nets)):
+            self.test(i)
+            if self.stop_requested:
+                return
+
+    def test(self, index: int) -> dict:
+        sp = self.param
+        net = self.test_nets[index]
+        log.info("Iteration %d, Testing net (#%d)", self.iter, index)
+        totals: dict[str, np.ndarray] = {}
+        loss = 0.0
+        n_iter = sp.test_iter[index]
+        last = len(net.plan.steps) - 1
+        for _ in range(n_iter):
+            request = self.signals.take() if self.signals else "none"
+            while request != "none":
+                if request == "snapshot":
+                    self.snapshot()
+                elif request == "stop":
+                    self.stop_requested = True
+                request = self.signals.take() if self.signals else "none"
+            if self.stop_requested:
+                log.info("Test interrupted.")
+                return {}
+            loss += net.forward_range(0, last)
+            for name in net.outputs:
+                value = np.array(_host(net.blobs[name].data), dtype=np.float64).ravel()
+                totals[name] = totals[name] + value if name in totals else value
+        if sp.test_compute_loss:
+            log.info("Test loss: %s", _fmt(loss / n_iter))
+        means = {name: total / n_iter for name, total in totals.items()}
+        self._log_outputs(net, "Test", means)
+        result = {name: float(v[0]) if v.size == 1 else v.tolist() for name, v in means.items()}
+        self.test_results.append(result)
+        return result
+
+    # -- snapshots -------------------------------------------------------------------------
+    def snapshot(self) -> tuple[Path, Path]:
+        return self.snapshots.write()
+
+    def restore(self, state_file) -> None:
+        restore_state(self, state_file)
+
+    def close(self) -> None:
+        self.net.close()
+        for net in self.test_nets:
+            net.close()
+
+
+def _host(array):
+    get = getattr(array, "get", None)
+    return get() if get is not None else array
+
+
+def _fmt(value) -> str:
+    """Numbers as Caffe's iostreams print them (6 significant digits)."""
+    return f"{float(value):.6g}"
+
+
+def get_solver(path, **kwargs) -> Solver:
+    """pycaffe's ``caffe.get_solver``: the solver of the file's ``type``."""
+    return Solver(path, **kwargs)

@@ -1,0 +1,105 @@
+"""Transformer against a hand-written per-pixel reference of Caffe's rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from netforge.data.transformer import Transformer
+from netforge.errors import DataError
+
+
+def reference(image, *, scale=1.0, mean_values=None, mean_image=None, crop=0, h_off=0,
+              w_off=0, mirror=False):
+    """Caffe's DataTransformer loop: out[c, h, w'] = (pixel - mean) * scale."""
+    channels, height, width = image.shape
+    out_h, out_w = (crop, crop) if crop else (height, width)
+    out = np.zeros((channels, out_h, out_w), np.float64)
+    for c in range(channels):
+        for h in range(out_h):
+            for w in range(out_w):
+                src_h, src_w = h + h_off, w + w_off
+                pixel = float(image[c, src_h, src_w])
+                if mean_image is not None:
+                    pixel -= float(mean_image[c, src_h, src_w])
+                elif mean_values is not None:
+                    pixel -= float(mean_values[c] if len(mean_values) > 1 else mean_values[0])
+                dst_w = out_w - 1 - w if mirror else w
+                out[c, h, dst_w] = pixel * scale
+    return out
+
+
+@pytest.fixture
+def image():
+    return np.random.default_rng(0).integers(0, 256, size=(3, 7, 9), dtype=np.uint8)
+
+
+def run(transformer, image, rng=None):
+    out = np.full(transformer.output_shape(image.shape), np.nan, np.float32)
+    transformer.apply(image, out, rng=rng)
+    return out
+
+
+def test_scale_only(image):
+    out = run(Transformer(scale=0.00390625, train=False), image)
+    np.testing.assert_allclose(out, reference(image, scale=0.00390625), rtol=1e-6)
+
+
+@pytest.mark.parametrize("values", [[104.0], [104.0, 117.0, 123.0]])
+def test_mean_values(image, values):
+    out = run(Transformer(scale=0.5, mean=values, train=False), image)
+    np.testing.assert_allclose(out, reference(image, scale=0.5, mean_values=values), rtol=1e-6)
+
+
+def test_mean_file_with_centre_crop_in_test(image):
+    mean = np.random.default_rng(1).uniform(0, 255, size=image.shape).astype(np.float32)
+    out = run(Transformer(mean=mean, crop_size=4, train=False), image)
+    # TEST crops the centre: offsets ((7-4)//2, (9-4)//2) = (1, 2)
+    expected = reference(image, mean_image=mean, crop=4, h_off=1, w_off=2)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_random_crop_and_mirror_follow_the_draws(image):
+    mean = np.random.default_rng(2).uniform(0, 255, size=image.shape).astype(np.float32)
+    transformer = Transformer(scale=0.1, mean=mean, crop_size=5, mirror=True, train=True)
+    seen = set()
+    for seed in range(12):
+        out = run(transformer, image, rng=np.random.default_rng(seed))
+        h_off, w_off, flip = Transformer(crop_size=5, mirror=True, train=True).offsets(
+            7, 9, np.random.default_rng(seed))
+        seen.add((h_off, w_off, flip))
+        expected = reference(image, scale=0.1, mean_image=mean, crop=5, h_off=h_off,
+                             w_off=w_off, mirror=flip)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+    assert {flip for _, _, flip in seen} == {True, False}
+    assert len({(h, w) for h, w, _ in seen}) > 1
+
+
+def test_mirror_also_in_test_phase(image):
+    transformer = Transformer(mirror=True, train=False)
+    flips = set()
+    for seed in range(10):
+        out = run(transformer, image, rng=np.random.default_rng(seed))
+        flipped = np.array_equal(out, reference(image, mirror=True))
+        assert flipped or np.array_equal(out, reference(image))
+        flips.add(flipped)
+    assert flips == {True, False}
+
+
+def test_float_input_and_float64_output():
+    image = np.random.default_rng(3).normal(size=(2, 4, 4)).astype(np.float32)
+    transformer = Transformer(scale=2.0, mean=[0.5, -1.0], train=False)
+    out = np.empty((2, 4, 4), np.float64)
+    transformer.apply(image, out)
+    np.testing.assert_allclose(out, reference(image, scale=2.0, mean_values=[0.5, -1.0]),
+                               rtol=1e-6)
+
+
+def test_shape_errors(image):
+    with pytest.raises(DataError, match=r"3×5×5.*3×7×9"):
+        Transformer(mean=np.zeros((3, 5, 5), np.float32)).output_shape(image.shape)
+    with pytest.raises(DataError, match="2 mean values"):
+        Transformer(mean=[1.0, 2.0]).output_shape(image.shape)
+    with pytest.raises(DataError, match="crop_size 8"):
+        Transformer(crop_size=8).output_shape(image.shape)
+    assert Transformer(crop_size=7).output_shape(image.shape) == (3, 7, 7)
