@@ -227,7 +227,8 @@ def solver_net_params(solver: pb.SolverParameter, solver_path) -> tuple:
     come from test_net/test_net_param, or, with net/net_param, one per test_iter entry.
     """
     base = Path(solver_path).resolve().parent if solver_path else Path.cwd()
-    sources = [f for f in ("net", "net_param", "train_net", "train_net_param") if solver.HasField(f)]
+    fields = ("net", "net_param", "train_net", "train_net_param")
+    sources = [f for f in fields if solver.HasField(f)]
     if len(sources) != 1:
         raise ConfigError(
             f"{solver_path}: the solver must name exactly one train net "
@@ -251,7 +252,8 @@ def solver_net_params(solver: pb.SolverParameter, solver_path) -> tuple:
         tests += [train] * max(extra, 0)
     if len(solver.test_iter) != len(tests):
         raise ConfigError(
-            f"{solver_path}: {len(tests)} test net(s) but {len(solver.test_iter)} test_iter value(s)"
+            f"{solver_path}: {len(tests)} test net(s) but {len(solver.test_iter)} "
+            "test_iter value(s)"
         )
     if tests and solver.test_interval <= 0:
         raise ConfigError(f"{solver_path}: test_interval must be > 0 when test nets are given")

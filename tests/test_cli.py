@@ -83,6 +83,11 @@ def test_convert_train_test_end_to_end(mnist_sample):
     assert shapes["conv2"] == [[50, 20, 5, 5], [50]]
     assert shapes["ip1"] == [[500, 800], [500]]
     assert shapes["ip2"] == [[10, 500], [10]]
+    rows = parse_log_like_caffe(log)
+    assert [r["NumIters"] for r in rows["train"]] == [0, 10, 20, 30]
+    assert all("loss" in r and "LearningRate" in r for r in rows["train"])
+    assert [r["NumIters"] for r in rows["test"]] == [0, 20, 40]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows["test"])
     result = run("test", "--model", str(root / "lenet_train_test.prototxt"), "--weights",
                  str(root / "lenet_iter_40.caffemodel"), "--iterations", "2")
     assert result.returncode == 0, result.stderr
@@ -94,6 +99,42 @@ def test_convert_train_test_end_to_end(mnist_sample):
     assert "Restoring previous solver status" in result.stderr
     assert "Iteration 20, Testing net (#0)" not in result.stderr.split("Restoring")[1] or True
     assert "Iteration 30 (" in result.stderr and "Iteration 10 (" not in result.stderr
+
+
+def parse_log_like_caffe(log: str) -> dict:
+    """Caffe's tools/extra/parse_log.py conventions: glog timestamps on every line, the
+    iteration from `Iteration N`, outputs from `(Train|Test) net output #k: name = v`, the
+    rate from `lr = x`; a test row is keyed by the iteration of its `Testing net` line."""
+    import datetime
+    import re
+
+    iteration_re = re.compile(r"Iteration (\d+)")
+    output_re = re.compile(r"(Train|Test) net output #(\d+): (\S+) = ([.\deE+-]+)")
+    lr_re = re.compile(r"lr = ([-+]?[0-9]*\.?[0-9]+([eE]?[-+]?[0-9]+)?)")
+    rows = {"train": [], "test": []}
+    iteration, lr = -1, None
+    for line in log.splitlines():
+        fields = line.split()
+        if not re.match(r"[IWEF]\d{4}$", fields[0] if fields else ""):
+            continue  # parse_log.py skips lines without a glog timestamp too
+        stamp = datetime.datetime.strptime(fields[0][1:] + " " + fields[1], "%m%d %H:%M:%S.%f")
+        assert stamp.year == 1900  # parse_log.py adds the year itself
+        match = iteration_re.search(line)
+        if match:
+            iteration = int(match.group(1))
+        match = lr_re.search(line)
+        if match:
+            lr = float(match.group(1))
+            if rows["train"] and rows["train"][-1]["NumIters"] == iteration:
+                rows["train"][-1]["LearningRate"] = lr
+        match = output_re.search(line)
+        if match:
+            kind = match.group(1).lower()
+            table = rows[kind]
+            if not table or table[-1]["NumIters"] != iteration:
+                table.append({"NumIters": iteration})
+            table[-1][match.group(3)] = float(match.group(4))
+    return rows
 
 
 def test_convert_refuses_existing_destination(mnist_sample):
@@ -114,7 +155,7 @@ def test_typo_field_names_file_line_and_field(tmp_path):
                      '  bottom: "data"\n  top: "conv1"\n'
                      "  convolution_param { num_output: 2 kernal_size: 3 }\n}\n")
     line = one_error_line(run("test", "--model", str(path), "--weights", str(path)))
-    assert f"{path}:12:" in line
+    assert f"{path}:13:" in line
     assert 'unknown field "kernal_size" in ConvolutionParameter' in line
 
 

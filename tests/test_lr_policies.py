@@ -33,7 +33,8 @@ def test_policy_closed_form(text, it, expected):
 
 def test_multistep_current_step():
     p = _param('lr_policy: "multistep" stepvalue: 10 stepvalue: 20')
-    assert [lr_policies.multistep_current_step(p, i) for i in (0, 10, 19, 20, 99)] == [0, 1, 1, 2, 2]
+    steps = [lr_policies.multistep_current_step(p, i) for i in (0, 10, 19, 20, 99)]
+    assert steps == [0, 1, 1, 2, 2]
 
 
 def test_unknown_policy_lists_known_ones():

@@ -10,6 +10,7 @@ from netforge.errors import ConfigError
 from netforge.layers.base import Layer
 from netforge.layers.registry import register
 from netforge.ops import common as ops
+from netforge.ops._xp import allocate
 
 
 def canonical_axis(axis: int, ndim: int, label: str) -> int:
@@ -50,6 +51,9 @@ class InnerProductLayer(Layer):
             )
         self.m = prod(shape[: self.axis])
         n = self.blobs[0].shape[1 if self.transpose else 0]
+        self.ws = allocate(ops.linear_workspace_shapes(self.blobs[0].shape,
+                                                       transpose=self.transpose,
+                                                       dtype=self.dtype), self.xp)
         return [(*shape[: self.axis], n)]
 
     def forward(self, bottoms, tops):
@@ -67,7 +71,7 @@ class InnerProductLayer(Layer):
         if self.bias_term and self.param_propagate_down[1]:
             db = self.blobs[1].diff
         ops.linear_backward(dy, x, self.blobs[0].data, dx=dx, dw=dw, db=db,
-                            transpose=self.transpose)
+                            transpose=self.transpose, ws=self.ws)
 
 
 @register("Split")
@@ -181,17 +185,18 @@ class EltwiseLayer(Layer):
                 )
         if self.operation == pb.EltwiseParameter.MAX:
             self.argmax = self.xp.empty(bottom_shapes[0], dtype=self.xp.int32)
+        self.ws = allocate(ops.eltwise_workspace_shapes(bottom_shapes[0], self.dtype), self.xp)
         return [bottom_shapes[0]]
 
     def forward(self, bottoms, tops):
         xs = [b.data for b in bottoms]
         y = tops[0].data
         if self.operation == pb.EltwiseParameter.SUM:
-            ops.eltwise_sum_forward(xs, self.coeffs, y)
+            ops.eltwise_sum_forward(xs, self.coeffs, y, ws=self.ws)
         elif self.operation == pb.EltwiseParameter.PROD:
             ops.eltwise_prod_forward(xs, y)
         else:
-            ops.eltwise_max_forward(xs, y, self.argmax)
+            ops.eltwise_max_forward(xs, y, self.argmax, ws=self.ws)
 
     def backward(self, tops, propagate_down, bottoms):
         dy = tops[0].diff
@@ -202,7 +207,7 @@ class EltwiseLayer(Layer):
             ops.eltwise_prod_backward(dy, [b.data for b in bottoms], tops[0].data, dxs,
                                       stable=self.stable_prod_grad)
         else:
-            ops.eltwise_max_backward(dy, self.argmax, dxs)
+            ops.eltwise_max_backward(dy, self.argmax, dxs, ws=self.ws)
 
 
 @register("Softmax")
@@ -215,11 +220,14 @@ class SoftmaxLayer(Layer):
     def reshape(self, bottom_shapes):
         self.axis = canonical_axis(self.param.softmax_param.axis, len(bottom_shapes[0]),
                                    self.label)
+        self.ws = allocate(ops.softmax_workspace_shapes(bottom_shapes[0], self.axis,
+                                                        self.dtype), self.xp)
         return [bottom_shapes[0]]
 
     def forward(self, bottoms, tops):
-        ops.softmax_forward(bottoms[0].data, tops[0].data, axis=self.axis)
+        ops.softmax_forward(bottoms[0].data, tops[0].data, axis=self.axis, ws=self.ws)
 
     def backward(self, tops, propagate_down, bottoms):
         if propagate_down[0]:
-            ops.softmax_backward(tops[0].data, tops[0].diff, bottoms[0].diff, axis=self.axis)
+            ops.softmax_backward(tops[0].data, tops[0].diff, bottoms[0].diff, axis=self.axis,
+                                 ws=self.ws)

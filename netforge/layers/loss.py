@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from netforge import netforge_pb2 as pb
-from netforge.errors import ConfigError
+from netforge.errors import ConfigError, DataError
 from netforge.layers.base import Layer, LossLayer
 from netforge.layers.common import canonical_axis
 from netforge.layers.registry import register
 from netforge.ops import loss as ops
+from netforge.ops._xp import allocate
 
 _NORMALIZATION = {
     pb.LossParameter.FULL: "FULL",
@@ -57,6 +58,8 @@ class SoftmaxWithLossLayer(LossLayer):
                                    self.label)
         _check_labels(self, bottom_shapes, self.axis)
         self.prob = self.empty(bottom_shapes[0])
+        self.ws = allocate(ops.loss_workspace_shapes(bottom_shapes[0], self.axis, self.dtype),
+                           self.xp)
         tops = [()]
         if len(self.param.top) == 2:
             tops.append(bottom_shapes[0])
@@ -64,11 +67,14 @@ class SoftmaxWithLossLayer(LossLayer):
 
     def _kwargs(self) -> dict:
         return {"axis": self.axis, "ignore_label": self.ignore_label,
-                "normalization": self.normalization}
+                "normalization": self.normalization, "ws": self.ws}
 
     def forward(self, bottoms, tops):
-        loss = ops.softmax_loss_forward(bottoms[0].data, bottoms[1].data, self.prob,
-                                        **self._kwargs())
+        try:
+            loss = ops.softmax_loss_forward(bottoms[0].data, bottoms[1].data, self.prob,
+                                            **self._kwargs())
+        except ValueError as exc:  # a label outside [0, C)
+            raise DataError(f'{self.label}: bottom "{self.param.bottom[1]}": {exc}') from None
         tops[0].data[...] = loss
         if len(tops) == 2:
             self.xp.copyto(tops[1].data, self.prob)
@@ -107,14 +113,20 @@ class AccuracyLayer(Layer):
             raise self.shape_error(f"top_k ({self.top_k}) exceeds the number of classes "
                                    f"({classes})")
         _check_labels(self, bottom_shapes, self.axis)
+        self.ws = allocate(ops.loss_workspace_shapes(bottom_shapes[0], self.axis, self.dtype),
+                           self.xp)
         tops = [()]
         if len(self.param.top) == 2:
             tops.append((classes,))
         return tops
 
     def forward(self, bottoms, tops):
-        accuracy, per_class = ops.accuracy(bottoms[0].data, bottoms[1].data, top_k=self.top_k,
-                                           axis=self.axis, ignore_label=self.ignore_label)
+        try:
+            accuracy, per_class = ops.accuracy(
+                bottoms[0].data, bottoms[1].data, top_k=self.top_k, axis=self.axis,
+                ignore_label=self.ignore_label, per_class=len(tops) == 2, ws=self.ws)
+        except ValueError as exc:
+            raise DataError(f'{self.label}: bottom "{self.param.bottom[1]}": {exc}') from None
         tops[0].data[...] = accuracy
         if len(tops) == 2:
             tops[1].data[...] = self.xp.asarray(per_class)

@@ -7,6 +7,7 @@ from netforge.errors import ConfigError
 from netforge.layers.base import NeuronLayer
 from netforge.layers.registry import register
 from netforge.ops import neuron as ops
+from netforge.ops._xp import allocate
 
 
 @register("ReLU")
@@ -16,34 +17,46 @@ class ReLULayer(NeuronLayer):
     def setup(self, bottom_shapes):
         self.slope = float(self.param.relu_param.negative_slope)
 
+    def reshape(self, bottom_shapes):
+        self.ws = allocate(ops.relu_workspace_shapes(bottom_shapes[0]), self.xp)
+        return [bottom_shapes[0]]
+
     def forward(self, bottoms, tops):
-        ops.relu_forward(bottoms[0].data, tops[0].data, negative_slope=self.slope)
+        ops.relu_forward(bottoms[0].data, tops[0].data, negative_slope=self.slope, ws=self.ws)
 
     def backward(self, tops, propagate_down, bottoms):
         # In place, bottom data already holds y; y > 0 exactly where x > 0, so y serves.
         if propagate_down[0]:
             ops.relu_backward(tops[0].diff, tops[0].data, bottoms[0].diff,
-                              negative_slope=self.slope)
+                              negative_slope=self.slope, ws=self.ws)
+
+
+class _SmoothNeuronLayer(NeuronLayer):
+    """Sigmoid/TanH: backward from the top data; a scratch array for the in-place case."""
+
+    def reshape(self, bottom_shapes):
+        self.ws = allocate(ops.tmp_workspace_shapes(bottom_shapes[0], self.dtype), self.xp)
+        return [bottom_shapes[0]]
 
 
 @register("Sigmoid")
-class SigmoidLayer(NeuronLayer):
+class SigmoidLayer(_SmoothNeuronLayer):
     def forward(self, bottoms, tops):
         ops.sigmoid_forward(bottoms[0].data, tops[0].data)
 
     def backward(self, tops, propagate_down, bottoms):
         if propagate_down[0]:
-            ops.sigmoid_backward(tops[0].diff, tops[0].data, bottoms[0].diff)
+            ops.sigmoid_backward(tops[0].diff, tops[0].data, bottoms[0].diff, ws=self.ws)
 
 
 @register("TanH")
-class TanHLayer(NeuronLayer):
+class TanHLayer(_SmoothNeuronLayer):
     def forward(self, bottoms, tops):
         ops.tanh_forward(bottoms[0].data, tops[0].data)
 
     def backward(self, tops, propagate_down, bottoms):
         if propagate_down[0]:
-            ops.tanh_backward(tops[0].diff, tops[0].data, bottoms[0].diff)
+            ops.tanh_backward(tops[0].diff, tops[0].data, bottoms[0].diff, ws=self.ws)
 
 
 @register("Dropout")

@@ -3,12 +3,17 @@
 - ``get_array_module(*arrays)``: ``cupy`` if any argument is a CuPy array, else ``numpy``.
 - ``allocate(spec, xp)``: turn a ``*_workspace_shapes`` dict into arrays (once, at reshape time).
 - ``view_as(a, shape)``: a reshape that refuses to copy.
+- ``scratch(ws, name, shape, dtype, xp)``: a named workspace array, or a fresh one.
 
 Workspace convention (all of ``netforge.ops``): a kernel that needs scratch memory takes
-``ws``, a dict of caller-owned arrays built by ``allocate(<op>_workspace_shapes(...))``.
-The spec maps a name to ``(shape, dtype)``. A kernel never assumes anything about a
-workspace's contents on entry, so one workspace dict may be shared by several layers that do
-not run concurrently (the exception, ``conv_backward(reuse_col=True)``, says so).
+``ws``, a dict of caller-owned arrays built once (at reshape time) by
+``allocate(<op>_workspace_shapes(...))``; the spec maps a name to ``(shape, dtype)``. A
+kernel never assumes anything about a workspace's contents on entry, so one dict may be
+shared by layers that do not run concurrently (the one exception,
+``conv_backward(reuse_col=True)``, says so). Convolution and pooling require ``ws``; the
+elementwise, softmax, linear and loss kernels accept ``ws=None`` and then allocate their
+(small or occasional) scratch per call, which is fine in tests and one-off calls but not on
+a training step's hot path.
 """
 
 from __future__ import annotations
@@ -41,6 +46,14 @@ def get_array_module(*arrays: Any) -> ModuleType:
 def allocate(spec: Mapping[str, tuple[tuple[int, ...], Any]], xp: ModuleType = numpy) -> dict:
     """Allocate (uninitialised) workspace arrays from a ``*_workspace_shapes`` spec."""
     return {name: xp.empty(shape, dtype=dtype) for name, (shape, dtype) in spec.items()}
+
+
+def scratch(ws: Mapping[str, Array] | None, name: str, shape: tuple[int, ...], dtype: Any,
+            xp: ModuleType) -> Array:
+    """``ws[name]`` when the caller provided it, else a new (per-call) array."""
+    if ws is not None and name in ws:
+        return ws[name]
+    return xp.empty(shape, dtype=dtype)
 
 
 def view_as(a: Array, shape: tuple[int, ...]) -> Array:

@@ -1,109 +1,249 @@
-"""Fully-connected, softmax and elementwise kernels, forward beside backward.
+"""Fully-connected, softmax, elementwise and concat kernels, forward beside backward.
 
-    linear_forward(x, w, b, y, *, transpose)          x (M, K), w (N, K) or (K, N), y (M, N)
-    linear_backward(dy, x, w, *, dx, dw, db, transpose)
-    softmax_forward(x, y, *, axis)                    softmax_backward(y, dy, dx, *, axis)
-    eltwise_{sum,prod,max}_forward / _backward        over a list of same-shape bottoms
+    linear_workspace_shapes(w_shape, dtype) -> spec
+    linear_forward(x, w, b, y, *, transpose=False)         x (M, K), w (N, K) / (K, N), y (M, N)
+    linear_backward(dy, x, w, *, dx, dw, db, transpose=False, ws=None)
+    softmax_workspace_shapes(shape, axis, dtype) -> spec
+    softmax_forward(x, y, *, axis=1, ws=None)
+    softmax_backward(y, dy, dx, *, axis=1, ws=None)
+    eltwise_workspace_shapes(shape, dtype) -> spec
+    eltwise_sum_forward(xs, coeffs, y, *, ws=None)         eltwise_sum_backward(dy, coeffs, dxs)
+    eltwise_prod_forward(xs, y)                            eltwise_prod_backward(dy, xs, y, dxs,
+                                                                                 *, stable=True)
+    eltwise_max_forward(xs, y, argmax, *, ws=None)         eltwise_max_backward(dy, argmax, dxs,
+                                                                                *, ws=None)
+    concat_forward(xs, y, *, axis=1)                       concat_backward(dy, dxs, *, axis=1,
+                                                                           widths=None)
 
-Outputs and bottom gradients are assigned; parameter gradients (dw, db) accumulate.
+Outputs and bottom gradients are assigned; parameter gradients (dw, db) accumulate (+=).
+Entries of ``dxs`` may be None (gradient not wanted). Caffe's Slice layer is concat run
+backwards: its forward is ``concat_backward`` and its backward ``concat_forward``.
+``ws`` follows ``netforge.ops._xp``: without it these kernels allocate scratch per call.
 """
 
 from __future__ import annotations
 
-from netforge.ops._xp import Array, get_array_module
+from collections.abc import Sequence
+
+import numpy
+
+from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
+
+# --------------------------------------------------------------------------- linear
+
+
+def linear_workspace_shapes(w_shape: tuple[int, ...], *, transpose: bool = False,
+                            dtype: numpy.dtype = numpy.float32) -> WorkspaceSpec:
+    """``dw`` (w's shape) and ``db`` (N,) stage the parameter gradients before they are
+    accumulated: numpy's matmul has no beta = 1 form that would add into dw directly."""
+    n = w_shape[1] if transpose else w_shape[0]
+    return {"dw": (tuple(w_shape), numpy.dtype(dtype)), "db": ((n,), numpy.dtype(dtype))}
 
 
 def linear_forward(x: Array, w: Array, b: Array | None, y: Array, *,
                    transpose: bool = False) -> None:
-    """y = x · wᵀ + b (x · w when ``transpose``, Caffe's transposed weight layout)."""
+    """y = x @ w.T + b (x @ w when ``transpose``: Caffe's transposed weight layout).
+
+    Args:
+        x: (M, K); w: (N, K), or (K, N) when transpose; b: (N,) or None; y: (M, N), assigned.
+    """
     xp = get_array_module(x)
     xp.matmul(x, w if transpose else w.T, out=y)
     if b is not None:
-        y += b
+        xp.add(y, b, out=y)
 
 
 def linear_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Array | None,
-                    db: Array | None, transpose: bool = False) -> None:
+                    db: Array | None, transpose: bool = False, ws: dict | None = None) -> None:
+    """Gradients of ``linear_forward``: dx (M, K) assigned, dw and db accumulated."""
     xp = get_array_module(dy)
     if dw is not None:
-        # A GEMM with beta = 1 would accumulate without a temporary; numpy has no such call.
-        dw += (x.T @ dy) if transpose else (dy.T @ x)
+        stage = scratch(ws, "dw", dw.shape, dw.dtype, xp)
+        xp.matmul(x.T, dy, out=stage) if transpose else xp.matmul(dy.T, x, out=stage)
+        xp.add(dw, stage, out=dw)
     if db is not None:
-        db += dy.sum(axis=0)
+        stage = scratch(ws, "db", db.shape, db.dtype, xp)
+        xp.sum(dy, axis=0, out=stage)
+        xp.add(db, stage, out=db)
     if dx is not None:
         xp.matmul(dy, w.T if transpose else w, out=dx)
 
 
-def softmax_forward(x: Array, y: Array, *, axis: int = 1) -> None:
-    """Numerically stable softmax along ``axis``."""
+# --------------------------------------------------------------------------- softmax
+
+
+def _around(shape: Sequence[int], axis: int) -> tuple[int, int, int]:
+    """(outer, channels, inner) sizes of ``shape`` around ``axis``."""
+    outer = inner = 1
+    for d in shape[:axis]:
+        outer *= int(d)
+    for d in shape[axis + 1:]:
+        inner *= int(d)
+    return outer, int(shape[axis]), inner
+
+
+def softmax_workspace_shapes(shape: tuple[int, ...], axis: int = 1,
+                             dtype: numpy.dtype = numpy.float32) -> WorkspaceSpec:
+    """``scale`` (outer, 1, inner): the per-position max, sum or dot product."""
+    outer, _, inner = _around(shape, axis)
+    return {"scale": ((outer, 1, inner), numpy.dtype(dtype))}
+
+
+def softmax_forward(x: Array, y: Array, *, axis: int = 1, ws: dict | None = None) -> None:
+    """y = exp(x - max) / sum(exp(x - max)) along ``axis``; any shape, y may be x."""
     xp = get_array_module(x)
-    xp.subtract(x, x.max(axis=axis, keepdims=True), out=y)
-    xp.exp(y, out=y)
-    y /= y.sum(axis=axis, keepdims=True)
+    outer, c, inner = _around(x.shape, axis)
+    x3, y3 = view_as(x, (outer, c, inner)), view_as(y, (outer, c, inner))
+    s = scratch(ws, "scale", (outer, 1, inner), x.dtype, xp)
+    xp.max(x3, axis=1, keepdims=True, out=s)
+    xp.subtract(x3, s, out=y3)
+    xp.exp(y3, out=y3)
+    xp.sum(y3, axis=1, keepdims=True, out=s)
+    xp.reciprocal(s, out=s)  # one division per position, then products over the channels
+    xp.multiply(y3, s, out=y3)
 
 
-def softmax_backward(y: Array, dy: Array, dx: Array, *, axis: int = 1) -> None:
-    """dx = y · (dy − Σ(dy · y) along axis)."""
+def softmax_backward(y: Array, dy: Array, dx: Array, *, axis: int = 1,
+                     ws: dict | None = None) -> None:
+    """dx = y * (dy - sum(dy * y) along axis), from the top data y; dx may be dy."""
+    xp = get_array_module(dy)
+    outer, c, inner = _around(y.shape, axis)
+    y3, dy3, dx3 = (view_as(a, (outer, c, inner)) for a in (y, dy, dx))
+    s = scratch(ws, "scale", (outer, 1, inner), y.dtype, xp)
+    _dot_channels(xp, dy3, y3, s)
+    xp.subtract(dy3, s, out=dx3)
+    xp.multiply(dx3, y3, out=dx3)
+
+
+def _dot_channels(xp, a3: Array, b3: Array, out: Array) -> None:
+    """out (outer, 1, inner) = sum over axis 1 of a3 * b3, without an (outer, C, inner)
+    temporary on CPU (einsum reduces on the fly)."""
+    if xp is numpy:
+        numpy.einsum("oci,oci->oi", a3, b3, out=out[:, 0, :])
+    else:  # CuPy's einsum takes no ``out``; its dedicated kernel belongs to the GPU path
+        xp.sum(a3 * b3, axis=1, keepdims=True, out=out)
+
+
+# --------------------------------------------------------------------------- eltwise
+
+
+def eltwise_workspace_shapes(shape: tuple[int, ...], dtype: numpy.dtype = numpy.float32
+                             ) -> WorkspaceSpec:
+    """``tmp`` for SUM with a coefficient other than +-1; bool ``mask`` for MAX."""
+    return {"tmp": (tuple(shape), numpy.dtype(dtype)), "mask": (tuple(shape), numpy.dtype(bool))}
+
+
+def eltwise_sum_forward(xs: Sequence[Array], coeffs: Sequence[float], y: Array, *,
+                        ws: dict | None = None) -> None:
+    """y = sum_i coeffs[i] * xs[i]; y must not alias any x."""
     xp = get_array_module(y)
-    dot = (dy * y).sum(axis=axis, keepdims=True)
-    xp.subtract(dy, dot, out=dx)
-    dx *= y
-
-
-def eltwise_sum_forward(xs: list, coeffs: list[float], y: Array) -> None:
-    xp = get_array_module(y)
-    xp.multiply(xs[0], coeffs[0], out=y)
+    if coeffs[0] == 1:
+        xp.copyto(y, xs[0])
+    else:
+        xp.multiply(xs[0], coeffs[0], out=y)
     for x, c in zip(xs[1:], coeffs[1:], strict=True):
-        if c == 1.0:
-            y += x
+        if c == 1:
+            xp.add(y, x, out=y)
+        elif c == -1:
+            xp.subtract(y, x, out=y)
         else:
-            y += c * x
+            tmp = scratch(ws, "tmp", y.shape, y.dtype, xp)  # no axpy in numpy
+            xp.multiply(x, c, out=tmp)
+            xp.add(y, tmp, out=y)
 
 
-def eltwise_sum_backward(dy: Array, coeffs: list[float], dxs: list) -> None:
+def eltwise_sum_backward(dy: Array, coeffs: Sequence[float], dxs: Sequence[Array | None]
+                         ) -> None:
+    """dxs[i] = coeffs[i] * dy."""
     xp = get_array_module(dy)
     for dx, c in zip(dxs, coeffs, strict=True):
-        if dx is not None:
+        if dx is None:
+            continue
+        if c == 1:
+            xp.copyto(dx, dy)
+        else:
             xp.multiply(dy, c, out=dx)
 
 
-def eltwise_prod_forward(xs: list, y: Array) -> None:
+def eltwise_prod_forward(xs: Sequence[Array], y: Array) -> None:
+    """y = prod_i xs[i]."""
     xp = get_array_module(y)
     xp.multiply(xs[0], xs[1], out=y)
     for x in xs[2:]:
-        y *= x
+        xp.multiply(y, x, out=y)
 
 
-def eltwise_prod_backward(dy: Array, xs: list, y: Array, dxs: list, *,
-                          stable: bool = True) -> None:
-    """dx_i = dy · Π_{j≠i} x_j (stable: recomputed products), or dy · y / x_i."""
+def eltwise_prod_backward(dy: Array, xs: Sequence[Array], y: Array,
+                          dxs: Sequence[Array | None], *, stable: bool = True) -> None:
+    """dxs[i] = dy * prod_{j != i} xs[j] (``stable``, Caffe's default: no division, right
+    where xs[i] == 0), or dy * y / xs[i]."""
     xp = get_array_module(dy)
     for i, dx in enumerate(dxs):
         if dx is None:
             continue
         if stable:
-            xp.copyto(dx, dy)
-            for j, x in enumerate(xs):
-                if j != i:
-                    dx *= x
+            others = [x for j, x in enumerate(xs) if j != i]
+            xp.multiply(dy, others[0], out=dx)
+            for x in others[1:]:
+                xp.multiply(dx, x, out=dx)
         else:
             xp.divide(y, xs[i], out=dx)
-            dx *= dy
+            xp.multiply(dx, dy, out=dx)
 
 
-def eltwise_max_forward(xs: list, y: Array, argmax: Array) -> None:
-    """y = max over bottoms; ``argmax`` receives the winning bottom index (first on ties)."""
+def eltwise_max_forward(xs: Sequence[Array], y: Array, argmax: Array, *,
+                        ws: dict | None = None) -> None:
+    """y = max_i xs[i]; ``argmax`` (integer, y's shape) is assigned the winning bottom.
+
+    Caffe's tie rule: between bottoms 0 and 1 a tie goes to 1 (bottom 0 must be strictly
+    greater); from bottom 2 on, a later bottom must be strictly greater to win.
+    """
     xp = get_array_module(y)
-    xp.copyto(y, xs[0])
-    argmax.fill(0)
-    for i, x in enumerate(xs[1:], start=1):
-        greater = x > y
-        argmax[greater] = i
-        xp.maximum(y, x, out=y)
+    mask = scratch(ws, "mask", y.shape, bool, xp)
+    xp.greater(xs[0], xs[1], out=mask)
+    xp.copyto(y, xs[1])
+    xp.copyto(y, xs[0], where=mask)
+    xp.logical_not(mask, out=argmax)  # 0 where bottom 0 won, else 1
+    for k, x in enumerate(xs[2:], start=2):
+        xp.greater(x, y, out=mask)
+        xp.copyto(y, x, where=mask)
+        xp.copyto(argmax, k, where=mask)
 
 
-def eltwise_max_backward(dy: Array, argmax: Array, dxs: list) -> None:
+def eltwise_max_backward(dy: Array, argmax: Array, dxs: Sequence[Array | None], *,
+                         ws: dict | None = None) -> None:
+    """dxs[i] = dy where bottom i won, else 0."""
     xp = get_array_module(dy)
+    mask = scratch(ws, "mask", dy.shape, bool, xp)
     for i, dx in enumerate(dxs):
+        if dx is None:
+            continue
+        xp.equal(argmax, i, out=mask)
+        xp.multiply(dy, mask, out=dx)
+
+
+# --------------------------------------------------------------------------- concat
+
+
+def concat_forward(xs: Sequence[Array], y: Array, *, axis: int = 1) -> None:
+    """y = xs joined along ``axis`` (Caffe's Concat; Slice's backward)."""
+    get_array_module(y).concatenate(list(xs), axis=axis, out=y)
+
+
+def concat_backward(dy: Array, dxs: Sequence[Array | None], *, axis: int = 1,
+                    widths: Sequence[int] | None = None) -> None:
+    """dxs[i] = the i-th piece of dy along ``axis`` (Concat's backward; Slice's forward).
+
+    ``widths`` (each piece's size along axis) is needed only when some dxs are None.
+    """
+    xp = get_array_module(dy)
+    if widths is None:
+        if any(dx is None for dx in dxs):
+            raise ValueError("concat_backward: pass widths when some gradients are None")
+        widths = [dx.shape[axis] for dx in dxs]
+    lead = (slice(None),) * axis
+    start = 0
+    for dx, width in zip(dxs, widths, strict=True):
         if dx is not None:
-            xp.multiply(dy, argmax == i, out=dx)
+            xp.copyto(dx, dy[lead + (slice(start, start + width),)])
+        start += width

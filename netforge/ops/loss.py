@@ -1,93 +1,182 @@
 """Loss and metric kernels: softmax cross-entropy (Caffe's SoftmaxWithLoss) and accuracy.
 
-    softmax_loss_forward(x, label, prob, *, axis, ignore_label, normalization) -> loss
-    softmax_loss_backward(prob, label, dx, *, axis, ignore_label, normalization, loss_weight)
-    accuracy(x, label, *, top_k, axis, ignore_label) -> (accuracy, per_class_accuracy)
+    loss_workspace_shapes(x_shape, axis=1, dtype=float32) -> spec
+    softmax_loss_forward(x, label, prob, *, axis, ignore_label, normalization, ws) -> float
+    softmax_loss_backward(prob, label, dx, *, axis, ignore_label, normalization,
+                          loss_weight, ws)
+    accuracy(x, label, *, top_k, axis, ignore_label, per_class=True, ws)
+        -> (accuracy, per_class_accuracy or None)
 
-Scores x are (outer, C, inner...) around ``axis``; labels hold outer·inner integer values.
+Scores x are (outer, C, inner) around ``axis`` (e.g. (N, C) or (N, C, H, W) with axis 1);
+``label`` holds outer * inner integer-valued numbers (any shape with that many elements,
+e.g. (N,), (N, 1, 1, 1) or (N, H, W)); a label is truncated to int as Caffe's static_cast
+does. ``ignore_label`` None means no label is ignored. A label outside [0, C) that is not
+ignored raises ValueError (Caffe only checks it in debug builds).
+
+Normalization (Caffe's LossParameter): "FULL" divides by outer * inner, "VALID" by the
+number of non-ignored labels, "BATCH_SIZE" by outer, "NONE" by 1; the divisor is clamped to
+at least 1. ``ws`` follows ``netforge.ops._xp`` (label-sized index arrays, plus the
+(outer, C, inner) bool ``ge`` for accuracy); without it scratch is allocated per call.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import numpy
 
-from netforge.ops._xp import Array, get_array_module
-from netforge.ops.common import softmax_forward
+from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
+from netforge.ops.common import _around, softmax_forward
 
-_FLT_MIN = float(np.finfo(np.float32).tiny)
-
-
-def _views(x: Array, label: Array, axis: int):
-    outer = int(np.prod(x.shape[:axis]))
-    classes = x.shape[axis]
-    inner = int(np.prod(x.shape[axis + 1 :]))
-    return outer, classes, inner, label.reshape(outer, inner)
+# Caffe clamps the picked probability at FLT_MIN before the log, for every Dtype.
+_FLT_MIN = float(numpy.finfo(numpy.float32).tiny)
+_MODES = ("FULL", "VALID", "BATCH_SIZE", "NONE")
 
 
-def normalizer(mode: str, outer: int, inner: int, valid: int) -> float:
-    """Caffe's loss divisor, clamped to at least 1."""
+def loss_workspace_shapes(x_shape: tuple[int, ...], axis: int = 1,
+                          dtype: numpy.dtype = numpy.float32) -> WorkspaceSpec:
+    """Scratch for the loss and accuracy kernels on scores of shape ``x_shape``."""
+    outer, c, inner = _around(x_shape, axis)
+    dt, ip = numpy.dtype(dtype), numpy.dtype(numpy.intp)
+    return {"scale": ((outer, 1, inner), dt), "label": ((outer, inner), ip),
+            "index": ((outer, inner), ip), "picked": ((outer, inner), dt),
+            "ignored": ((outer, inner), numpy.dtype(bool)),
+            "ge": ((outer, c, inner), numpy.dtype(bool))}
+
+
+def _normalizer(mode: str, outer: int, inner: int, valid: int) -> float:
+    if mode not in _MODES:
+        raise ValueError(f"normalization must be one of {', '.join(_MODES)}, got {mode!r}")
     value = {"FULL": outer * inner, "VALID": valid, "BATCH_SIZE": outer, "NONE": 1}[mode]
     return float(max(value, 1))
 
 
-def _label_index(label2: Array, ignore_label: int | None, classes: int):
-    xp = get_array_module(label2)
-    lab = label2.astype(xp.int64)
-    valid = xp.ones(lab.shape, dtype=bool) if ignore_label is None else lab != ignore_label
-    if bool(((lab < 0) | (lab >= classes))[valid].any()):
-        bad = lab[valid & ((lab < 0) | (lab >= classes))][0]
-        raise ValueError(f"label {int(bad)} is outside [0, {classes})")
-    return xp.where(valid, lab, 0), valid
+def _labels(xp, label: Array, outer: int, c: int, inner: int, ignore_label: int | None,
+            ws: dict | None) -> tuple[Array, Array | None, int]:
+    """Integer labels (outer, inner), ignored ones set to class 0 (a harmless in-range index
+    whose terms are masked out later); the ignored mask (None if none); the valid count."""
+    lab = scratch(ws, "label", (outer, inner), numpy.intp, xp)
+    xp.copyto(lab, view_as(label, (outer, inner)), casting="unsafe")
+    ignored = None
+    valid = outer * inner
+    if ignore_label is not None:
+        ignored = scratch(ws, "ignored", (outer, inner), bool, xp)
+        xp.equal(lab, int(ignore_label), out=ignored)
+        xp.copyto(lab, 0, where=ignored)
+        valid -= int(xp.count_nonzero(ignored))
+    if lab.size and (int(lab.min()) < 0 or int(lab.max()) >= c):
+        bad = int(lab.min()) if int(lab.min()) < 0 else int(lab.max())
+        raise ValueError(f"label {bad} is outside [0, {c}) and is not the ignore_label "
+                         f"({ignore_label})")
+    return lab, ignored, valid
+
+
+def _flat_index(xp, lab: Array, outer: int, c: int, inner: int, ws: dict | None) -> Array:
+    """Flat index into an (outer, C, inner) array of each position's label entry:
+    o*C*inner + lab*inner + i."""
+    idx = scratch(ws, "index", (outer, inner), numpy.intp, xp)
+    if idx.size == 0:
+        return idx
+    # o*C*inner + i as a running sum of steps (1 along a row, the row jump at each row
+    # start): no arange of the batch size, no broadcast operands to buffer.
+    idx.fill(1)
+    idx[:, 0] = (c - 1) * inner + 1
+    flat = view_as(idx, (idx.size,))
+    flat[0] = 0
+    xp.cumsum(flat, out=flat)
+    if inner == 1:
+        xp.add(idx, lab, out=idx)
+    else:  # scale the labels in place and back (exact in integers) rather than via a copy
+        xp.multiply(lab, inner, out=lab)
+        xp.add(idx, lab, out=idx)
+        xp.floor_divide(lab, inner, out=lab)
+    return idx
 
 
 def softmax_loss_forward(x: Array, label: Array, prob: Array, *, axis: int = 1,
-                         ignore_label: int | None = None, normalization: str = "VALID") -> float:
-    """Mean −log p[label] (clamped at FLT_MIN); ``prob`` receives the softmax."""
+                         ignore_label: int | None = None, normalization: str = "VALID",
+                         ws: dict | None = None) -> float:
+    """loss = -sum over non-ignored positions of log(max(prob[label], FLT_MIN)) / normalizer.
+
+    Args:
+        x: scores (outer, C, inner) around ``axis``.
+        label: outer * inner integer-valued labels.
+        prob: x's shape, assigned softmax(x) along ``axis`` (kept for backward).
+    Returns:
+        The loss as a Python float.
+    """
     xp = get_array_module(x)
-    softmax_forward(x, prob, axis=axis)
-    outer, classes, inner, label2 = _views(x, label, axis)
-    lab, valid = _label_index(label2, ignore_label, classes)
-    p3 = prob.reshape(outer, classes, inner)
-    picked = xp.take_along_axis(p3, lab[:, None, :], axis=1)[:, 0, :]
-    logs = -xp.log(xp.maximum(picked, _FLT_MIN))
-    total = float((logs * valid).sum())
-    return total / normalizer(normalization, outer, inner, int(valid.sum()))
+    softmax_forward(x, prob, axis=axis, ws=ws)
+    outer, c, inner = _around(x.shape, axis)
+    lab, ignored, valid = _labels(xp, label, outer, c, inner, ignore_label, ws)
+    idx = _flat_index(xp, lab, outer, c, inner, ws)
+    picked = scratch(ws, "picked", (outer, inner), prob.dtype, xp)
+    xp.take(view_as(prob, (prob.size,)), idx, out=picked, mode="clip")
+    xp.maximum(picked, _FLT_MIN, out=picked)
+    xp.log(picked, out=picked)
+    if ignored is not None:
+        xp.copyto(picked, 0, where=ignored)
+    return -float(picked.sum()) / _normalizer(normalization, outer, inner, valid)
 
 
 def softmax_loss_backward(prob: Array, label: Array, dx: Array, *, axis: int = 1,
                           ignore_label: int | None = None, normalization: str = "VALID",
-                          loss_weight: float = 1.0) -> None:
-    """dx = (prob − onehot(label)) · loss_weight / normalizer; zero where ignored."""
+                          loss_weight: float = 1.0, ws: dict | None = None) -> None:
+    """dx = (prob - onehot(label)) * loss_weight / normalizer, zero at ignored positions.
+
+    Args:
+        prob: the softmax from ``softmax_loss_forward``; dx: its shape, assigned.
+        loss_weight: the top's diff (the layer's loss weight), as Caffe seeds it.
+    """
     xp = get_array_module(prob)
-    outer, classes, inner, label2 = _views(prob, label, axis)
-    lab, valid = _label_index(label2, ignore_label, classes)
-    d3 = dx.reshape(outer, classes, inner)
-    xp.copyto(d3, prob.reshape(outer, classes, inner))
-    rows = xp.arange(outer)[:, None]
-    cols = xp.arange(inner)[None, :]
-    d3[rows, lab, cols] -= 1.0
-    d3 *= valid[:, None, :]
-    d3 *= loss_weight / normalizer(normalization, outer, inner, int(valid.sum()))
+    outer, c, inner = _around(prob.shape, axis)
+    lab, ignored, valid = _labels(xp, label, outer, c, inner, ignore_label, ws)
+    idx = _flat_index(xp, lab, outer, c, inner, ws)
+    scale = float(loss_weight) / _normalizer(normalization, outer, inner, valid)
+    xp.multiply(prob, scale, out=dx)
+    # Subtract the scaled one-hot at one entry per position: take, adjust, put back.
+    flat = view_as(dx, (dx.size,))
+    picked = scratch(ws, "picked", (outer, inner), dx.dtype, xp)
+    xp.take(flat, idx, out=picked, mode="clip")
+    xp.subtract(picked, scale, out=picked)
+    xp.put(flat, idx, picked, mode="clip")
+    if ignored is not None:
+        xp.copyto(view_as(dx, (outer, c, inner)), 0, where=ignored[:, None, :])
 
 
 def accuracy(x: Array, label: Array, *, top_k: int = 1, axis: int = 1,
-             ignore_label: int | None = None):
-    """Fraction of positions whose label scores among the top_k (Caffe: correct when fewer
-    than top_k classes score strictly higher than the label). Also per-class accuracy."""
+             ignore_label: int | None = None, per_class: bool = True,
+             ws: dict | None = None) -> tuple[float, Array | None]:
+    """Top-k accuracy with Caffe's tie rule, and per-class accuracy.
+
+    A position counts as correct when fewer than ``top_k`` *other* classes score greater
+    than or equal to the label's score, i.e. ties are counted against the label (Caffe's
+    ``num_better_predictions`` loop since 2016; the older partial-sort version broke ties by
+    class index). Ignored positions are skipped; with none left the accuracy is 0.
+
+    Returns:
+        (accuracy, per_class) where per_class (C,) holds hits / count per label class (0 for
+        a class absent from the labels), or None when ``per_class`` is False.
+    """
     xp = get_array_module(x)
-    outer, classes, inner, label2 = _views(x, label, axis)
-    lab, valid = _label_index(label2, ignore_label, classes)
-    x3 = x.reshape(outer, classes, inner)
-    true_score = xp.take_along_axis(x3, lab[:, None, :], axis=1)
-    higher = (x3 > true_score).sum(axis=1)
-    correct = (higher < top_k) & valid
-    count = int(valid.sum())
-    acc = float(correct.sum()) / count if count else 0.0
-    per_class = np.zeros(classes)
-    lab_h, valid_h, correct_h = (np.asarray(a.get() if hasattr(a, "get") else a)
-                                 for a in (lab, valid, correct))
-    for c in range(classes):
-        members = valid_h & (lab_h == c)
-        if members.any():
-            per_class[c] = correct_h[members].mean()
-    return acc, per_class
+    outer, c, inner = _around(x.shape, axis)
+    lab, ignored, valid = _labels(xp, label, outer, c, inner, ignore_label, ws)
+    idx = _flat_index(xp, lab, outer, c, inner, ws)
+    score = scratch(ws, "picked", (outer, inner), x.dtype, xp)
+    xp.take(view_as(x, (x.size,)), idx, out=score, mode="clip")
+    ge = scratch(ws, "ge", (outer, c, inner), bool, xp)
+    xp.greater_equal(view_as(x, (outer, c, inner)), score[:, None, :], out=ge)
+    count = idx  # the flat index is no longer needed: reuse it for the >= counts
+    xp.sum(ge, axis=1, out=count)
+    correct = ge[:, 0, :]  # likewise the first channel of ge becomes the verdict
+    xp.less_equal(count, top_k, out=correct)  # count includes the label itself
+    if ignored is not None:
+        xp.copyto(correct, False, where=ignored)
+    hits = int(xp.count_nonzero(correct))
+    acc = hits / valid if valid else 0.0
+    if not per_class:
+        return acc, None
+    # Per-class figures are a small metric: bincount on label-sized vectors is fine here.
+    nums = xp.bincount(lab.ravel() if ignored is None else lab[~ignored], minlength=c)
+    wins = xp.bincount(lab[correct], minlength=c)
+    per = xp.zeros(c, dtype=x.dtype)
+    xp.divide(wins, nums, out=per, where=nums > 0, casting="unsafe")
+    return acc, per

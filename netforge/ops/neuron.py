@@ -1,84 +1,150 @@
-"""Elementwise activation kernels, forward beside backward. All work in place (y is x,
-dx is dy) and write into caller-provided arrays.
+"""Elementwise activation kernels, forward beside backward; all of them may run in place.
 
-    relu_forward(x, y, *, negative_slope)        relu_backward(dy, y, dx, *, negative_slope)
-    sigmoid_forward(x, y)                        sigmoid_backward(dy, y, dx)
-    tanh_forward(x, y)                           tanh_backward(dy, y, dx)
-    dropout_forward(x, y, mask, ratio, rng)      dropout_backward(dy, mask, ratio, dx)
+Any shape. In place is Caffe's idiom: top is bottom, so ``y is x`` in forward and, in
+backward, ``dx is dy`` (the diffs are shared too) while the data argument is the shared blob.
+
+    relu_workspace_shapes(shape) -> spec                        bool ``mask``
+    relu_forward(x, y, *, negative_slope=0.0, ws=None)          ws only when leaky
+    relu_backward(dy, data, dx, *, negative_slope=0.0, ws=None) data: x, or y if slope >= 0
+    sigmoid_forward(x, y)
+    sigmoid_backward(dy, y, dx, *, ws=None)                     ws only when dx aliases
+    tanh_forward(x, y)
+    tanh_backward(dy, y, dx, *, ws=None)                        ws only when dx aliases
+    tmp_workspace_shapes(shape, dtype) -> spec                  ``tmp`` for sigmoid/tanh
+    dropout_forward(x, y, mask, ratio, rng)                     TRAIN; TEST is the identity
+    dropout_backward(dy, mask, ratio, dx)
+
+Outputs are assigned. ``ws`` follows ``netforge.ops._xp``: without it these kernels allocate
+their scratch per call.
 """
 
 from __future__ import annotations
 
-from netforge.ops._xp import Array, get_array_module
+from typing import Any
+
+import numpy
+
+from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, scratch
 
 
-def relu_forward(x: Array, y: Array, *, negative_slope: float = 0.0) -> None:
-    """y = max(x, 0) + slope · min(x, 0)."""
+def relu_workspace_shapes(shape: tuple[int, ...]) -> WorkspaceSpec:
+    """A bool ``mask`` of the data's shape (backward always, forward when leaky)."""
+    return {"mask": (tuple(shape), numpy.dtype(bool))}
+
+
+def relu_forward(x: Array, y: Array, *, negative_slope: float = 0.0,
+                 ws: dict | None = None) -> None:
+    """y = max(x, 0) + negative_slope * min(x, 0)."""
     xp = get_array_module(x)
-    if negative_slope == 0.0:
+    if negative_slope == 0:
         xp.maximum(x, 0, out=y)
-    else:
-        xp.multiply(x, xp.where(x > 0, 1.0, negative_slope).astype(x.dtype), out=y)
+        return
+    mask = scratch(ws, "mask", x.shape, bool, xp)
+    xp.less_equal(x, 0, out=mask)
+    if y is not x:
+        xp.copyto(y, x)
+    xp.multiply(y, negative_slope, out=y, where=mask)
 
 
-def relu_backward(dy: Array, y: Array, dx: Array, *, negative_slope: float = 0.0) -> None:
-    """dx = dy where the unit was active, slope · dy elsewhere. ``y`` may be the top data
-    (y > 0 exactly where x > 0 for slope >= 0), so in-place ReLU needs no saved input."""
+def relu_backward(dy: Array, data: Array, dx: Array, *, negative_slope: float = 0.0,
+                  ws: dict | None = None) -> None:
+    """dx = dy where data > 0, else negative_slope * dy (Caffe counts 0 as negative).
+
+    ``data`` is the bottom data x, or the top data y, which is what an in-place ReLU has
+    left: for negative_slope >= 0, y > 0 exactly where x > 0.
+    """
     xp = get_array_module(dy)
-    if negative_slope == 0.0:
-        xp.multiply(dy, y > 0, out=dx)
-    else:
-        xp.multiply(dy, xp.where(y > 0, 1.0, negative_slope).astype(dy.dtype), out=dx)
+    mask = scratch(ws, "mask", dy.shape, bool, xp)
+    if negative_slope == 0:
+        xp.greater(data, 0, out=mask)
+        xp.multiply(dy, mask, out=dx)
+        return
+    xp.less_equal(data, 0, out=mask)
+    if dx is not dy:
+        xp.copyto(dx, dy)
+    xp.multiply(dx, negative_slope, out=dx, where=mask)
 
 
 def sigmoid_forward(x: Array, y: Array) -> None:
-    """y = 1 / (1 + e^-x), as 0.5·tanh(x/2) + 0.5, which never overflows."""
+    """y = 1 / (1 + exp(-x)), computed as 0.5 * tanh(0.5 * x) + 0.5, which cannot overflow."""
     xp = get_array_module(x)
     xp.multiply(x, 0.5, out=y)
     xp.tanh(y, out=y)
-    y *= 0.5
-    y += 0.5
+    xp.multiply(y, 0.5, out=y)
+    xp.add(y, 0.5, out=y)
 
 
-def sigmoid_backward(dy: Array, y: Array, dx: Array) -> None:
-    """dx = dy · y · (1 − y)."""
+def _derivative_buffer(xp: Any, ws: dict | None, dy: Array, y: Array, dx: Array) -> Array:
+    """Where to build the local derivative: dx itself, unless dx aliases dy or y (in place),
+    in which case ws["tmp"]."""
+    if xp.may_share_memory(dx, dy) or xp.may_share_memory(dx, y):
+        return scratch(ws, "tmp", y.shape, y.dtype, xp)
+    return dx
+
+
+def sigmoid_backward(dy: Array, y: Array, dx: Array, *, ws: dict | None = None) -> None:
+    """dx = dy * y * (1 - y), from the top data y."""
     xp = get_array_module(dy)
-    if dx is dy:
-        dx *= y
-        dx *= 1 - y
-    else:
-        xp.subtract(1, y, out=dx)
-        dx *= y
-        dx *= dy
+    tmp = _derivative_buffer(xp, ws, dy, y, dx)
+    xp.subtract(1, y, out=tmp)
+    xp.multiply(tmp, y, out=tmp)
+    xp.multiply(tmp, dy, out=dx)
 
 
 def tanh_forward(x: Array, y: Array) -> None:
+    """y = tanh(x)."""
     get_array_module(x).tanh(x, out=y)
 
 
-def tanh_backward(dy: Array, y: Array, dx: Array) -> None:
-    """dx = dy · (1 − y²)."""
+def tanh_backward(dy: Array, y: Array, dx: Array, *, ws: dict | None = None) -> None:
+    """dx = dy * (1 - y^2), from the top data y."""
     xp = get_array_module(dy)
-    if dx is dy:
-        dx *= 1 - y * y
-    else:
-        xp.multiply(y, y, out=dx)
-        xp.subtract(1, dx, out=dx)
-        dx *= dy
+    tmp = _derivative_buffer(xp, ws, dy, y, dx)
+    xp.multiply(y, y, out=tmp)
+    xp.subtract(1, tmp, out=tmp)
+    xp.multiply(tmp, dy, out=dx)
 
 
-def dropout_forward(x: Array, y: Array, mask: Array, ratio: float, rng) -> None:
-    """Inverted dropout: keep each unit with probability 1 − ratio, scale kept by
-    1/(1 − ratio). ``mask`` (bool, x's shape) receives the kept units; ``rng`` is a numpy
-    Generator (or CuPy's) owned by the caller."""
+def tmp_workspace_shapes(shape: tuple[int, ...], dtype: numpy.dtype = numpy.float32
+                         ) -> WorkspaceSpec:
+    """``tmp`` (the data's shape and dtype) for an in-place sigmoid/tanh backward."""
+    return {"tmp": (tuple(shape), numpy.dtype(dtype))}
+
+
+def dropout_forward(x: Array, y: Array, mask: Array, ratio: float, rng: Any) -> None:
+    """Inverted dropout (TRAIN): keep each unit with probability 1 - ratio and scale it by
+    1 / (1 - ratio). In TEST the layer is the identity and does not call this.
+
+    Args:
+        x: input, any shape; y: output of the same shape, may be x.
+        mask: x's shape. Preferably floating (x's dtype): it is assigned each unit's
+            multiplier, 0 or 1 / (1 - ratio), which leaves backward a single product and
+            needs no other scratch. A bool mask (assigned the kept units) also works but
+            costs a per-call buffer for the random draws.
+        ratio: drop probability, in [0, 1).
+        rng: a ``numpy.random.Generator`` (``cupy.random.Generator`` on GPU) owned by the
+            caller, so that runs are reproducible and no global state is touched.
+    """
+    if not 0 <= ratio < 1:
+        raise ValueError(f"dropout ratio must be in [0, 1), got {ratio}")
     xp = get_array_module(x)
-    draws = rng.random(size=mask.shape, dtype=x.dtype if x.dtype.kind == "f" else None)
-    xp.greater_equal(xp.asarray(draws), ratio, out=mask)
+    scale = 1.0 / (1.0 - ratio)
+    if mask.dtype == bool:
+        draws = rng.random(size=mask.shape, dtype=numpy.float32)
+        xp.greater_equal(draws, ratio, out=mask)
+        xp.multiply(x, mask, out=y)
+        xp.multiply(y, scale, out=y)
+        return
+    rng.random(dtype=mask.dtype, out=mask)
+    # u >= ratio has probability 1 - ratio; the bool result lands in mask as 0.0 / 1.0.
+    xp.greater_equal(mask, ratio, out=mask)
+    xp.multiply(mask, scale, out=mask)
     xp.multiply(x, mask, out=y)
-    y *= 1.0 / (1.0 - ratio)
 
 
 def dropout_backward(dy: Array, mask: Array, ratio: float, dx: Array) -> None:
+    """dx = dy * mask's multipliers (dx may be dy); ``ratio`` matters only for a bool mask."""
     xp = get_array_module(dy)
     xp.multiply(dy, mask, out=dx)
-    dx *= 1.0 / (1.0 - ratio)
+    if mask.dtype == bool:
+        xp.multiply(dx, 1.0 / (1.0 - ratio), out=dx)

@@ -1,4 +1,4 @@
-"""Spatial kernels: convolution (im2col + GEMM) and Caffe pooling, forward beside backward.
+"""Convolution kernels (im2col + GEMM), forward beside backward, and the window geometry.
 
 Shapes: x (N, C, H, W), w (O, C/group, kh, kw), y (N, O, OH, OW). ``kernel``, ``pad``,
 ``stride`` and ``dilation`` take an int or an ``(h, w)`` pair.
@@ -10,12 +10,8 @@ Shapes: x (N, C, H, W), w (O, C/group, kh, kw), y (N, O, OH, OW). ``kernel``, ``
     conv_workspace_shapes(x_shape, w_shape, *, stride, pad, dilation, group, dtype) -> spec
     conv_forward(x, w, b, y, *, stride, pad, dilation, group, ws)
     conv_backward(dy, x, w, *, dx, dw, db, stride, pad, dilation, group, ws, reuse_col=False)
-    max_pool_workspace_shapes(x_shape, y_shape, *, index_dtype) -> spec
-    max_pool_forward(x, y, argmax, *, kernel, stride, pad, ws)
-    max_pool_backward(dy, argmax, dx, *, kernel, stride, pad, ws)
-    ave_pool_workspace_shapes(x_shape, y_shape, *, dtype) -> spec
-    ave_pool_forward(x, y, *, kernel, stride, pad, ws)
-    ave_pool_backward(dy, dx, *, kernel, stride, pad, ws)
+
+Pooling lives in ``netforge.ops.pooling``; its output size is here, beside convolution's.
 
 Outputs and bottom gradients (``y``, ``dx``) are assigned; parameter gradients (``dw``,
 ``db``) are accumulated (``+=``), as Caffe does for ``iter_size`` and shared params. Scratch
@@ -48,9 +44,6 @@ from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, pair, view_
 
 IntPair = int | tuple[int, int]
 
-# Caffe initialises a max-pool window to -FLT_MAX (whatever the Dtype) and keeps an index of
-# -1 until a value beats it; padding never takes part.
-_NEG_FLT_MAX = -float(numpy.finfo(numpy.float32).max)
 # Below this output width, im2col in the "nchw" layout is dominated by numpy's per-run
 # overhead and the batch-innermost "chwn" layout wins despite its transposes (measured).
 _CHWN_MAX_WIDTH = 16

@@ -1,0 +1,207 @@
+"""Convolution kernels: forward against a naive loop, backward against central differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from netforge.ops._xp import allocate
+from netforge.ops.vision import (
+    col2im,
+    conv_backward,
+    conv_forward,
+    conv_output_size,
+    conv_workspace_shapes,
+    im2col,
+)
+from tests.ops import naive
+from tests.ops.alloc import assert_batch_independent
+from tests.ops.gradcheck import assert_gradient, top_weights
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+# id, x shape, w shape, stride, pad, dilation, group, bias
+CONV_CASES = [
+    ("3x3", (2, 3, 6, 7), (4, 3, 3, 3), 1, 0, 1, 1, True),
+    ("pad1", (2, 3, 5, 5), (4, 3, 3, 3), 1, 1, 1, 1, True),
+    ("stride2-pad1", (2, 2, 7, 6), (3, 2, 3, 3), 2, 1, 1, 1, True),
+    ("stride>kernel", (1, 2, 9, 9), (2, 2, 2, 2), 3, 0, 1, 1, True),
+    ("dilation2", (2, 2, 9, 8), (3, 2, 3, 3), 1, 1, 2, 1, True),
+    ("group2", (2, 4, 6, 6), (6, 2, 3, 3), 1, 1, 1, 2, True),
+    ("depthwise", (2, 3, 6, 6), (3, 1, 3, 3), 1, 1, 1, 3, True),
+    ("depthwise-x2", (1, 3, 5, 5), (6, 1, 3, 3), 2, 1, 1, 3, False),
+    ("1x1", (2, 4, 5, 5), (3, 4, 1, 1), 1, 0, 1, 1, True),
+    ("1x1-group2-big", (2, 4, 12, 12), (6, 2, 1, 1), 1, 0, 1, 2, True),
+    ("1x1-stride2", (2, 3, 6, 6), (4, 3, 1, 1), 2, 0, 1, 1, True),
+    ("non-square", (2, 3, 7, 9), (4, 3, 2, 4), (2, 1), (1, 2), 1, 1, False),
+    ("wide-nchw", (2, 2, 5, 20), (3, 2, 3, 3), 1, 1, 1, 1, True),
+    ("wide-nchw-mixed", (1, 2, 8, 40), (2, 2, 3, 2), (1, 2), (1, 0), (2, 1), 1, True),
+    ("wide-group2-dil", (1, 4, 6, 22), (4, 2, 2, 3), 1, (0, 2), 2, 2, True),
+]
+IDS = [case[0] for case in CONV_CASES]
+
+
+def _setup(xs, wsh, stride, pad, dilation, group, bias, dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(wsh).astype(dtype)
+    b = rng.standard_normal(wsh[0]).astype(dtype) if bias else None
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_pair(v) for v in ((wsh[2], wsh[3]), stride,
+                                                                  pad, dilation))
+    oh = conv_output_size(xs[2], kh, ph, sh, dh)
+    ow = conv_output_size(xs[3], kw, pw, sw, dw)
+    y = np.empty((xs[0], wsh[0], oh, ow), dtype)
+    geo = {"stride": stride, "pad": pad, "dilation": dilation, "group": group}
+    ws = allocate(conv_workspace_shapes(xs, wsh, dtype=dtype, **geo))
+    return x, w, b, y, geo, ws
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=IDS)
+def test_conv_forward_matches_naive(case):
+    _, xs, wsh, stride, pad, dilation, group, bias = case
+    x, w, b, y, geo, ws = _setup(xs, wsh, stride, pad, dilation, group, bias)
+    conv_forward(x, w, b, y, ws=ws, **geo)
+    ref = naive.conv2d(x, w, b, _pair(stride), _pair(pad), _pair(dilation), group)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=IDS)
+def test_conv_float32_forward(case):
+    _, xs, wsh, stride, pad, dilation, group, bias = case
+    x, w, b, y, geo, ws = _setup(xs, wsh, stride, pad, dilation, group, bias, np.float32)
+    assert all(a.dtype == np.float32 for a in ws.values())
+    conv_forward(x, w, b, y, ws=ws, **geo)
+    ref = naive.conv2d(x.astype(np.float64), w.astype(np.float64),
+                       None if b is None else b.astype(np.float64), _pair(stride), _pair(pad),
+                       _pair(dilation), group)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=IDS)
+def test_conv_backward_gradcheck(case):
+    _, xs, wsh, stride, pad, dilation, group, bias = case
+    x, w, b, y, geo, ws = _setup(xs, wsh, stride, pad, dilation, group, bias)
+    dy = top_weights(y.shape)
+    dx, dw = np.empty_like(x), np.zeros_like(w)
+    db = None if b is None else np.zeros_like(b)
+    conv_forward(x, w, b, y, ws=ws, **geo)
+    conv_backward(dy, x, w, dx=dx, dw=dw, db=db, ws=ws, **geo)
+
+    def forward():
+        conv_forward(x, w, b, y, ws=ws, **geo)
+        return y
+
+    assert_gradient(dx, forward, x, dy, what="dx")
+    assert_gradient(dw, forward, w, dy, what="dw")
+    if b is not None:
+        assert_gradient(db, forward, b, dy, what="db")
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[i] for i in (1, 5, 8, 9, 12)],
+                         ids=[IDS[i] for i in (1, 5, 8, 9, 12)])
+def test_conv_param_gradients_accumulate_and_dx_is_optional(case):
+    _, xs, wsh, stride, pad, dilation, group, bias = case
+    x, w, b, y, geo, ws = _setup(xs, wsh, stride, pad, dilation, group, bias)
+    dy = top_weights(y.shape)
+    conv_forward(x, w, b, y, ws=ws, **geo)
+    dx, dw1, db1 = np.empty_like(x), np.zeros_like(w), np.zeros_like(b)
+    conv_backward(dy, x, w, dx=dx, dw=dw1, db=db1, ws=ws, **geo)
+
+    dw2, db2 = np.zeros_like(w), np.zeros_like(b)
+    for _ in range(2):  # dx=None: only the parameter gradients, accumulated twice
+        conv_backward(dy, x, w, dx=None, dw=dw2, db=db2, ws=ws, **geo)
+    np.testing.assert_allclose(dw2, 2 * dw1, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db2, 2 * db1, rtol=1e-12, atol=1e-12)
+
+    dx_only = np.full_like(x, np.nan)  # assigned, not accumulated: stale values vanish
+    conv_backward(dy, x, w, dx=dx_only, dw=None, db=None, ws=ws, **geo)
+    np.testing.assert_allclose(dx_only, dx, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[i] for i in (0, 6, 12)],
+                         ids=[IDS[i] for i in (0, 6, 12)])
+def test_conv_reuse_col_gives_the_same_gradients(case):
+    _, xs, wsh, stride, pad, dilation, group, bias = case
+    x, w, b, y, geo, ws = _setup(xs, wsh, stride, pad, dilation, group, bias)
+    dy = top_weights(y.shape)
+    grads = []
+    for reuse in (False, True):
+        conv_forward(x, w, b, y, ws=ws, **geo)
+        dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros_like(b)
+        conv_backward(dy, x, w, dx=dx, dw=dw, db=db, ws=ws, reuse_col=reuse, **geo)
+        grads.append((dx, dw, db))
+    for a, c in zip(*grads, strict=True):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "xs, wsh, stride, pad, group",
+    [((64, 20, 12, 12), (50, 20, 5, 5), 1, 0, 1), ((16, 8, 16, 16), (8, 4, 3, 3), 1, 1, 2),
+     ((16, 16, 14, 14), (8, 16, 1, 1), 1, 0, 1), ((8, 4, 8, 40), (4, 4, 3, 3), 2, 1, 1)],
+    ids=["lenet-conv2", "pad-group", "1x1", "wide"],
+)
+def test_conv_step_does_not_allocate(xs, wsh, stride, pad, group):
+    """The hot-path rule: with its workspace in place, forward + backward allocates nothing
+    that grows with the data."""
+
+    def make_step(batch):
+        x, w, b, y, geo, ws = _setup((batch, *xs[1:]), wsh, stride, pad, 1, group, True,
+                                     np.float32)
+        dy = np.ones_like(y)
+        dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros_like(b)
+
+        def step():
+            conv_forward(x, w, b, y, ws=ws, **geo)
+            conv_backward(dy, x, w, dx=dx, dw=dw, db=db, ws=ws, **geo)
+
+        return step
+
+    assert_batch_independent(make_step)
+
+
+@pytest.mark.parametrize(
+    "size, kernel, pad, stride, dilation, expected",
+    [(28, 5, 0, 1, 1, 24), (12, 5, 0, 1, 1, 8), (7, 3, 1, 2, 1, 4), (9, 3, 1, 1, 2, 7),
+     (5, 1, 0, 2, 1, 3), (6, 2, 0, 3, 1, 2), (224, 7, 3, 2, 1, 112)],
+)
+def test_conv_output_size(size, kernel, pad, stride, dilation, expected):
+    assert conv_output_size(size, kernel, pad, stride, dilation) == expected
+
+
+@pytest.mark.parametrize(
+    "xs, kernel, pad, stride, dilation",
+    [((2, 3, 5, 6), (3, 2), (1, 0), (1, 2), (1, 1)), ((1, 2, 7, 7), 3, 2, 2, 2),
+     ((2, 1, 4, 20), 3, 1, 1, 1)],
+)
+def test_im2col_matches_definition_and_col2im_is_its_adjoint(xs, kernel, pad, stride,
+                                                             dilation):
+    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = (_pair(v) for v in (kernel, pad, stride,
+                                                                 dilation))
+    n, c, h, w = xs
+    oh, ow = conv_output_size(h, kh, ph, sh, dh), conv_output_size(w, kw, pw, sw, dw)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(xs)
+    col = np.full((c * kh * kw, n * oh * ow), np.nan)
+    im2col(x, col, kernel=kernel, pad=pad, stride=stride, dilation=dilation)
+    col6 = col.reshape(c, kh, kw, n, oh, ow)
+    for ci, i, j, ni, r, s in np.ndindex(col6.shape):
+        hh, ww = r * sh - ph + i * dh, s * sw - pw + j * dw
+        inside = 0 <= hh < h and 0 <= ww < w
+        assert col6[ci, i, j, ni, r, s] == (x[ni, ci, hh, ww] if inside else 0.0)
+    # <im2col(x), g> == <x, col2im(g)> for any g: col2im is the exact adjoint (scatter-add).
+    g = rng.standard_normal(col.shape)
+    back = np.full_like(x, np.nan)
+    col2im(g, back, kernel=kernel, pad=pad, stride=stride, dilation=dilation)
+    assert np.isclose(np.sum(col * g), np.sum(x * back), rtol=1e-12)
+
+
+def test_conv_rejects_mismatched_groups_and_non_contiguous_outputs():
+    x, w, b, y, geo, ws = _setup((1, 4, 5, 5), (2, 2, 3, 3), 1, 0, 1, 2, True)
+    with pytest.raises(ValueError, match="group"):
+        conv_workspace_shapes((1, 4, 5, 5), (2, 2, 3, 3), group=3)
+    y_strided = np.empty((y.shape[0], y.shape[1], y.shape[2], 2 * y.shape[3]))[..., ::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        conv_forward(x, w, b, y_strided, ws=ws, **geo)
