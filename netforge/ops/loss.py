@@ -91,6 +91,14 @@ def _flat_index(xp, lab: Array, outer: int, c: int, inner: int, ws: dict | None)
     return idx
 
 
+def _gather(xp, flat: Array, idx: Array, out: Array) -> None:
+    """out = flat[idx] without a temporary (idx is known to be in range)."""
+    if xp is numpy:
+        xp.take(flat, idx, out=out, mode="clip")  # "raise" would buffer the output
+    else:  # CuPy's take has no mode
+        xp.take(flat, idx, out=out)
+
+
 def softmax_loss_forward(x: Array, label: Array, prob: Array, *, axis: int = 1,
                          ignore_label: int | None = None, normalization: str = "VALID",
                          ws: dict | None = None) -> float:
@@ -109,7 +117,7 @@ def softmax_loss_forward(x: Array, label: Array, prob: Array, *, axis: int = 1,
     lab, ignored, valid = _labels(xp, label, outer, c, inner, ignore_label, ws)
     idx = _flat_index(xp, lab, outer, c, inner, ws)
     picked = scratch(ws, "picked", (outer, inner), prob.dtype, xp)
-    xp.take(view_as(prob, (prob.size,)), idx, out=picked, mode="clip")
+    _gather(xp, view_as(prob, (prob.size,)), idx, picked)
     xp.maximum(picked, _FLT_MIN, out=picked)
     xp.log(picked, out=picked)
     if ignored is not None:
@@ -135,9 +143,12 @@ def softmax_loss_backward(prob: Array, label: Array, dx: Array, *, axis: int = 1
     # Subtract the scaled one-hot at one entry per position: take, adjust, put back.
     flat = view_as(dx, (dx.size,))
     picked = scratch(ws, "picked", (outer, inner), dx.dtype, xp)
-    xp.take(flat, idx, out=picked, mode="clip")
+    _gather(xp, flat, idx, picked)
     xp.subtract(picked, scale, out=picked)
-    xp.put(flat, idx, picked, mode="clip")
+    if xp is numpy:
+        xp.put(flat, idx, picked, mode="clip")  # "raise" would buffer; idx is in range
+    else:
+        flat[idx] = picked
     if ignored is not None:
         xp.copyto(view_as(dx, (outer, c, inner)), 0, where=ignored[:, None, :])
 
@@ -161,7 +172,7 @@ def accuracy(x: Array, label: Array, *, top_k: int = 1, axis: int = 1,
     lab, ignored, valid = _labels(xp, label, outer, c, inner, ignore_label, ws)
     idx = _flat_index(xp, lab, outer, c, inner, ws)
     score = scratch(ws, "picked", (outer, inner), x.dtype, xp)
-    xp.take(view_as(x, (x.size,)), idx, out=score, mode="clip")
+    _gather(xp, view_as(x, (x.size,)), idx, score)
     ge = scratch(ws, "ge", (outer, c, inner), bool, xp)
     xp.greater_equal(view_as(x, (outer, c, inner)), score[:, None, :], out=ge)
     count = idx  # the flat index is no longer needed: reuse it for the >= counts

@@ -76,9 +76,9 @@ def _pool_geom(x_shape: tuple[int, ...], y_shape: tuple[int, ...], kernel: IntPa
 def _offsets(geo: _PoolGeom):
     """Kernel offsets (i, j) in Caffe's row-major window order, with their clipped ranges.
 
-    Yields (i, j, (oh0, oh1), (ow0, ow1), x-slice-h, x-slice-w): the outputs whose window
-    pixel (i, j) lies inside the image, and the strided input slices that hold those pixels.
-    Offsets whose pixel is in the padding for every output are skipped.
+    Yields (i, j, out_rows, out_cols, in_rows, in_cols): slices of the outputs whose window
+    pixel (i, j) lies inside the image, and the strided input slices holding those pixels.
+    Offsets that fall in the padding for every output are skipped.
     """
     for i in range(geo.kh):
         oh0, oh1, h0 = _valid_range(i - geo.ph, geo.sh, geo.oh, geo.h)

@@ -124,9 +124,14 @@ def test_eltwise_sum_with_coefficients():
     dy = top_weights(SHAPE)
     dxs = [np.empty(SHAPE), None, np.empty(SHAPE), np.empty(SHAPE)]
     eltwise_sum_backward(dy, coeffs, dxs)
-    for dx, c in zip(dxs, coeffs, strict=True):
+
+    def forward():
+        eltwise_sum_forward(xs, coeffs, y)
+        return y
+
+    for i, dx in enumerate(dxs):
         if dx is not None:
-            np.testing.assert_array_equal(dx, c * dy)
+            assert_gradient(dx, forward, xs[i], dy, what=f"sum dx{i}")
 
 
 @pytest.mark.parametrize("stable", [True, False], ids=["stable", "divide"])
@@ -218,6 +223,17 @@ def test_concat_and_its_backward_slice(axis):
     np.testing.assert_array_equal(dxs[2], xs[2])
     with pytest.raises(ValueError, match="widths"):
         concat_backward(y, dxs, axis=axis)
+
+    dy = top_weights(y.shape)
+    dxs = [np.empty(s) for s in shapes]
+    concat_backward(dy, dxs, axis=axis)
+
+    def forward():
+        concat_forward(xs, y, axis=axis)
+        return y
+
+    for i, x in enumerate(xs):
+        assert_gradient(dxs[i], forward, x, dy, what=f"concat dx{i}")
 
 
 # --------------------------------------------------------------------------- allocation

@@ -154,6 +154,20 @@ def test_dropout_is_reproducible_in_place_and_mask_kinds_agree():
         np.testing.assert_allclose(dy, outs[0][1], rtol=1e-6)
 
 
+def test_dropout_gradcheck():
+    x = _x(4)
+    y, mask, dx = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    dy = top_weights(x.shape)
+
+    def forward():  # the same seed each time: the same units dropped, a linear map
+        dropout_forward(x, y, mask, 0.4, np.random.default_rng(5))
+        return y
+
+    forward()
+    dropout_backward(dy, mask, 0.4, dx)
+    assert_gradient(dx, forward, x, dy, what="dropout")
+
+
 def test_dropout_ratio_zero_is_identity_and_one_is_rejected():
     x = _x()
     y, mask = np.empty_like(x), np.empty_like(x)
