@@ -83,9 +83,10 @@ def load_net_param(path) -> pb.NetParameter:
 def upgrade_net(net: pb.NetParameter, source: str = "net") -> pb.NetParameter:
     """Bring legacy forms up to date (input header → Input layer; fork aliases)."""
     if net.layers:
-        from netforge.legacy import upgrade_v1_layers
-
-        upgrade_v1_layers(net, source)
+        raise ConfigError(
+            f"{source}: uses the legacy V1 `layers` syntax, which this netforge version cannot "
+            "upgrade yet; convert it with Caffe's upgrade_net_proto_text"
+        )
     _upgrade_input_header(net, source)
     for layer in net.layer:
         _upgrade_layer(layer)

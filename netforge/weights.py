@@ -30,10 +30,11 @@ def is_hdf5(path) -> bool:
 def read_caffemodel(path) -> pb.NetParameter:
     """A NetParameter with layer blobs; legacy V1 ``layers`` are upgraded."""
     net = config.read_binary(path, pb.NetParameter(), "weights file")
-    if net.layers:
-        from netforge.legacy import upgrade_v1_layers
-
-        upgrade_v1_layers(net, str(path))
+    if net.layers and not net.layer:
+        raise DataError(
+            f"{path}: holds legacy V1 `layers`, which this netforge version cannot upgrade "
+            "yet; convert it with Caffe's upgrade_net_proto_binary"
+        )
     return net
 
 
