@@ -1,6 +1,6 @@
 """Fully-connected, softmax, elementwise and concat kernels, forward beside backward.
 
-    linear_workspace_shapes(w_shape, dtype) -> spec
+    linear_workspace_shapes(w_shape, *, transpose=False, dtype) -> spec
     linear_forward(x, w, b, y, *, transpose=False)         x (M, K), w (N, K) / (K, N), y (M, N)
     linear_backward(dy, x, w, *, dx, dw, db, transpose=False, ws=None)
     softmax_workspace_shapes(shape, axis, dtype) -> spec
@@ -129,8 +129,10 @@ def _dot_channels(xp, a3: Array, b3: Array, out: Array) -> None:
 
 def eltwise_workspace_shapes(shape: tuple[int, ...], dtype: numpy.dtype = numpy.float32
                              ) -> WorkspaceSpec:
-    """``tmp`` for SUM with a coefficient other than +-1; bool ``mask`` for MAX."""
-    return {"tmp": (tuple(shape), numpy.dtype(dtype)), "mask": (tuple(shape), numpy.dtype(bool))}
+    """``tmp`` for SUM with a coefficient other than +-1; bool ``mask`` and ``index`` for
+    MAX."""
+    return {"tmp": (tuple(shape), numpy.dtype(dtype)), "mask": (tuple(shape), numpy.dtype(bool)),
+            "index": (tuple(shape), numpy.dtype(numpy.intp))}
 
 
 def eltwise_sum_forward(xs: Sequence[Array], coeffs: Sequence[float], y: Array, *,
@@ -196,18 +198,22 @@ def eltwise_max_forward(xs: Sequence[Array], y: Array, argmax: Array, *,
     """y = max_i xs[i]; ``argmax`` (integer, y's shape) is assigned the winning bottom.
 
     Caffe's tie rule: between bottoms 0 and 1 a tie goes to 1 (bottom 0 must be strictly
-    greater); from bottom 2 on, a later bottom must be strictly greater to win.
+    greater); from bottom 2 on, a later bottom must be strictly greater to win. Since winners
+    only ever move to later bottoms, argmax = max(argmax, k * (x_k > y)): plain ufuncs, no
+    masked ``where=`` (10-30x slower in numpy, measured). NaN propagates.
     """
     xp = get_array_module(y)
     mask = scratch(ws, "mask", y.shape, bool, xp)
     xp.greater(xs[0], xs[1], out=mask)
-    xp.copyto(y, xs[1])
-    xp.copyto(y, xs[0], where=mask)
     xp.logical_not(mask, out=argmax)  # 0 where bottom 0 won, else 1
+    xp.maximum(xs[0], xs[1], out=y)
+    if len(xs) > 2:
+        won = scratch(ws, "index", y.shape, numpy.intp, xp)
     for k, x in enumerate(xs[2:], start=2):
         xp.greater(x, y, out=mask)
-        xp.copyto(y, x, where=mask)
-        xp.copyto(argmax, k, where=mask)
+        xp.multiply(mask, k, out=won)
+        xp.maximum(argmax, won, out=argmax, casting="same_kind")
+        xp.maximum(y, x, out=y)
 
 
 def eltwise_max_backward(dy: Array, argmax: Array, dxs: Sequence[Array | None], *,

@@ -38,7 +38,7 @@ def loss_workspace_shapes(x_shape: tuple[int, ...], axis: int = 1,
     dt, ip = numpy.dtype(dtype), numpy.dtype(numpy.intp)
     return {"scale": ((outer, 1, inner), dt), "label": ((outer, inner), ip),
             "index": ((outer, inner), ip), "picked": ((outer, inner), dt),
-            "ignored": ((outer, inner), numpy.dtype(bool)),
+            "valid": ((outer, inner), numpy.dtype(bool)),
             "ge": ((outer, c, inner), numpy.dtype(bool))}
 
 
@@ -52,21 +52,22 @@ def _normalizer(mode: str, outer: int, inner: int, valid: int) -> float:
 def _labels(xp, label: Array, outer: int, c: int, inner: int, ignore_label: int | None,
             ws: dict | None) -> tuple[Array, Array | None, int]:
     """Integer labels (outer, inner), ignored ones set to class 0 (a harmless in-range index
-    whose terms are masked out later); the ignored mask (None if none); the valid count."""
+    whose terms are masked out later); the valid mask (None when nothing is ignored); the
+    valid count. Masks are applied by multiplication: numpy's ``where=`` forms are slow."""
     lab = scratch(ws, "label", (outer, inner), numpy.intp, xp)
     xp.copyto(lab, view_as(label, (outer, inner)), casting="unsafe")
-    ignored = None
-    valid = outer * inner
+    valid = None
+    count = outer * inner
     if ignore_label is not None:
-        ignored = scratch(ws, "ignored", (outer, inner), bool, xp)
-        xp.equal(lab, int(ignore_label), out=ignored)
-        xp.copyto(lab, 0, where=ignored)
-        valid -= int(xp.count_nonzero(ignored))
+        valid = scratch(ws, "valid", (outer, inner), bool, xp)
+        xp.not_equal(lab, int(ignore_label), out=valid)
+        xp.multiply(lab, valid, out=lab)
+        count = int(xp.count_nonzero(valid))
     if lab.size and (int(lab.min()) < 0 or int(lab.max()) >= c):
         bad = int(lab.min()) if int(lab.min()) < 0 else int(lab.max())
         raise ValueError(f"label {bad} is outside [0, {c}) and is not the ignore_label "
                          f"({ignore_label})")
-    return lab, ignored, valid
+    return lab, valid, count
 
 
 def _flat_index(xp, lab: Array, outer: int, c: int, inner: int, ws: dict | None) -> Array:
@@ -114,15 +115,15 @@ def softmax_loss_forward(x: Array, label: Array, prob: Array, *, axis: int = 1,
     xp = get_array_module(x)
     softmax_forward(x, prob, axis=axis, ws=ws)
     outer, c, inner = _around(x.shape, axis)
-    lab, ignored, valid = _labels(xp, label, outer, c, inner, ignore_label, ws)
+    lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
     idx = _flat_index(xp, lab, outer, c, inner, ws)
     picked = scratch(ws, "picked", (outer, inner), prob.dtype, xp)
     _gather(xp, view_as(prob, (prob.size,)), idx, picked)
     xp.maximum(picked, _FLT_MIN, out=picked)
     xp.log(picked, out=picked)
-    if ignored is not None:
-        xp.copyto(picked, 0, where=ignored)
-    return -float(picked.sum()) / _normalizer(normalization, outer, inner, valid)
+    if valid is not None:
+        xp.multiply(picked, valid, out=picked)
+    return -float(picked.sum()) / _normalizer(normalization, outer, inner, count)
 
 
 def softmax_loss_backward(prob: Array, label: Array, dx: Array, *, axis: int = 1,
@@ -136,9 +137,9 @@ def softmax_loss_backward(prob: Array, label: Array, dx: Array, *, axis: int = 1
     """
     xp = get_array_module(prob)
     outer, c, inner = _around(prob.shape, axis)
-    lab, ignored, valid = _labels(xp, label, outer, c, inner, ignore_label, ws)
+    lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
     idx = _flat_index(xp, lab, outer, c, inner, ws)
-    scale = float(loss_weight) / _normalizer(normalization, outer, inner, valid)
+    scale = float(loss_weight) / _normalizer(normalization, outer, inner, count)
     xp.multiply(prob, scale, out=dx)
     # Subtract the scaled one-hot at one entry per position: take, adjust, put back.
     flat = view_as(dx, (dx.size,))
@@ -149,8 +150,9 @@ def softmax_loss_backward(prob: Array, label: Array, dx: Array, *, axis: int = 1
         xp.put(flat, idx, picked, mode="clip")  # "raise" would buffer; idx is in range
     else:
         flat[idx] = picked
-    if ignored is not None:
-        xp.copyto(view_as(dx, (outer, c, inner)), 0, where=ignored[:, None, :])
+    if valid is not None:
+        dx3 = view_as(dx, (outer, c, inner))
+        xp.multiply(dx3, valid[:, None, :], out=dx3)
 
 
 def accuracy(x: Array, label: Array, *, top_k: int = 1, axis: int = 1,
@@ -169,24 +171,24 @@ def accuracy(x: Array, label: Array, *, top_k: int = 1, axis: int = 1,
     """
     xp = get_array_module(x)
     outer, c, inner = _around(x.shape, axis)
-    lab, ignored, valid = _labels(xp, label, outer, c, inner, ignore_label, ws)
+    lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
     idx = _flat_index(xp, lab, outer, c, inner, ws)
     score = scratch(ws, "picked", (outer, inner), x.dtype, xp)
     _gather(xp, view_as(x, (x.size,)), idx, score)
     ge = scratch(ws, "ge", (outer, c, inner), bool, xp)
     xp.greater_equal(view_as(x, (outer, c, inner)), score[:, None, :], out=ge)
-    count = idx  # the flat index is no longer needed: reuse it for the >= counts
-    xp.sum(ge, axis=1, out=count)
+    at_least = idx  # the flat index is no longer needed: reuse it for the >= counts
+    xp.sum(ge, axis=1, out=at_least)
     correct = ge[:, 0, :]  # likewise the first channel of ge becomes the verdict
-    xp.less_equal(count, top_k, out=correct)  # count includes the label itself
-    if ignored is not None:
-        xp.copyto(correct, False, where=ignored)
+    xp.less_equal(at_least, top_k, out=correct)  # the label itself is among the counted
+    if valid is not None:
+        xp.logical_and(correct, valid, out=correct)
     hits = int(xp.count_nonzero(correct))
-    acc = hits / valid if valid else 0.0
+    acc = hits / count if count else 0.0
     if not per_class:
         return acc, None
     # Per-class figures are a small metric: bincount on label-sized vectors is fine here.
-    nums = xp.bincount(lab.ravel() if ignored is None else lab[~ignored], minlength=c)
+    nums = xp.bincount(lab.ravel() if valid is None else lab[valid], minlength=c)
     wins = xp.bincount(lab[correct], minlength=c)
     per = xp.zeros(c, dtype=x.dtype)
     xp.divide(wins, nums, out=per, where=nums > 0, casting="unsafe")

@@ -3,7 +3,7 @@
 Any shape. In place is Caffe's idiom: top is bottom, so ``y is x`` in forward and, in
 backward, ``dx is dy`` (the diffs are shared too) while the data argument is the shared blob.
 
-    relu_workspace_shapes(shape) -> spec                        bool ``mask``
+    relu_workspace_shapes(shape, dtype, *, negative_slope) -> spec
     relu_forward(x, y, *, negative_slope=0.0, ws=None)          ws only when leaky
     relu_backward(dy, data, dx, *, negative_slope=0.0, ws=None) data: x, or y if slope >= 0
     sigmoid_forward(x, y)
@@ -27,9 +27,17 @@ import numpy
 from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, scratch
 
 
-def relu_workspace_shapes(shape: tuple[int, ...]) -> WorkspaceSpec:
-    """A bool ``mask`` of the data's shape (backward always, forward when leaky)."""
-    return {"mask": (tuple(shape), numpy.dtype(bool))}
+def relu_workspace_shapes(shape: tuple[int, ...], dtype: numpy.dtype = numpy.float32, *,
+                          negative_slope: float = 0.0) -> WorkspaceSpec:
+    """ReLU's scratch: a bool ``mask`` (plain ReLU's backward), or for a leaky ReLU a ``tmp``
+    of the data's dtype (forward and backward)."""
+    if negative_slope == 0:
+        return {"mask": (tuple(shape), numpy.dtype(bool))}
+    return {"tmp": (tuple(shape), numpy.dtype(dtype))}
+
+
+# The leaky forms use arithmetic on a temporary rather than numpy's masked ``where=`` ufuncs,
+# which ran 10-30x slower on random sign patterns (measured).
 
 
 def relu_forward(x: Array, y: Array, *, negative_slope: float = 0.0,
@@ -39,11 +47,11 @@ def relu_forward(x: Array, y: Array, *, negative_slope: float = 0.0,
     if negative_slope == 0:
         xp.maximum(x, 0, out=y)
         return
-    mask = scratch(ws, "mask", x.shape, bool, xp)
-    xp.less_equal(x, 0, out=mask)
-    if y is not x:
-        xp.copyto(y, x)
-    xp.multiply(y, negative_slope, out=y, where=mask)
+    tmp = scratch(ws, "tmp", x.shape, x.dtype, xp)
+    xp.minimum(x, 0, out=tmp)  # before y (which may be x) is written
+    xp.maximum(x, 0, out=y)
+    xp.multiply(tmp, negative_slope, out=tmp)
+    xp.add(y, tmp, out=y)
 
 
 def relu_backward(dy: Array, data: Array, dx: Array, *, negative_slope: float = 0.0,
@@ -54,15 +62,16 @@ def relu_backward(dy: Array, data: Array, dx: Array, *, negative_slope: float = 
     left: for negative_slope >= 0, y > 0 exactly where x > 0.
     """
     xp = get_array_module(dy)
-    mask = scratch(ws, "mask", dy.shape, bool, xp)
     if negative_slope == 0:
+        mask = scratch(ws, "mask", dy.shape, bool, xp)
         xp.greater(data, 0, out=mask)
         xp.multiply(dy, mask, out=dx)
         return
-    xp.less_equal(data, 0, out=mask)
-    if dx is not dy:
-        xp.copyto(dx, dy)
-    xp.multiply(dx, negative_slope, out=dx, where=mask)
+    factor = scratch(ws, "tmp", dy.shape, dy.dtype, xp)
+    xp.greater(data, 0, out=factor)  # 1.0 / 0.0
+    xp.multiply(factor, 1.0 - negative_slope, out=factor)
+    xp.add(factor, negative_slope, out=factor)  # 1 or negative_slope
+    xp.multiply(dy, factor, out=dx)
 
 
 def sigmoid_forward(x: Array, y: Array) -> None:

@@ -22,10 +22,13 @@ Convolution: one GEMM over the whole batch, ``w (G, O/G, K) @ col (G, K, N*OH*OW
 ``K = C/G*kh*kw``; groups are the batch dimension of that one matmul call, and the weight
 gradient is likewise one GEMM with inner size N*OH*OW. (Measured: a per-sample batched
 matmul avoids the output transpose but runs N small GEMMs and loses on LeNet's shapes.)
-The column matrix comes in two layouts, chosen from the output width (measured on 2 cores):
+Only when the column matrix would outgrow the cache (``_COL_BUDGET``) is the batch split
+into chunks of images, each of them one GEMM.
+The column matrix comes in two layouts, chosen by a measured cost model (``_RUN_COST``):
 
 - "nchw": columns ordered (n, oh, ow). im2col copies runs of OW contiguous pixels; the
-  product (O, N, L) is transposed into y with runs of L. Best for wide outputs.
+  product (O, N, L) is transposed into y with runs of L. Best for wide outputs and few
+  input channels (LeNet conv1).
 - "chwn": x is first transposed to (C, H, W, N) so that im2col copies runs of OW*N; costs
   2-D transposes of x and y, but numpy's per-run overhead dominates when OW is small
   (LeNet conv2: im2col 6x, col2im 5x faster than "nchw").
@@ -44,9 +47,16 @@ from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, pair, view_
 
 IntPair = int | tuple[int, int]
 
-# Below this output width, im2col in the "nchw" layout is dominated by numpy's per-run
-# overhead and the batch-innermost "chwn" layout wins despite its transposes (measured).
-_CHWN_MAX_WIDTH = 16
+# Layout choice. "nchw" pays numpy's per-run overhead once per OW-long run of the column
+# matrix, C*kh*kw*N*OH runs; "chwn" pays 2-D transposes of x, y (and dy, dx), about
+# N*OH*OW*(C + O) elements. One run costs about this many transposed elements (measured on
+# LeNet's conv1/conv2 and 3x3 layers of 16-64 channels, widths 8-32).
+_RUN_COST = 8
+# Images per chunk: the batch is convolved in chunks whose column matrix holds at most this
+# many elements (8 MB in float32), so that it stays in the last-level cache between im2col
+# and the GEMMs. Measured: LeNet's convolutions run best as one chunk (2M elements for conv2),
+# a ResNet 3x3 layer (1.8M elements per image) per image, 1.4x faster than as one batch.
+_COL_BUDGET = 1 << 21
 # A 1x1 convolution's weight gradient is a per-sample batched GEMM (summed over N) when each
 # sample has at least this many pixels, else one big GEMM on transposed copies; measured
 # crossover on 2 cores.
@@ -185,7 +195,7 @@ def col2im(col: Array, dx: Array, *, kernel: IntPair, pad: IntPair = 0, stride: 
 
 
 class _ConvGeom(NamedTuple):
-    n: int
+    n: int  # images in this call (or in this chunk)
     c: int
     h: int
     w: int
@@ -195,6 +205,7 @@ class _ConvGeom(NamedTuple):
     ow: int
     win: tuple  # ((kh, kw), (ph, pw), (sh, sw), (dh, dw))
     mode: str  # "pointwise", "nchw" or "chwn" (see the module docstring)
+    nb: int  # images per chunk (see _COL_BUDGET)
 
     @property
     def kh(self) -> int:
@@ -213,7 +224,7 @@ class _ConvGeom(NamedTuple):
         return self.oh * self.ow
 
     @property
-    def m(self) -> int:  # GEMM columns: every output pixel of the batch
+    def m(self) -> int:  # GEMM columns: every output pixel of the images at hand
         return self.n * self.lp
 
     @property
@@ -235,11 +246,28 @@ def _conv_geom(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: IntPa
                          f"does not fit input {tuple(x_shape)}")
     if win[0] == (1, 1) and win[1] == (0, 0) and win[2] == (1, 1):
         mode = "pointwise"
-    elif ow < _CHWN_MAX_WIDTH:
+    elif c * kh * kw * _RUN_COST > ow * (c + o):
         mode = "chwn"
     else:
         mode = "nchw"
-    return _ConvGeom(n, c, h, w, o, group, oh, ow, win, mode)
+    nb = max(1, min(n, _COL_BUDGET // (c * kh * kw * oh * ow)))
+    return _ConvGeom(n, c, h, w, o, group, oh, ow, win, mode, nb)
+
+
+def _chunks(geo: _ConvGeom):
+    """(lo, hi, geometry of images lo:hi) for each chunk of at most ``nb`` images."""
+    for lo in range(0, geo.n, geo.nb):
+        hi = min(geo.n, lo + geo.nb)
+        yield lo, hi, geo._replace(n=hi - lo)
+
+
+def _ws(ws: dict, name: str, shape: tuple[int, ...]) -> Array:
+    """The front of a workspace array viewed as ``shape`` (a last chunk may be shorter)."""
+    a = ws[name]
+    size = 1
+    for d in shape:
+        size *= d
+    return view_as(a, (a.size,))[:size].reshape(shape)
 
 
 def conv_workspace_shapes(x_shape: tuple[int, ...], w_shape: tuple[int, ...], *,
@@ -247,12 +275,12 @@ def conv_workspace_shapes(x_shape: tuple[int, ...], w_shape: tuple[int, ...], *,
                           group: int = 1, dtype: numpy.dtype = numpy.float32) -> WorkspaceSpec:
     """Scratch arrays for ``conv_forward``/``conv_backward`` on these shapes.
 
-    ``col`` (C*kh*kw, N*OH*OW) holds the unfolded input and, in backward, its gradient;
-    ``top`` (O, N*OH*OW) the GEMM product / the transposed top gradient; ``xt`` (C, H, W, N)
-    the batch-innermost input / input gradient (layout "chwn" only); ``ones`` (N*OH*OW,) the
-    bias-gradient GEMV's vector; ``dw`` and ``db`` stage the parameter gradients before they
-    are accumulated. A 1x1 stride-1 unpadded convolution
-    on large images needs only ``dw_batch`` (N, O, C/group) besides those.
+    With M = (images per chunk) * OH * OW: ``col`` (C*kh*kw, M) holds the unfolded input and,
+    in backward, its gradient; ``top`` (O, M) the GEMM product / the transposed top
+    gradient; ``xt`` (C, H, W, images per chunk) the batch-innermost input / input gradient
+    (layout "chwn" only); ``ones`` (M,) the bias-gradient GEMV's vector; ``dw`` and ``db``
+    stage the parameter gradients before they are accumulated. A 1x1 stride-1 unpadded
+    convolution on large images needs only ``dw_batch`` (N, O, C/group) besides those two.
     """
     geo = _conv_geom(x_shape, w_shape, stride, pad, dilation, group)
     dt = numpy.dtype(dtype)
@@ -260,32 +288,33 @@ def conv_workspace_shapes(x_shape: tuple[int, ...], w_shape: tuple[int, ...], *,
     if geo.batched_wgrad:
         spec["dw_batch"] = ((geo.n, geo.o, geo.c // geo.g), dt)
         return spec
-    spec["col"] = ((geo.g * geo.k, geo.m), dt)
-    spec["top"] = ((geo.o, geo.m), dt)
-    spec["ones"] = ((geo.m,), dt)
+    m = geo.nb * geo.lp
+    spec["col"] = ((geo.g * geo.k, m), dt)
+    spec["top"] = ((geo.o, m), dt)
+    spec["ones"] = ((m,), dt)
     if geo.mode == "chwn":
-        spec["xt"] = ((geo.c, geo.h, geo.w, geo.n), dt)
+        spec["xt"] = ((geo.c, geo.h, geo.w, geo.nb), dt)
     return spec
 
 
 def _columns(x: Array, geo: _ConvGeom, ws: dict) -> None:
-    """im2col of x into ws["col"] in the layout the geometry chose."""
+    """im2col of the images x (geo.n of them) into ws["col"], in the geometry's layout."""
     xp = get_array_module(x)
-    c, kh, kw, n = geo.c, geo.kh, geo.kw, geo.n
+    c, kh, kw, n, oh, ow = geo.c, geo.kh, geo.kw, geo.n, geo.oh, geo.ow
     if geo.mode == "chwn":
-        xt = ws["xt"]
+        xt = _ws(ws, "xt", (c, geo.h, geo.w, n))
         xp.copyto(xt, x.transpose(1, 2, 3, 0))
-        _unfold(xt[:, None], view_as(ws["col"], (c, kh, kw, 1, geo.oh, geo.ow, n)), *geo.win)
+        _unfold(xt[:, None], _ws(ws, "col", (c, kh, kw, 1, oh, ow, n)), *geo.win)
     else:
-        _unfold(x.transpose(1, 0, 2, 3)[..., None],
-                view_as(ws["col"], (c, kh, kw, n, geo.oh, geo.ow, 1)), *geo.win)
+        _unfold(x.transpose(1, 0, 2, 3)[..., None], _ws(ws, "col", (c, kh, kw, n, oh, ow, 1)),
+                *geo.win)
 
 
-def _top_as_nol(top: Array, geo: _ConvGeom) -> Array:
+def _top_as_nol(geo: _ConvGeom, ws: dict) -> Array:
     """The (N, O, OH*OW) view of the (O, N*OH*OW) GEMM product, whatever its column order."""
     if geo.mode == "chwn":
-        return view_as(top, (geo.o, geo.lp, geo.n)).transpose(2, 0, 1)
-    return view_as(top, (geo.o, geo.n, geo.lp)).transpose(1, 0, 2)
+        return _ws(ws, "top", (geo.o, geo.lp, geo.n)).transpose(2, 0, 1)
+    return _ws(ws, "top", (geo.o, geo.n, geo.lp)).transpose(1, 0, 2)
 
 
 def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPair = 1,
@@ -302,21 +331,23 @@ def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPa
     xp = get_array_module(x)
     geo = _conv_geom(x.shape, w.shape, stride, pad, dilation, group)
     g, og, cg, lp = geo.g, geo.o // geo.g, geo.c // geo.g, geo.lp
-    y3 = view_as(y, (geo.n, geo.o, lp))
     if geo.mode == "pointwise":
         xp.matmul(view_as(w, (g, og, cg)), view_as(x, (geo.n, g, cg, lp)),
                   out=view_as(y, (geo.n, g, og, lp)))
         if b is not None:
+            y3 = view_as(y, (geo.n, geo.o, lp))
             xp.add(y3, b[:, None], out=y3)
         return
-    _columns(x, geo, ws)
-    xp.matmul(view_as(w, (g, og, geo.k)), view_as(ws["col"], (g, geo.k, geo.m)),
-              out=view_as(ws["top"], (g, og, geo.m)))
-    # The transpose into (N, O, L) and the bias add share one pass over y.
-    if b is None:
-        xp.copyto(y3, _top_as_nol(ws["top"], geo))
-    else:
-        xp.add(_top_as_nol(ws["top"], geo), b[:, None], out=y3)
+    w_g = view_as(w, (g, og, geo.k))
+    for lo, hi, sub in _chunks(geo):
+        _columns(x[lo:hi], sub, ws)
+        xp.matmul(w_g, _ws(ws, "col", (g, geo.k, sub.m)), out=_ws(ws, "top", (g, og, sub.m)))
+        # The transpose into (N, O, L) and the bias add share one pass over y.
+        y3 = view_as(y[lo:hi], (sub.n, geo.o, lp))
+        if b is None:
+            xp.copyto(y3, _top_as_nol(sub, ws))
+        else:
+            xp.add(_top_as_nol(sub, ws), b[:, None], out=y3)
 
 
 def conv_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Array | None,
@@ -336,7 +367,8 @@ def conv_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Array 
         reuse_col: promise that ``ws["col"]`` still holds the columns that ``conv_forward``
             built from this same x, so that they are not rebuilt. True from that forward
             until a ``conv_backward`` with dx (which turns the buffer into the column
-            gradient) or any other use of the workspace. Ignored for 1x1 convolutions.
+            gradient) or any other use of the workspace. Ignored for 1x1 convolutions and
+            when the batch is processed in several chunks (large images).
     """
     xp = get_array_module(dy)
     geo = _conv_geom(x.shape, w.shape, stride, pad, dilation, group)
@@ -348,25 +380,15 @@ def conv_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Array 
         if db is not None:
             _bias_gradient_by_sum(xp, dy3, db, ws)
         return
-    _load_top(xp, dy3, db, geo, ws)
-    if dw is not None:
-        if not reuse_col:
-            _columns(x, geo, ws)
-        _weight_gradient(xp, dw, geo, ws)
-    if dx is not None:
-        # The columns are free once dw is done: they now receive the column gradient.
-        g, og = geo.g, geo.o // geo.g
-        w_t = view_as(w, (g, og, geo.k)).transpose(0, 2, 1)  # (G, K, O/G)
-        xp.matmul(w_t, view_as(ws["top"], (g, og, geo.m)),
-                  out=view_as(ws["col"], (g, geo.k, geo.m)))
-        c, kh, kw, n = geo.c, geo.kh, geo.kw, geo.n
-        if geo.mode == "chwn":
-            xt = ws["xt"]
-            _fold(view_as(ws["col"], (c, kh, kw, 1, geo.oh, geo.ow, n)), xt[:, None], *geo.win)
-            xp.copyto(dx, xt.transpose(3, 0, 1, 2))
-        else:
-            _fold(view_as(ws["col"], (c, kh, kw, n, geo.oh, geo.ow, 1)),
-                  dx.transpose(1, 0, 2, 3)[..., None], *geo.win)
+    reuse_col = reuse_col and geo.nb >= geo.n
+    for lo, hi, sub in _chunks(geo):
+        _load_top(xp, dy3[lo:hi], db, sub, ws)
+        if dw is not None:
+            if not reuse_col:
+                _columns(x[lo:hi], sub, ws)
+            _weight_gradient(xp, dw, sub, ws)
+        if dx is not None:
+            _data_gradient(xp, w, dx[lo:hi], sub, ws)
 
 
 def _bias_gradient_by_sum(xp, dy3: Array, db: Array, ws: dict) -> None:
@@ -378,21 +400,35 @@ def _load_top(xp, dy3: Array, db: Array | None, geo: _ConvGeom, ws: dict) -> Non
     """Copy dy into the (O, N*L) GEMM layout; the bias gradient comes along as a GEMV of
     it with a ones vector (Caffe's way; BLAS runs it ~3x faster than numpy's reduction over
     axes (0, 2), measured)."""
-    xp.copyto(_top_as_nol(ws["top"], geo), dy3)
+    xp.copyto(_top_as_nol(geo, ws), dy3)
     if db is not None:
-        ones = ws["ones"]
+        ones = _ws(ws, "ones", (geo.m,))
         ones.fill(1)
-        xp.matmul(ws["top"], ones, out=ws["db"])
+        xp.matmul(_ws(ws, "top", (geo.o, geo.m)), ones, out=ws["db"])
         xp.add(db, ws["db"], out=db)
 
 
 def _weight_gradient(xp, dw: Array, geo: _ConvGeom, ws: dict) -> None:
-    """dw += top (G, O/G, M) @ col (G, K, M)^T: one GEMM (per group) over the whole batch."""
+    """dw += top (G, O/G, M) @ col (G, K, M)^T: one GEMM per group over all images at hand."""
     g, og = geo.g, geo.o // geo.g
-    xp.matmul(view_as(ws["top"], (g, og, geo.m)),
-              view_as(ws["col"], (g, geo.k, geo.m)).transpose(0, 2, 1),
+    xp.matmul(_ws(ws, "top", (g, og, geo.m)),
+              _ws(ws, "col", (g, geo.k, geo.m)).transpose(0, 2, 1),
               out=view_as(ws["dw"], (g, og, geo.k)))
     xp.add(dw, ws["dw"], out=dw)
+
+
+def _data_gradient(xp, w: Array, dx: Array, geo: _ConvGeom, ws: dict) -> None:
+    """dx = col2im(w^T @ top); the columns are free once dw is done and take the product."""
+    g, og, c, kh, kw, n = geo.g, geo.o // geo.g, geo.c, geo.kh, geo.kw, geo.n
+    w_t = view_as(w, (g, og, geo.k)).transpose(0, 2, 1)  # (G, K, O/G)
+    xp.matmul(w_t, _ws(ws, "top", (g, og, geo.m)), out=_ws(ws, "col", (g, geo.k, geo.m)))
+    if geo.mode == "chwn":
+        xt = _ws(ws, "xt", (c, geo.h, geo.w, n))
+        _fold(_ws(ws, "col", (c, kh, kw, 1, geo.oh, geo.ow, n)), xt[:, None], *geo.win)
+        xp.copyto(dx, xt.transpose(3, 0, 1, 2))
+    else:
+        _fold(_ws(ws, "col", (c, kh, kw, n, geo.oh, geo.ow, 1)),
+              dx.transpose(1, 0, 2, 3)[..., None], *geo.win)
 
 
 def _pointwise_backward(xp, dy3: Array, x: Array, w: Array, dx: Array | None,
@@ -413,7 +449,8 @@ def _pointwise_backward(xp, dy3: Array, x: Array, w: Array, dx: Array | None,
         xp.matmul(dy4, view_as(x, (n, g, cg, lp)).transpose(0, 1, 3, 2), out=dwb)
         xp.sum(dwb, axis=0, out=view_as(ws["dw"], (g, og, cg)))
         xp.add(dw, ws["dw"], out=dw)
-    else:  # small images: transposed copies of dy and x, then one GEMM over the batch
-        _load_top(xp, dy3, None, geo, ws)
-        _columns(x, geo, ws)
-        _weight_gradient(xp, dw, geo, ws)
+        return
+    for lo, hi, sub in _chunks(geo):  # small images: transposed copies, one GEMM per chunk
+        _load_top(xp, dy3[lo:hi], None, sub, ws)
+        _columns(x[lo:hi], sub, ws)
+        _weight_gradient(xp, dw, sub, ws)

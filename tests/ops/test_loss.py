@@ -131,4 +131,4 @@ def test_loss_step_does_not_allocate():
                         accuracy(x, label, top_k=2, axis=1, ignore_label=3,
                                  per_class=False, ws=ws))
 
-    assert_batch_independent(make_step, batches=(64, 256))
+    assert_batch_independent(make_step, batches=(256, 1024))

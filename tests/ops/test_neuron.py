@@ -38,7 +38,7 @@ SLOPES = [0.0, 0.1, 2.0, -0.5]
 def test_relu_forward(slope, in_place):
     x = _x()
     ref = np.where(x > 0, x, slope * x)
-    ws = allocate(relu_workspace_shapes(x.shape))
+    ws = allocate(relu_workspace_shapes(x.shape, x.dtype, negative_slope=slope))
     y = x if in_place else np.empty_like(x)
     relu_forward(x, y, negative_slope=slope, ws=ws)
     np.testing.assert_array_equal(y, ref)
@@ -53,7 +53,7 @@ def test_relu_backward(slope, source):
     x[0, 0, :2] = 0.0  # Caffe's rule: x == 0 takes the negative slope
     dy = top_weights(x.shape)
     ref = dy * np.where(x > 0, 1.0, slope)
-    ws = allocate(relu_workspace_shapes(x.shape))
+    ws = allocate(relu_workspace_shapes(x.shape, x.dtype, negative_slope=slope))
     if source == "bottom":
         dx = np.empty_like(x)
         relu_backward(dy, x, dx, negative_slope=slope, ws=ws)
@@ -186,17 +186,18 @@ def test_neuron_steps_do_not_allocate(op):
     def make_step(batch):
         x = np.random.default_rng(0).standard_normal((batch, 64, 8, 8)).astype(np.float32)
         dy = np.ones_like(x)
-        ws = {**allocate(relu_workspace_shapes(x.shape)),
-              **allocate(tmp_workspace_shapes(x.shape, x.dtype))}
+        plain = allocate(relu_workspace_shapes(x.shape))
+        leaky = allocate(relu_workspace_shapes(x.shape, x.dtype, negative_slope=0.1))
+        tmp = allocate(tmp_workspace_shapes(x.shape, x.dtype))
         y, dx = np.empty_like(x), np.empty_like(x)
         rng, mask = np.random.default_rng(0), np.empty_like(x)
         steps = {
-            "relu": lambda: (relu_forward(x, y), relu_backward(dy, y, dx, ws=ws)),
+            "relu": lambda: (relu_forward(x, y), relu_backward(dy, y, dx, ws=plain)),
             "leaky-relu-in-place": lambda: (
-                relu_forward(x, x, negative_slope=0.1, ws=ws),
-                relu_backward(dy, x, dy, negative_slope=0.1, ws=ws)),
+                relu_forward(x, x, negative_slope=0.1, ws=leaky),
+                relu_backward(dy, x, dy, negative_slope=0.1, ws=leaky)),
             "sigmoid-in-place": lambda: (sigmoid_forward(x, x),
-                                         sigmoid_backward(dy, x, dy, ws=ws)),
+                                         sigmoid_backward(dy, x, dy, ws=tmp)),
             "tanh": lambda: (tanh_forward(x, y), tanh_backward(dy, y, dx)),
             "dropout-in-place": lambda: (dropout_forward(x, x, mask, 0.5, rng),
                                          dropout_backward(dy, mask, 0.5, dy)),

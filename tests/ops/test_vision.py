@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from netforge.ops import vision
 from netforge.ops._xp import allocate
 from netforge.ops.vision import (
     col2im,
@@ -37,8 +38,8 @@ CONV_CASES = [
     ("1x1-group2-big", (2, 4, 12, 12), (6, 2, 1, 1), 1, 0, 1, 2, True),
     ("1x1-stride2", (2, 3, 6, 6), (4, 3, 1, 1), 2, 0, 1, 1, True),
     ("non-square", (2, 3, 7, 9), (4, 3, 2, 4), (2, 1), (1, 2), 1, 1, False),
-    ("wide-nchw", (2, 2, 5, 20), (3, 2, 3, 3), 1, 1, 1, 1, True),
-    ("wide-nchw-mixed", (1, 2, 8, 40), (2, 2, 3, 2), (1, 2), (1, 0), (2, 1), 1, True),
+    ("wide", (2, 2, 5, 20), (3, 2, 3, 3), 1, 1, 1, 1, True),
+    ("wide-mixed", (1, 2, 8, 40), (2, 2, 3, 2), (1, 2), (1, 0), (2, 1), 1, True),
     ("wide-group2-dil", (1, 4, 6, 22), (4, 2, 2, 3), 1, (0, 2), 2, 2, True),
 ]
 IDS = [case[0] for case in CONV_CASES]
@@ -59,8 +60,15 @@ def _setup(xs, wsh, stride, pad, dilation, group, bias, dtype=np.float64, seed=0
     return x, w, b, y, geo, ws
 
 
+@pytest.fixture(params=["nchw", "chwn"])
+def layout(request, monkeypatch):
+    """Force one column layout (the cost model would pick one per shape)."""
+    monkeypatch.setattr(vision, "_RUN_COST", 0 if request.param == "nchw" else 10**9)
+    return request.param
+
+
 @pytest.mark.parametrize("case", CONV_CASES, ids=IDS)
-def test_conv_forward_matches_naive(case):
+def test_conv_forward_matches_naive(case, layout):
     _, xs, wsh, stride, pad, dilation, group, bias = case
     x, w, b, y, geo, ws = _setup(xs, wsh, stride, pad, dilation, group, bias)
     conv_forward(x, w, b, y, ws=ws, **geo)
@@ -81,7 +89,7 @@ def test_conv_float32_forward(case):
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=IDS)
-def test_conv_backward_gradcheck(case):
+def test_conv_backward_gradcheck(case, layout):
     _, xs, wsh, stride, pad, dilation, group, bias = case
     x, w, b, y, geo, ws = _setup(xs, wsh, stride, pad, dilation, group, bias)
     dy = top_weights(y.shape)
@@ -121,9 +129,36 @@ def test_conv_param_gradients_accumulate_and_dx_is_optional(case):
     np.testing.assert_allclose(dx_only, dx, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", [CONV_CASES[i] for i in (1, 6, 8, 12)],
+                         ids=[IDS[i] for i in (1, 6, 8, 12)])
+def test_conv_in_chunks_of_images(case, layout, monkeypatch):
+    """Large images are convolved a few images at a time: 5 images in chunks of 2, 2, 1."""
+    _, xs, wsh, stride, pad, dilation, group, bias = case
+    xs = (5, *xs[1:])
+    x, w, b, y, geo, ws = _setup(xs, wsh, stride, pad, dilation, group, bias)
+    cols_per_image = xs[1] * wsh[2] * wsh[3] * y.shape[2] * y.shape[3]
+    monkeypatch.setattr(vision, "_COL_BUDGET", 2 * cols_per_image)
+    assert vision._conv_geom(xs, wsh, stride, pad, dilation, group).nb == 2
+    ws = allocate(conv_workspace_shapes(xs, wsh, dtype=x.dtype, **geo))
+    conv_forward(x, w, b, y, ws=ws, **geo)
+    ref = naive.conv2d(x, w, b, _pair(stride), _pair(pad), _pair(dilation), group)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+    dy = top_weights(y.shape)
+    dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros_like(b)
+    conv_backward(dy, x, w, dx=dx, dw=dw, db=db, ws=ws, reuse_col=True, **geo)
+
+    def forward():
+        conv_forward(x, w, b, y, ws=ws, **geo)
+        return y
+
+    assert_gradient(dx, forward, x, dy, what="dx")
+    assert_gradient(dw, forward, w, dy, what="dw")
+    assert_gradient(db, forward, b, dy, what="db")
+
+
 @pytest.mark.parametrize("case", [CONV_CASES[i] for i in (0, 6, 12)],
                          ids=[IDS[i] for i in (0, 6, 12)])
-def test_conv_reuse_col_gives_the_same_gradients(case):
+def test_conv_reuse_col_gives_the_same_gradients(case, layout):
     _, xs, wsh, stride, pad, dilation, group, bias = case
     x, w, b, y, geo, ws = _setup(xs, wsh, stride, pad, dilation, group, bias)
     dy = top_weights(y.shape)

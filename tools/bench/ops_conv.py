@@ -1,6 +1,6 @@
 """Time netforge's conv_forward + conv_backward against torch's conv2d on LeNet's shapes.
 
-Usage: python tools/bench/ops_conv.py [--reps 50]
+Usage: python tools/bench/ops_conv.py [--reps 30] [--rounds 5]
 
 Both run float32 on the CPU in this process (torch with 2 threads, the size of the CI
 machine). Each row is forward + backward of one convolution (bias included, dx only where
@@ -8,13 +8,15 @@ the row says so). A block is ``--reps`` timed repetitions after warm-up and scor
 blocks of the three contenders alternate for ``--rounds`` rounds with a pause in between,
 because torch's OpenMP threads and OpenBLAS's threads both spin for a while after their last
 call and would otherwise steal the two cores from whoever runs next. The figure is the best
-block median; the ratio is netforge / torch (< 1: netforge faster). torch is a benchmarking
-reference only and is never imported by netforge itself.
+block median; the ratio is netforge / torch (< 1: netforge faster). "+reuse_col" is the
+backward reusing the forward's im2col columns, as the Convolution layer calls it. torch is a
+benchmarking reference only and is never imported by netforge itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -98,11 +100,12 @@ def _torch_step(xs, wsh, pad, stride, need_dx):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print(f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} "
-          f"threads); best of {args.rounds} rounds of median-of-{args.reps} blocks")
+    print(f"numpy {np.__version__} (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')!r}"
+          f"), torch {torch.__version__} ({torch.get_num_threads()} threads); best of "
+          f"{args.rounds} rounds of median-of-{args.reps} blocks")
     print(f"{'case':22s} {'torch ms':>9s} {'netforge ms':>12s} {'ratio':>6s} "
           f"{'+reuse_col ms':>14s} {'ratio':>6s}")
     for name, xs, wsh, pad, stride, need_dx in CASES:
