@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, DataError
+from netforge.fileio import resolve_file
 
 PHASES = {"TRAIN": pb.TRAIN, "TEST": pb.TEST}
 PHASE_NAMES = {pb.TRAIN: "TRAIN", pb.TEST: "TEST"}
@@ -207,18 +208,6 @@ def load_solver_param(path) -> pb.SolverParameter:
     if solver.HasField("solver_type") and not solver.HasField("type"):
         solver.type = SOLVER_TYPE_NAMES[solver.solver_type]
     return solver
-
-
-def resolve_file(path: str, *base_dirs: Path) -> Path:
-    """``path`` as given if it exists (Caffe resolves against the working directory), else
-    beside one of ``base_dirs`` (so a config folder can be used from anywhere)."""
-    candidate = Path(path).expanduser()
-    if candidate.is_absolute() or candidate.exists():
-        return candidate
-    for base in base_dirs:
-        if (Path(base) / candidate).exists():
-            return Path(base) / candidate
-    return candidate
 
 
 def solver_net_params(solver: pb.SolverParameter, solver_path) -> tuple:

@@ -7,6 +7,18 @@ import os
 from pathlib import Path
 
 
+def resolve_file(path, *base_dirs) -> Path:
+    """``path`` as given if it exists (Caffe resolves against the working directory), else
+    beside one of ``base_dirs`` (so a config folder can be used from anywhere)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        return candidate
+    for base in base_dirs:
+        if (Path(base) / candidate).exists():
+            return Path(base) / candidate
+    return candidate
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""

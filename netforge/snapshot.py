@@ -83,7 +83,6 @@ def _resume_state(solver) -> dict:
     return {
         "rng": [net.rng.bit_generator.state for net in nets],
         "layers": layers,
-        "smoothed_loss": solver.smoothed_loss,
     }
 
 

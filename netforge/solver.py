@@ -16,6 +16,7 @@ import numpy as np
 
 from netforge import config, lr_policies
 from netforge import netforge_pb2 as pb
+from netforge.backend import to_host
 from netforge.errors import ConfigError
 from netforge.net import Net
 from netforge.optimizers import make_update_rule
@@ -217,7 +218,7 @@ class Solver:
         index = 0
         for name in net.outputs:
             blob = net.blobs[name]
-            flat = values[name] if values is not None else np.ravel(_host(blob.data))
+            flat = values[name] if values is not None else np.ravel(to_host(blob.data))
             w = weights.get(id(blob), 0.0)
             for v in np.ravel(flat):
                 extra = f" (* {_fmt(w)} = {_fmt(w * v)} loss)" if w else ""
@@ -253,7 +254,7 @@ class Solver:
                 return {}
             loss += net.forward_range(0, last)
             for name in net.outputs:
-                value = np.array(_host(net.blobs[name].data), dtype=np.float64).ravel()
+                value = np.array(to_host(net.blobs[name].data), dtype=np.float64).ravel()
                 totals[name] = totals[name] + value if name in totals else value
         if sp.test_compute_loss:
             log.info("Test loss: %s", _fmt(loss / n_iter))
@@ -274,11 +275,6 @@ class Solver:
         self.net.close()
         for net in self.test_nets:
             net.close()
-
-
-def _host(array):
-    get = getattr(array, "get", None)
-    return get() if get is not None else array
 
 
 def _fmt(value) -> str:

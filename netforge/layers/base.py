@@ -16,6 +16,7 @@ import numpy as np
 
 from netforge.blob import Blob
 from netforge.errors import ShapeError, layer_label
+from netforge.fileio import resolve_file
 from netforge.fillers import fill
 
 
@@ -99,13 +100,7 @@ class Layer:
 
     def resolve_path(self, path: str) -> Path:
         """A path from the net file: as given if it exists, else beside the net file."""
-        candidate = Path(path).expanduser()
-        if candidate.is_absolute() or candidate.exists():
-            return candidate
-        for base in self.ctx.base_dirs:
-            if (base / candidate).exists():
-                return base / candidate
-        return candidate
+        return resolve_file(path, *self.ctx.base_dirs)
 
 
 class NeuronLayer(Layer):
