@@ -68,6 +68,17 @@ class Blob:
     def share_diff(self, other: Blob) -> None:
         self.diff = other.diff
 
+    def share_reshaped(self, other: Blob, shape) -> None:
+        """Become a view of ``other``'s data and diff under another ``shape`` of the same
+        count (Caffe's Reshape layer: ShareData + ShareDiff; nothing is copied)."""
+        shape = tuple(int(d) for d in shape)
+        if prod(shape) != other.count:
+            raise ValueError(f"cannot view {other.shape} as {shape}: the counts differ")
+        if not other.data.flags.c_contiguous:  # reshape would silently copy
+            raise ValueError(f"cannot view a non-contiguous blob {other.shape} as {shape}")
+        self.data = other.data.reshape(shape)
+        self.diff = other.diff.reshape(shape) if other.diff is not None else None
+
     def __repr__(self) -> str:
         return f"Blob(shape={self.shape}, dtype={self.dtype})"
 

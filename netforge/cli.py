@@ -89,9 +89,10 @@ def _select_device(gpu: str | None, solver_param=None) -> None:
 @click.option("--gray", is_flag=True, help="Store one grey channel.")
 @click.option("--shuffle/--no-shuffle", default=True, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffle/split seed.")
-@click.option("--encoded", is_flag=True, help="Store the compressed image bytes.")
+@click.option("--encoded", is_flag=True,
+              help="Store compressed image bytes (Datum.encoded), decoded by the Data layer.")
 @click.option("--encode-type", type=click.Choice(["png", "jpg"]), default=None,
-              help="Re-encode stored images as png or jpg (implies --encoded).")
+              help="Format of the stored bytes (implies --encoded); default: each file's own.")
 @click.option("--check-size", is_flag=True, help="Require every image to have the same size.")
 @click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
               help="Hold out this fraction per class: writes DEST/train and DEST/val.")
@@ -104,11 +105,61 @@ def convert(source, dest, backend, list_file, resize_height, resize_width, gray,
     summary = convert_images(
         source, dest, list_file=list_file, backend=backend,
         resize=(resize_height, resize_width), gray=gray, shuffle=shuffle, seed=seed,
-        encoded=encoded or bool(encode_type), encode_type=encode_type or "png",
+        encoded=encoded or bool(encode_type), encode_type=encode_type,
         check_size=check_size, val_fraction=val_fraction, overwrite=overwrite,
-        progress=_make_bar_callback("converting"),
+        progress=_rate_progress("converting", "images"),
     )
     click.echo(str(summary))
+
+
+@cli.command()
+@click.argument("db", type=click.Path(exists=True))
+@click.argument("output", type=click.Path(dir_okay=False))
+def mean(db, output):
+    """Pixel-wise mean image of a dataset (LMDB, or HDF5 list/folder) as a 1×C×H×W
+    .binaryproto for transform_param's mean_file; also prints the per-channel means."""
+    from netforge.data.convert import compute_mean
+    from netforge.data.records import save_mean_file
+
+    image = compute_mean(db, progress=_rate_progress("computing mean", "images"))
+    save_mean_file(output, image)
+    channel_means = image[0].mean(axis=(1, 2))
+    click.echo(f"wrote mean {'×'.join(map(str, image.shape))} to {output}")
+    for c, value in enumerate(channel_means):
+        click.echo(f"mean_value channel {c}: {value:.4f}")
+
+
+def _rate_progress(label: str, unit: str, every_s: float = 10.0):
+    """A callback(done, total) showing progress with a rate in ``unit``/s: a bar on a
+    terminal, else a plain line every ``every_s`` seconds (and at the end)."""
+    import time
+
+    # The clock starts now (just before the work), not at the first callback, which may
+    # come only after a whole block of images.
+    state = {"bar": None, "done": 0, "start": time.perf_counter(), "last": time.perf_counter()}
+
+    def rate() -> str:
+        elapsed = time.perf_counter() - state["start"]
+        return f"{state['done'] / elapsed:.0f} {unit}/s" if elapsed > 0 else ""
+
+    def update(done, total):
+        now = time.perf_counter()
+        if sys.stderr.isatty():
+            if state["bar"] is None:
+                state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr,
+                                                 show_pos=True, item_show_func=lambda _: rate())
+                state["bar"].__enter__()
+            state["bar"].update(done - state["done"], current_item=done)
+            state["done"] = done
+            if done >= total:
+                state["bar"].__exit__(None, None, None)
+            return
+        state["done"] = done
+        if done >= total or now - state["last"] >= every_s:
+            state["last"] = now
+            click.echo(f"{label}: {done}/{total} {unit} ({rate()})", err=True)
+
+    return update
 
 
 def _make_bar_callback(label: str):
@@ -149,6 +200,7 @@ def _make_bar_callback(label: str):
 def train(solver, weights, snapshot, gpu, sigint_effect, sighup_effect, level, stage):
     """Train the net of a solver file (with testing and snapshots)."""
     from netforge import config
+    from netforge.progress import TrainingBar
     from netforge.solver import SignalRequests, Solver
 
     if weights and snapshot:
@@ -158,19 +210,39 @@ def train(solver, weights, snapshot, gpu, sigint_effect, sighup_effect, level, s
     signals = SignalRequests(sigint_effect, sighup_effect)
     trainer = Solver(solver, level=level, stages=[s for s in stage.split(",") if s],
                      signals=signals)
+    bar = None
     try:
         weight_list = weights.split(",") if weights else list(solver_param.weights)
         if snapshot is None:
             for path in (w for item in weight_list for w in item.split(",") if w):
                 logging.getLogger("netforge").info("Finetuning from %s", path)
                 trainer.net.copy_from(path)
+        bar = TrainingBar(trainer) if TrainingBar.wanted() else None
+        if bar:
+            bar.attach()
         signals.install()
         trainer.solve(resume_file=snapshot)
     finally:
         signals.uninstall()
+        if bar:
+            bar.close()
         trainer.close()
     if trainer.stop_requested:
         sys.exit(0 if (solver_param.snapshot_after_train or sigint_effect == "snapshot") else 1)
+
+
+# -- plot ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Image to write (.png, .svg, .pdf).")
+def plot(inputs, output):
+    """Draw train loss, test outputs and lr from metrics files (.jsonl) or training logs."""
+    from netforge.plot import plot_curves
+
+    click.echo(f"wrote {plot_curves(inputs, output)}")
 
 
 # -- test ------------------------------------------------------------------------------------
@@ -198,6 +270,26 @@ def test(model, weights, iterations, gpu, level, stage):
         net.close()
     for name, value in means.items():
         click.echo(f"{name} = {value:.6g}" if isinstance(value, float) else f"{name} = {value}")
+
+
+# -- summary ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("net", type=click.Path(exists=True, dir_okay=False))
+@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False),
+              default="TEST", show_default=True, help="Which phase's layers to include.")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Batch size for the input/data layers (default: as in the file).")
+@click.option("--level", type=int, default=0, show_default=True, help="NetState level.")
+@click.option("--stage", default="", help="Comma-separated NetState stages.")
+def summary(net, phase, batch, level, stage):
+    """Per layer: type, top shapes, parameter count and FLOPs; totals."""
+    from netforge.summary import format_table, summary_of_file
+
+    name, rows = summary_of_file(net, phase=phase.upper(), batch=batch, level=level,
+                                 stages=[s for s in stage.split(",") if s])
+    click.echo(format_table(rows, title=f'Net "{name}" ({phase.upper()})'))
 
 
 if __name__ == "__main__":  # pragma: no cover

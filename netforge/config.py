@@ -7,15 +7,19 @@ ConvolutionParameter``.
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from pathlib import Path
 
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
+from netforge import legacy
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, DataError
 from netforge.fileio import resolve_file
+
+log = logging.getLogger("netforge")
 
 PHASES = {"TRAIN": pb.TRAIN, "TEST": pb.TEST}
 PHASE_NAMES = {pb.TRAIN: "TRAIN", pb.TEST: "TEST"}
@@ -82,13 +86,12 @@ def load_net_param(path) -> pb.NetParameter:
 
 
 def upgrade_net(net: pb.NetParameter, source: str = "net") -> pb.NetParameter:
-    """Bring legacy forms up to date (input header → Input layer; fork aliases)."""
-    if net.layers:
-        raise ConfigError(
-            f"{source}: uses the legacy V1 `layers` syntax, which this netforge version cannot "
-            "upgrade yet; convert it with Caffe's upgrade_net_proto_text"
-        )
+    """Bring legacy forms up to date, in Caffe's order (UpgradeNetAsNeeded): V0/V1 ``layers``
+    → ``layer``, input header → Input layer, old BatchNorm param specs; plus fork aliases."""
+    if legacy.upgrade_legacy_net(net, source):
+        log.info("%s: upgraded from the deprecated V0/V1 `layers` form", source)
     _upgrade_input_header(net, source)
+    legacy.upgrade_batch_norm_params(net)
     for layer in net.layer:
         _upgrade_layer(layer)
     return net
@@ -203,8 +206,11 @@ SOLVER_TYPE_NAMES = ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"
 
 
 def load_solver_param(path) -> pb.SolverParameter:
-    solver = read_text(path, pb.SolverParameter())
-    # The deprecated enum ``solver_type`` wins only when ``type`` was left at its default.
+    return upgrade_solver_param(read_text(path, pb.SolverParameter()))
+
+
+def upgrade_solver_param(solver: pb.SolverParameter) -> pb.SolverParameter:
+    """The deprecated enum ``solver_type`` wins only when ``type`` was left at its default."""
     if solver.HasField("solver_type") and not solver.HasField("type"):
         solver.type = SOLVER_TYPE_NAMES[solver.solver_type]
     return solver

@@ -133,6 +133,49 @@ class Plan:
     layer_params: OrderedDict  # layer name -> list of param Blobs (layers with params only)
     loss_tops: list[tuple[Blob, float]]  # (top blob, loss weight) for weighted tops
 
+    def reshape(self, start: int = 0) -> None:
+        """Re-run shape inference for layers ``start``.. with the current bottom shapes
+        (Caffe's Net::Reshape), reallocating only the blobs whose shapes changed.
+
+        Called after a caller reshaped an input blob (pycaffe's
+        ``net.blobs["data"].reshape(...); net.reshape()``), and by the net during forward
+        after a layer with ``dynamic_top_shapes`` (Filter) changed its tops' shapes.
+        """
+        for step in self.steps[start:]:
+            _reshape_step(step)
+
+
+def _share_tops(layer: Layer, bottoms: list[Blob], tops: list[Blob]) -> None:
+    """Point aliasing tops at their bottoms' memory; redone after every (re)allocation."""
+    if layer.type == "Split":
+        for top in tops:
+            top.share_data(bottoms[0])  # a split forwards by aliasing, it never copies
+    layer.share_tops(bottoms, tops)
+
+
+def _reshape_step(step: LayerStep) -> None:
+    if not step.bottoms:
+        # Sources (Input, data layers, Parameter) keep their tops' shapes: as Caffe's Input
+        # layer does, so that a caller's net.blobs[name].reshape(...) stands.
+        return
+    layer = step.layer
+    shapes = layer.reshape([b.shape for b in step.bottoms])
+    if len(shapes) != len(step.tops):
+        raise GraphError(
+            f"{layer.label} produced {len(shapes)} top shape(s) for {len(step.tops)} tops"
+        )
+    for j, (top, shape) in enumerate(zip(step.tops, shapes, strict=True)):
+        shape = tuple(int(d) for d in shape)
+        if j < len(step.bottoms) and top is step.bottoms[j]:  # in place: the bottom's shape
+            if shape != top.shape:
+                raise ShapeError(
+                    f'{layer.label}: in-place top "{step.top_names[j]}" would change shape '
+                    f"{top.shape} -> {shape}"
+                )
+            continue
+        top.reshape(shape)
+    _share_tops(layer, step.bottoms, step.tops)
+
 
 def _check_arity(layer: Layer, n_bottom: int, n_top: int) -> None:
     def check(kind, n, exact, lo, hi):
@@ -218,14 +261,14 @@ def compile_net(net: pb.NetParameter, ctx: LayerContext) -> Plan:
                 top = Blob(shape, ctx.dtype, ctx.xp)
                 blobs[name] = top
                 memory += top.count
-            if lp.type == "Split":
-                top.share_data(bottoms[0])  # a split forwards by aliasing, it never copies
             tops.append(top)
             if not name.endswith(" automatic)"):
                 available.add(name)
             log.info("%s -> %s", lp.name, name)
             if lp.type == "Input":
                 inputs.append(name)
+
+        _share_tops(layer, bottoms, tops)
 
         # Loss weights: explicit ones, else 1 on top 0 of loss layers.
         if lp.loss_weight and len(lp.loss_weight) != len(top_names):

@@ -17,13 +17,28 @@ class GlogFormatter(logging.Formatter):
                 f"{record.filename}:{record.lineno}] {record.getMessage()}")
 
 
+class _StatusAwareHandler(logging.StreamHandler):
+    """Erases the progress status line (if one is drawn) before a record, redraws it after."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from netforge.progress import StatusLine
+
+        status = StatusLine.active
+        if status is not None and status.stream is self.stream:
+            status.hide()
+            super().emit(record)
+            status.redraw()
+        else:
+            super().emit(record)
+
+
 def configure(level: int = logging.INFO, stream=None) -> logging.Logger:
     """Send netforge's log to ``stream`` (stderr, as Caffe) in glog format; idempotent."""
     logger = logging.getLogger("netforge")
     for handler in list(logger.handlers):
         if getattr(handler, "_netforge", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _StatusAwareHandler(stream or sys.stderr)
     handler._netforge = True
     handler.setFormatter(GlogFormatter())
     logger.addHandler(handler)

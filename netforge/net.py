@@ -139,9 +139,21 @@ class Net:
 
     def forward_range(self, first: int, last: int) -> float:
         """Forward layers first..last (inclusive); returns the weighted loss of those tops."""
-        for step in self._steps[first : last + 1]:
-            step.layer.forward(step.bottoms, step.tops)
+        for i in range(first, last + 1):
+            step = self._steps[i]
+            if step.layer.dynamic_top_shapes:
+                before = [top.shape for top in step.tops]
+                step.layer.forward(step.bottoms, step.tops)
+                if any(top.shape != shape for top, shape in zip(step.tops, before, strict=True)):
+                    self.plan.reshape(i + 1)  # e.g. Filter kept a different number of rows
+            else:
+                step.layer.forward(step.bottoms, step.tops)
         return self.loss()
+
+    def reshape(self) -> None:
+        """Propagate changed input shapes through the net (pycaffe's ``net.reshape()``):
+        ``net.blobs["data"].reshape(8, 3, 32, 32); net.reshape()``."""
+        self.plan.reshape()
 
     def loss(self) -> float:
         total = 0.0

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge import backend, config, weights
+from netforge import backend, config, divergence, weights
 from netforge import netforge_pb2 as pb
 from netforge.data.records import array_to_blobproto, blobproto_to_array
-from netforge.errors import DataError, ShapeError
+from netforge.errors import DataError, DivergenceError, ShapeError
 from netforge.fileio import atomic_path, atomic_write_bytes
 from netforge.lr_policies import multistep_current_step
 
@@ -39,12 +39,18 @@ class SnapshotWriter:
         self.solver = solver
         self.prefix = snapshot_prefix(solver.param, solver.path)
         self.hdf5 = solver.param.snapshot_format == pb.SolverParameter.HDF5
+        self.last: Path | None = None  # the newest complete snapshot's weights (or resumed)
 
     def filename(self, extension: str) -> Path:
         return Path(f"{self.prefix}_iter_{self.solver.iter}{extension}")
 
     def write(self) -> tuple[Path, Path]:
         solver = self.solver
+        bad = divergence.non_finite_weights(solver.net)
+        if bad:
+            kept = f"; the last good snapshot is {self.last}" if self.last else ""
+            raise DivergenceError(f"training diverged by iteration {solver.iter}: {bad}, so no "
+                                  f"snapshot was written{kept}")
         diff = solver.param.snapshot_diff
         if self.hdf5:
             model = self.filename(".caffemodel.h5")
@@ -68,6 +74,7 @@ class SnapshotWriter:
             for h in history:
                 state.history.add().CopyFrom(array_to_blobproto(backend.to_host(h)))
             atomic_write_bytes(state_path, state.SerializeToString())
+        self.last = model
         return model, state_path
 
 
@@ -148,7 +155,8 @@ def restore_state(solver, state_file) -> None:
         iteration, learned, extra = state.iter, state.learned_net, state.resume_state
         history = [blobproto_to_array(b) for b in state.history]
     if learned:
-        weights.copy_into(solver.net, _find_weights(learned, state_path))
+        solver.snapshots.last = _find_weights(learned, state_path)
+        weights.copy_into(solver.net, solver.snapshots.last)
     slots = solver.rule.history
     flat = [(k, i) for k in range(len(slots)) for i in range(len(slots[k]))]
     if len(history) != len(flat):

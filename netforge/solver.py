@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge import config, lr_policies
+from netforge import config, divergence, lr_policies
 from netforge import netforge_pb2 as pb
 from netforge.backend import to_host
 from netforge.errors import ConfigError
+from netforge.metrics import MetricsWriter, metrics_path
 from netforge.net import Net
 from netforge.optimizers import make_update_rule
 from netforge.snapshot import SnapshotWriter, restore_state
@@ -61,10 +62,11 @@ class Solver:
         solver: path of a solver prototxt, or a SolverParameter.
         level, stages: NetState level/stages merged into the train net's state.
         signals: a SignalRequests the CLI installs; None means signals are not watched.
+        metrics: write ``<snapshot_prefix>_metrics.jsonl`` (JSON lines) while training.
     """
 
     def __init__(self, solver, *, level: int = 0, stages=(), signals: SignalRequests | None = None,
-                 dtype=np.float32):
+                 dtype=np.float32, metrics: bool = True):
         if isinstance(solver, (str, Path)):
             self.path = Path(solver)
             sp = config.load_solver_param(solver)
@@ -72,6 +74,7 @@ class Solver:
             self.path = None
             sp = pb.SolverParameter()
             sp.CopyFrom(solver)
+            config.upgrade_solver_param(sp)
         self.param = sp
         if not sp.lr_policy:
             raise ConfigError(f"{self.path or 'solver'}: lr_policy is not set "
@@ -110,7 +113,9 @@ class Solver:
         self.iter = 0
         self.rule = make_update_rule(sp, self.net.learnable_params)
         self.snapshots = SnapshotWriter(self)
-        self.callbacks: list = []
+        self.callbacks: list = []  # (on_start, on_gradients_ready, on_end) triples
+        self.want_metrics = metrics
+        self.metrics: MetricsWriter | None = None
         self.smoothed_loss = 0.0
         self._losses: list[float] = []
         self.stop_requested = False
@@ -124,9 +129,18 @@ class Solver:
     def lr(self) -> float:
         return lr_policies.learning_rate(self.param, self.iter)
 
-    def add_callback(self, on_start=None, on_gradients_ready=None) -> None:
-        """Hooks run at the start of each iteration and when gradients are ready."""
-        self.callbacks.append((on_start, on_gradients_ready))
+    def add_callback(self, on_start=None, on_gradients_ready=None, on_end=None) -> None:
+        """Hooks (no arguments) run at the start of each iteration, when its gradients are
+        ready (before the update), and at its end (after the update and any snapshot)."""
+        self.callbacks.append((on_start, on_gradients_ready, on_end))
+
+    def _open_metrics(self) -> None:
+        # Beside the snapshots; a solver built in code with neither a file nor a
+        # snapshot_prefix has no such place, and writes none.
+        located = self.path is not None or self.param.snapshot_prefix
+        if self.want_metrics and self.metrics is None and located:
+            path = metrics_path(self.snapshots.prefix)
+            self.metrics = MetricsWriter(path, resume_iteration=self.iter if self.iter else None)
 
     def solve(self, resume_file=None) -> None:
         sp = self.param
@@ -137,6 +151,7 @@ class Solver:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
         start_iter = self.iter
+        self._open_metrics()
         self.step(sp.max_iter - self.iter)
         if sp.snapshot_after_train and (not sp.snapshot or self.iter % sp.snapshot != 0):
             self.snapshot()
@@ -147,12 +162,20 @@ class Solver:
             loss = self.net.forward_range(0, len(self.net.plan.steps) - 1)
             self._update_smoothed_loss(loss, start_iter)
             log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
+            self._record_train(self._log_outputs(self.net, "Train", quiet=True))
         if sp.test_interval and self.iter % sp.test_interval == 0:
             self.test_all()
         log.info("Optimization Done.")
 
     def step(self, iters: int) -> None:
+        # Overflow and NaN are reported by the divergence guard, naming the layer, rather
+        # than as numpy warnings scattered through the log.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self._step(iters)
+
+    def _step(self, iters: int) -> None:
         sp = self.param
+        self._open_metrics()
         start_iter = self.iter
         stop_iter = self.iter + iters
         self._losses = []
@@ -166,7 +189,7 @@ class Solver:
                 self.test_all()
                 if self.stop_requested:
                     break
-            for on_start, _ in self.callbacks:
+            for on_start, _, _ in self.callbacks:
                 if on_start:
                     on_start()
             display = sp.display and self.iter % sp.display == 0
@@ -182,15 +205,20 @@ class Solver:
                          _fmt(per_s), lapse, sp.display, _fmt(self.smoothed_loss))
                 timer = time.perf_counter()
                 last_display_iter = self.iter
-                self._log_outputs(self.net, "Train")
-            for _, on_ready in self.callbacks:
+                self._record_train(self._log_outputs(self.net, "Train"))
+            for _, on_ready, _ in self.callbacks:
                 if on_ready:
                     on_ready()
+            # Last look before the weights change: a NaN/Inf stops here, weights untouched.
+            divergence.check(self.net, self.iter, loss, self.snapshots.last)
             self.apply_update()
             self.iter += 1
             request = self.signals.take() if self.signals else "none"
             if (sp.snapshot and self.iter % sp.snapshot == 0) or request == "snapshot":
                 self.snapshot()
+            for _, _, on_end in self.callbacks:
+                if on_end:
+                    on_end()
             if request == "stop":
                 self.stop_requested = True
                 break
@@ -212,18 +240,29 @@ class Solver:
             self.smoothed_loss += (loss - self._losses[idx]) / average
             self._losses[idx] = loss
 
-    def _log_outputs(self, net: Net, kind: str, values=None) -> None:
-        """``    Train net output #k: name = v (* w = l loss)`` for each output value."""
+    def _log_outputs(self, net: Net, kind: str, values=None, quiet: bool = False) -> dict:
+        """``    Train net output #k: name = v (* w = l loss)`` for each output value (unless
+        quiet); returns {name: float or list} for the metrics file."""
         weights = {id(top): w for top, w in net.plan.loss_tops}
         index = 0
+        logged = {}
         for name in net.outputs:
             blob = net.blobs[name]
-            flat = values[name] if values is not None else np.ravel(to_host(blob.data))
+            flat = np.ravel(values[name] if values is not None else to_host(blob.data))
             w = weights.get(id(blob), 0.0)
-            for v in np.ravel(flat):
+            for v in flat:
                 extra = f" (* {_fmt(w)} = {_fmt(w * v)} loss)" if w else ""
-                log.info("    %s net output #%d: %s = %s%s", kind, index, name, _fmt(v), extra)
+                if not quiet:
+                    log.info("    %s net output #%d: %s = %s%s", kind, index, name, _fmt(v),
+                             extra)
                 index += 1
+            logged[name] = float(flat[0]) if flat.size == 1 else [float(v) for v in flat]
+        return logged
+
+    def _record_train(self, outputs: dict) -> None:
+        if self.metrics:
+            self.metrics.write({"phase": "train", "iteration": self.iter, "lr": self.lr,
+                                "loss": self.smoothed_loss, "outputs": outputs})
 
     # -- testing ---------------------------------------------------------------------------
     def test_all(self) -> None:
@@ -259,9 +298,11 @@ class Solver:
         if sp.test_compute_loss:
             log.info("Test loss: %s", _fmt(loss / n_iter))
         means = {name: total / n_iter for name, total in totals.items()}
-        self._log_outputs(net, "Test", means)
-        result = {name: float(v[0]) if v.size == 1 else v.tolist() for name, v in means.items()}
+        result = self._log_outputs(net, "Test", means)
         self.test_results.append(result)
+        if self.metrics:
+            self.metrics.write({"phase": "test", "iteration": self.iter, "net": index,
+                                "outputs": result})
         return result
 
     # -- snapshots -------------------------------------------------------------------------
@@ -272,6 +313,8 @@ class Solver:
         restore_state(self, state_file)
 
     def close(self) -> None:
+        if self.metrics:
+            self.metrics.close()
         self.net.close()
         for net in self.test_nets:
             net.close()

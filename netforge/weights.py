@@ -8,7 +8,6 @@ that names the layer and both shapes.
 from __future__ import annotations
 
 import logging
-from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import numpy as np
 from netforge import backend, config
 from netforge import netforge_pb2 as pb
 from netforge.data.records import array_to_blobproto, blobproto_to_array
-from netforge.errors import DataError, ShapeError
+from netforge.errors import ConfigError, DataError, ShapeError
 from netforge.fileio import atomic_path, atomic_write_bytes
 
 log = logging.getLogger("netforge")
@@ -28,47 +27,74 @@ def is_hdf5(path) -> bool:
 
 
 def read_caffemodel(path) -> pb.NetParameter:
-    """A NetParameter with layer blobs; legacy V1 ``layers`` are upgraded."""
+    """A NetParameter with layer blobs; legacy V0/V1 ``layers`` are upgraded, as Caffe's
+    ReadNetParamsFromBinaryFile does (the zoo's older .caffemodel files are V1)."""
     net = config.read_binary(path, pb.NetParameter(), "weights file")
-    if net.layers and not net.layer:
-        raise DataError(
-            f"{path}: holds legacy V1 `layers`, which this netforge version cannot upgrade "
-            "yet; convert it with Caffe's upgrade_net_proto_binary"
-        )
-    return net
+    try:
+        return config.upgrade_net(net, str(path))
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
 
 
-def _legacy_compatible(target_shape, proto: pb.BlobProto) -> bool:
-    """Caffe compares legacy 4-D blobs on the last four axes, padding ours with ones."""
-    legacy = (proto.num, proto.channels, proto.height, proto.width)
-    if len(target_shape) > 4:
-        return False
-    padded = (1,) * (4 - len(target_shape)) + tuple(target_shape)
-    return padded == legacy
+_LEGACY_DIMS = ("num", "channels", "height", "width")
 
 
-def _proto_shape(proto: pb.BlobProto) -> tuple[int, ...]:
-    if proto.HasField("shape"):
-        return tuple(int(d) for d in proto.shape.dim)
-    return (proto.num, proto.channels, proto.height, proto.width)
+def has_legacy_dims(proto: pb.BlobProto) -> bool:
+    return any(proto.HasField(f) for f in _LEGACY_DIMS)
+
+
+def blob_shape_matches(target_shape, proto: pb.BlobProto) -> bool:
+    """Caffe's Blob::ShapeEquals.
+
+    A legacy blob (num/channels/height/width) indexed its axes from the end: an old
+    InnerProduct weight is 1×1×N×K and a bias 1×1×1×N. So the target's shape, padded with
+    leading ones to four axes, must equal the legacy dims; targets with more than four axes
+    never match. A modern blob must match ``shape`` exactly.
+    """
+    target_shape = tuple(int(d) for d in target_shape)
+    if has_legacy_dims(proto):
+        if len(target_shape) > 4:
+            return False
+        padded = (1,) * (4 - len(target_shape)) + target_shape
+        return padded == tuple(int(getattr(proto, f)) for f in _LEGACY_DIMS)
+    return tuple(int(d) for d in proto.shape.dim) == target_shape
+
+
+def _describe_shape(proto: pb.BlobProto) -> str:
+    if has_legacy_dims(proto):
+        dims = tuple(int(getattr(proto, f)) for f in _LEGACY_DIMS)
+        return f"{dims} (legacy num/channels/height/width)"
+    return str(tuple(int(d) for d in proto.shape.dim))
+
+
+def _shape_mismatch(path, layer: str, index: int, found: str, expected) -> ShapeError:
+    return ShapeError(
+        f'{path}: cannot copy param {index} of layer "{layer}": the file has shape {found} '
+        f"but the net expects {tuple(expected)} (rename the layer to learn it from scratch "
+        "instead)"
+    )
 
 
 def _copy_blob(target, proto: pb.BlobProto, layer: str, index: int, path) -> None:
-    has_legacy = any(proto.HasField(f) for f in ("num", "channels", "height", "width"))
-    source_shape = _proto_shape(proto)
-    fits = _legacy_compatible(target.shape, proto) if has_legacy else source_shape == target.shape
-    if not fits:
-        raise ShapeError(
-            f'{path}: cannot copy param {index} of layer "{layer}": the file has shape '
-            f"{source_shape} but the net expects {target.shape} (rename the layer to learn it "
-            "from scratch instead)"
-        )
-    values = blobproto_to_array(proto).reshape(target.shape)
-    target.data[...] = target.xp.asarray(values.astype(target.dtype, copy=False))
+    if not blob_shape_matches(target.shape, proto):
+        raise _shape_mismatch(path, layer, index, _describe_shape(proto), target.shape)
+    values = blobproto_to_array(proto, where=f'{path}: layer "{layer}" param {index}')
+    target.data[...] = target.xp.asarray(values.reshape(target.shape).astype(target.dtype))
+
+
+def _blob_count_error(path, layer: str, in_file: int, in_net: int) -> ShapeError:
+    return ShapeError(
+        f'{path}: layer "{layer}" has {in_file} param blob(s) in the file but {in_net} in '
+        "the net"
+    )
 
 
 def copy_into(net, path) -> None:
-    """Copy weights from ``path`` into ``net`` by layer name (either file format)."""
+    """Copy weights from ``path`` into ``net`` by layer name (either file format).
+
+    Caffe's CopyTrainedLayersFrom: a source layer the net lacks is ignored; a net layer the
+    file lacks keeps its initial values; a blob count or shape that differs is an error.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such weights file")
@@ -76,21 +102,18 @@ def copy_into(net, path) -> None:
         _copy_from_hdf5(net, path)
         return
     source = read_caffemodel(path)
+    layers = net.layer_dict
     for layer in source.layer:
-        target = net.params.get(layer.name)
+        target = layers.get(layer.name)
         if target is None:
-            if layer.blobs and layer.name not in net.layer_dict:
-                log.info("Ignoring source layer %s", layer.name)
+            log.info("Ignoring source layer %s", layer.name)
             continue
-        if len(layer.blobs) != len(target):
-            raise ShapeError(
-                f'{path}: layer "{layer.name}" has {len(layer.blobs)} param blob(s) in the file '
-                f"but {len(target)} in the net"
-            )
+        if len(layer.blobs) != len(target.blobs):
+            raise _blob_count_error(path, layer.name, len(layer.blobs), len(target.blobs))
         log.info("Copying source layer %s Type:%s #blobs=%d", layer.name, layer.type,
                  len(layer.blobs))
         for k, proto in enumerate(layer.blobs):
-            _copy_blob(target[k], proto, layer.name, k, path)
+            _copy_blob(target.blobs[k], proto, layer.name, k, path)
 
 
 def _copy_from_hdf5(net, path) -> None:
@@ -100,26 +123,30 @@ def _copy_from_hdf5(net, path) -> None:
         handle = h5py.File(path, "r")
     except OSError as exc:
         raise DataError(f"{path}: damaged HDF5 weights file ({exc})") from None
+    owned = {(name, k) for name, k, _ in _owned_params(net)}
+    layers = net.layer_dict
     with handle:
         if "data" not in handle:
             raise DataError(f'{path}: no "data" group; not a Caffe HDF5 weights file')
         group = handle["data"]
         for name in group:
-            target = net.params.get(name)
+            target = layers.get(name)
             if target is None:
                 log.info("Ignoring source layer %s", name)
                 continue
-            for k, blob in enumerate(target):
+            stored = group[name]
+            if len(stored) > len(target.blobs):
+                raise _blob_count_error(path, name, len(stored), len(target.blobs))
+            for k, blob in enumerate(target.blobs):
                 key = str(k)
-                if key not in group[name]:
-                    continue  # shared (non-owner) params are not stored
-                values = np.asarray(group[name][key])
-                if values.shape != blob.shape and values.size != prod(blob.shape):
-                    raise ShapeError(
-                        f'{path}: cannot copy param {k} of layer "{name}": the file has shape '
-                        f"{values.shape} but the net expects {blob.shape}"
-                    )
-                blob.data[...] = blob.xp.asarray(values.reshape(blob.shape).astype(blob.dtype))
+                if key not in stored:
+                    if (name, k) in owned:
+                        raise _blob_count_error(path, name, len(stored), len(target.blobs))
+                    continue  # a shared (non-owner) param: Caffe does not store it
+                values = np.asarray(stored[key])
+                if values.shape != tuple(blob.shape):
+                    raise _shape_mismatch(path, name, k, str(values.shape), blob.shape)
+                blob.data[...] = blob.xp.asarray(values.astype(blob.dtype))
 
 
 def net_to_proto(net, write_diff: bool = False) -> pb.NetParameter:

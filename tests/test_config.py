@@ -119,3 +119,24 @@ def test_solver_net_forms(tmp_path):
 def test_solver_without_net_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="exactly one train net"):
         config.solver_net_params(pb.SolverParameter(), tmp_path / "s.prototxt")
+
+
+def test_v1_net_file_is_upgraded_on_load(tmp_path):
+    path = tmp_path / "old.prototxt"
+    path.write_text('name: "old"\nlayers { name: "r" type: RELU bottom: "x" top: "x" }\n')
+    net = config.load_net_param(path)
+    assert not net.layers
+    assert [(layer.name, layer.type) for layer in net.layer] == [("r", "ReLU")]
+
+
+def test_v1_inline_solver_net_is_upgraded(tmp_path):
+    # Caffe's lenet_consolidated_solver keeps its whole net inline in the V1 syntax.
+    solver = config.parse_text(
+        'net_param { name: "n" layers { name: "ip" type: INNER_PRODUCT blobs_lr: 1 '
+        "blobs_lr: 2 weight_decay: 1 weight_decay: 0 } } test_iter: 1 test_interval: 1",
+        pb.SolverParameter())
+    train, tests, _ = config.solver_net_params(solver, tmp_path / "s.prototxt")
+    layer = train.layer[0]
+    assert layer.type == "InnerProduct"
+    assert [(p.lr_mult, p.decay_mult) for p in layer.param] == [(1, 1), (2, 0)]
+    assert tests[0].layer[0].type == "InnerProduct"

@@ -24,4 +24,7 @@ echo "== 4. netforge test (the held-out digits, final snapshot)"
     --weights "$RUN/lenet_iter_2000.caffemodel" --iterations 4 2>"$RUN/test.log" \
     | tee "$RUN/test_result.txt"
 
+echo "== 5. netforge plot (training curves from the metrics file written beside the snapshots)"
+"$BIN/netforge" plot "$RUN/lenet_metrics.jsonl" --output "$RUN/curves.png"
+
 echo "== done in $(( $(date +%s) - start )) s; outputs in $RUN/"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from netforge.data.hdf5 import Hdf5PartsWriter, hdf5_sources, iter_hdf5_rows
 from netforge.data.image_list import (
     check_resize,
     load_image,
@@ -63,6 +64,7 @@ class ConvertSummary:
         lines = [
             f"wrote {self.written} images ({parts}) to {self.dest} [{self.backend}], "
             f"{len(self.labels)} classes, size {shape}, {self.seconds:.1f}s"
+            + (f" ({self.written / self.seconds:.0f} images/s)" if self.seconds > 0 else "")
         ]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} unreadable image(s):")
@@ -76,7 +78,7 @@ class _Options:
     color: bool
     resize: tuple[int, int]
     encoded: bool
-    encode_type: str
+    encode_type: str | None  # None: keep each file's own format where possible
     want_array: bool
 
 
@@ -91,7 +93,7 @@ def convert_images(
     shuffle: bool = True,
     seed: int = DEFAULT_SEED,
     encoded: bool = False,
-    encode_type: str = "png",
+    encode_type: str | None = None,
     check_size: bool = False,
     val_fraction: float = 0.0,
     overwrite: bool = False,
@@ -101,8 +103,10 @@ def convert_images(
     """Convert images into a dataset at ``dest``; returns a ConvertSummary.
 
     ``resize=(H, W)`` resizes bilinearly ((0, 0) keeps sizes); ``gray`` stores 1 channel,
-    else 3 (BGR). ``encoded`` stores compressed bytes: the file's own bytes when it already is
-    of ``encode_type`` (png, jpg) at the stored size and channel count, else re-encoded.
+    else 3 (BGR). ``encoded`` stores compressed bytes (as Caffe's convert_imageset): the
+    file's own bytes when it already is of ``encode_type`` (png, jpg; None = the file's own
+    format) at the stored size and channel count, else the image re-encoded (as
+    ``encode_type``, or the file's format when that is png/jpg, else png).
     ``progress(n_done, n_total)`` is called after every image.
     Unreadable images are skipped and listed in the summary.
     """
@@ -113,9 +117,10 @@ def convert_images(
         raise DataError("the LevelDB backend is not supported; use --backend lmdb or hdf5")
     if backend not in ("lmdb", "hdf5"):
         raise DataError(f'unknown backend "{backend}"; use lmdb or hdf5')
-    encode_type = (encode_type or "png").lower()
-    if encode_type not in ("png", "jpg", "jpeg"):
-        raise DataError(f'unknown encode type "{encode_type}"; use png or jpg')
+    if encode_type is not None:
+        encode_type = {"jpeg": "jpg"}.get(encode_type.lower(), encode_type.lower())
+        if encode_type not in ("png", "jpg"):
+            raise DataError(f'unknown encode type "{encode_type}"; use png or jpg')
     if encoded and backend == "hdf5":
         raise DataError("--encoded applies to LMDB only; HDF5 stores decoded float pixels")
     resize = check_resize(resize)
@@ -232,15 +237,14 @@ def _read_one(task: tuple[str, int], options: _Options):
             raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
         native = decode_image_bytes(raw, color=None, where=str(path))
         target_channels = 3 if options.color else 1
-        ext = path.suffix.lower().lstrip(".")
-        ext = "jpg" if ext == "jpeg" else ext
-        same_kind = ext == ("jpg" if options.encode_type == "jpeg" else options.encode_type)
-        if same_kind and not any(options.resize) and native.shape[0] == target_channels:
+        ext = {"jpeg": "jpg"}.get(path.suffix.lower().lstrip("."), path.suffix.lower()[1:])
+        kind = options.encode_type or (ext if ext in ("png", "jpg") else "png")
+        if ext == kind and not any(options.resize) and native.shape[0] == target_channels:
             # The file already is what we would write: store its bytes unchanged.
-            return native.shape, array_to_datum(native, label, encoded_bytes=raw) \
-                .SerializeToString()
+            datum = array_to_datum(native, label, encoded_bytes=raw)
+            return native.shape, datum.SerializeToString()
         chw = load_image(path, color=options.color, resize=options.resize)
-        payload = encode_image(chw, options.encode_type)
+        payload = encode_image(chw, kind)
         return chw.shape, array_to_datum(chw, label, encoded_bytes=payload).SerializeToString()
     except DataError as exc:
         return None, _reason(exc, path)
@@ -254,7 +258,7 @@ def _reason(exc: DataError, path: Path) -> str:
 
 def _ordered_map(fn, items, workers: int):
     """``fn`` over ``items`` on a thread pool, results in input order, bounded look-ahead."""
-    if workers <= 1 or len(items) <= 1:
+    if workers <= 1:
         for item in items:
             yield fn(item)
         return
@@ -284,7 +288,7 @@ def _write_split(items, out_dir, final_dir, backend, options, check_size, worker
     if backend == "lmdb":
         sink = LmdbWriter(out_dir)
     else:
-        sink = _Hdf5Writer(out_dir, final_dir, len(items))
+        sink = Hdf5PartsWriter(out_dir, final_dir, len(items), HDF5_PART_BYTES)
     written = 0
     try:
         results = _ordered_map(lambda task: _read_one(task, options), items, workers)
@@ -320,75 +324,91 @@ def _write_split(items, out_dir, final_dir, backend, options, check_size, worker
     return written
 
 
-class _Hdf5Writer:
-    """HDF5 parts of bounded size (``data`` N×C×H×W float32, ``label`` N) plus list.txt.
+def compute_mean(
+    db_path, *, progress: Callable[[int, int], None] | None = None, workers: int | None = None
+) -> np.ndarray:
+    """The pixel-wise mean (1, C, H, W) float32 of all images of a dataset.
 
-    list.txt names each part by its absolute final path, as Caffe's HDF5Data layer expects.
+    ``db_path``: an LMDB folder (raw or encoded Datums, decoded on ``workers`` threads), or
+    an HDF5 dataset (a folder with ``list.txt``, a list file, or one ``.h5`` file) whose
+    ``data`` rows are averaged. Every image must have the size of the first one.
     """
-
-    def __init__(self, out_dir: Path, final_dir: Path, total: int):
-        self.out_dir, self.final_dir, self.total = Path(out_dir), Path(final_dir), total
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.parts: list[str] = []
-        self._data = None
-        self._labels = None
-        self._fill = 0
-
-    def add(self, chw: np.ndarray, label: int) -> None:
-        if self._data is None:
-            rows = max(1, min(self.total, HDF5_PART_BYTES // (chw.size * 4)))
-            self._data = np.empty((rows, *chw.shape), dtype=np.float32)
-            self._labels = np.empty((rows,), dtype=np.float32)
-        self._data[self._fill] = chw
-        self._labels[self._fill] = label
-        self._fill += 1
-        if self._fill == len(self._data):
-            self._flush()
-
-    def _flush(self) -> None:
-        import h5py
-
-        if not self._fill:
-            return
-        name = f"part_{len(self.parts):05d}.h5"
-        with h5py.File(self.out_dir / name, "w") as f:
-            f.create_dataset("data", data=self._data[: self._fill])
-            f.create_dataset("label", data=self._labels[: self._fill])
-        self.parts.append(name)
-        self._fill = 0
-
-    def close(self, success: bool = True) -> None:
-        if not success:
-            return  # the caller removes the whole temporary folder
-        self._flush()
-        final = self.final_dir.absolute()
-        (self.out_dir / "list.txt").write_text("".join(f"{final / p}\n" for p in self.parts))
-
-
-def compute_mean(db_path, *, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """The pixel-wise mean (1, C, H, W) float32 of all Datums of an LMDB dataset."""
     db_path = Path(db_path)
     if db_path.is_dir() and not (db_path / "data.mdb").exists() \
-            and (db_path / "train" / "data.mdb").exists():
+            and not (db_path / "list.txt").exists() and (db_path / "train").is_dir():
         raise DataError(
             f"{db_path} holds train/ and val/ datasets; give {db_path / 'train'} for the mean"
         )
+    if db_path.is_dir() and (db_path / "data.mdb").exists():
+        return _lmdb_mean(db_path, progress, workers or min(8, os.cpu_count() or 1))
+    if db_path.is_dir() and not (db_path / "list.txt").exists():
+        raise DataError(f"{db_path} is neither an LMDB (no data.mdb) nor an HDF5 dataset "
+                        "(no list.txt)")
+    return _hdf5_mean(db_path, progress)
+
+
+class _MeanAccumulator:
+    """Sums images of one size in float64 and checks each against the first."""
+
+    def __init__(self):
+        self.total = None
+        self.count = 0
+        self.first = ""
+
+    def add(self, images: np.ndarray, where: str) -> None:
+        """``images``: (C, H, W) or a block (n, C, H, W)."""
+        block = images if images.ndim == 4 else images[None]
+        if self.total is None:
+            self.total = np.zeros(block.shape[1:], dtype=np.float64)
+            self.first = where
+        elif block.shape[1:] != self.total.shape:
+            raise DataError(
+                f"{where} is {'×'.join(map(str, block.shape[1:]))} but {self.first} is "
+                f"{'×'.join(map(str, self.total.shape))}; a mean needs images of one size"
+            )
+        self.total += block.sum(axis=0, dtype=np.float64)
+        self.count += block.shape[0]
+
+    def mean(self, db_path) -> np.ndarray:
+        if not self.count:
+            raise DataError(f"dataset {db_path} is empty; cannot compute a mean")
+        return (self.total / self.count).astype(np.float32)[None]
+
+
+def _lmdb_mean(db_path: Path, progress, workers: int) -> np.ndarray:
+    acc = _MeanAccumulator()
     with LmdbReader(db_path) as reader:
         total = len(reader)
-        if not total:
-            raise DataError(f"dataset {db_path} is empty; cannot compute a mean")
-        acc = None
-        for n, (key, value) in enumerate(reader, start=1):
+
+        def decode(item):
+            key, value = item
             where = f"{db_path} record {key.decode('utf-8', 'replace')!r}"
-            image, _ = datum_to_array(parse_datum(value, where))
-            if acc is None:
-                acc = np.zeros(image.shape, dtype=np.float64)
-            elif image.shape != acc.shape:
-                raise DataError(
-                    f"{where} has size {image.shape} but the first record has {acc.shape}; "
-                    "a mean needs images of one size"
-                )
-            acc += image
+            return where, datum_to_array(parse_datum(value, where))[0]
+
+        for n, (where, image) in enumerate(_ordered_map(decode, reader, workers), start=1):
+            acc.add(image, where)
             if progress is not None:
                 progress(n, total)
-    return (acc / total).astype(np.float32)[None]
+    return acc.mean(db_path)
+
+
+def _hdf5_mean(db_path: Path, progress) -> np.ndarray:
+    import h5py
+
+    files = hdf5_sources(db_path)
+    total = 0
+    for path in files:
+        try:
+            with h5py.File(path, "r") as handle:
+                total += int(handle["data"].shape[0]) if "data" in handle else 0
+        except OSError as exc:
+            raise DataError(f"{path} is not a readable HDF5 file (damaged?): {exc}") from None
+    acc = _MeanAccumulator()
+    for path, block in iter_hdf5_rows(files, "data"):
+        if block.ndim != 4:
+            raise DataError(f'{path}: dataset "data" is {block.ndim - 1}-D per row; a mean '
+                            "needs C×H×W images")
+        acc.add(block, str(path))
+        if progress is not None:
+            progress(acc.count, total)
+    return acc.mean(db_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import lmdb
@@ -47,6 +48,7 @@ class LmdbWriter:
         self.commit_every = int(commit_every)
         self.map_size = int(map_size)
         self.count = 0
+        self._bytes = 0  # key + value bytes committed so far
         self._pending: list[tuple[bytes, bytes]] = []
         self.tmp_path = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
         if self.tmp_path.exists():
@@ -75,6 +77,7 @@ class LmdbWriter:
         """Write the queued records in one transaction, growing the map as needed."""
         if not self._pending:
             return
+        self._reserve(sum(len(key) + len(value) for key, value in self._pending))
         while True:
             try:
                 with self._env.begin(write=True) as txn:
@@ -86,6 +89,16 @@ class LmdbWriter:
                 self.map_size *= 2
                 self._env.set_mapsize(self.map_size)
         self._pending.clear()
+
+    def _reserve(self, pending_bytes: int) -> None:
+        """Double the map ahead of need: a retry after MapFullError redoes the whole
+        transaction. B-tree pages hold a little more than the payload, hence the margin."""
+        self._bytes += pending_bytes
+        needed = self._bytes * 1.25 + (1 << 20)
+        if needed > self.map_size:
+            while needed > self.map_size:
+                self.map_size *= 2
+            self._env.set_mapsize(self.map_size)
 
     def close(self, success: bool = True) -> None:
         """Finish: keep the database under its final name, or (on failure) delete it."""
@@ -115,6 +128,36 @@ class LmdbWriter:
         self.close(success=exc_type is None)
 
 
+# py-lmdb refuses to open one environment twice in a process ("already open"), yet a train
+# and a test net often read the same database. Readers therefore share one read-only
+# environment per path, closed when its last reader closes.
+_SHARED_ENVS: dict[str, list] = {}  # real path -> [environment, reader count]
+_SHARED_LOCK = threading.Lock()
+
+
+def _open_shared_env(path: Path, subdir: bool):
+    key = os.path.realpath(path)
+    with _SHARED_LOCK:
+        entry = _SHARED_ENVS.get(key)
+        if entry is None:
+            env = lmdb.open(str(path), readonly=True, lock=False, subdir=subdir,
+                            readahead=False, max_readers=126)
+            entry = _SHARED_ENVS[key] = [env, 0]
+        entry[1] += 1
+        return key, entry[0]
+
+
+def _release_shared_env(key: str) -> None:
+    with _SHARED_LOCK:
+        entry = _SHARED_ENVS.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _SHARED_ENVS[key]
+            entry[0].close()
+
+
 class LmdbReader:
     """A read-only view of an LMDB dataset: ``len``, records in key order, a cursor.
 
@@ -133,15 +176,16 @@ class LmdbReader:
             if (self.path / "CURRENT").is_file():
                 hint = " (it looks like a LevelDB database; only LMDB is supported)"
             raise DataError(f"{self.path} is not an LMDB database: no data.mdb in it{hint}")
+        self._env = None
         try:
-            self._env = lmdb.open(
-                str(self.path), readonly=True, lock=False, subdir=subdir, readahead=False,
-                max_readers=126,
-            )
+            self._env_key, self._env = _open_shared_env(self.path, subdir)
             self._txn = self._env.begin(buffers=False)
             self._length = int(self._txn.stat()["entries"])
             self._cursor = self._txn.cursor()
         except lmdb.Error as exc:
+            if self._env is not None:
+                self._env = None
+                _release_shared_env(self._env_key)
             raise DataError(
                 f"{self.path} is not a readable LMDB database (damaged?): {exc}"
             ) from None
@@ -210,8 +254,8 @@ class LmdbReader:
             try:
                 self._txn.abort()
             finally:
-                self._env.close()
                 self._env = None
+                _release_shared_env(self._env_key)
 
     def __enter__(self) -> LmdbReader:
         return self

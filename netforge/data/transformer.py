@@ -3,7 +3,11 @@
 Per element: ``out = (pixel - mean) * scale``. The crop is random in TRAIN and centred in
 TEST; with ``mirror`` each image is flipped horizontally with probability 0.5 in both
 phases. A mean image is indexed at the crop offset, so it must have the stored image size.
-Random draws per image, in Caffe's order: mirror, then crop row offset, then column offset.
+
+Randomness: each image gets three uniform numbers in [0, 1) (its "draw": mirror, crop row
+offset, crop column offset, Caffe's order). A batch's draws are taken from its generator in one
+call before any image is transformed, so parallel workers may transform the images in any
+order and the batch stays bit-identical.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from netforge.errors import DataError
+
+DRAWS_PER_IMAGE = 3  # mirror, crop row offset, crop column offset
 
 
 class Transformer:
@@ -87,25 +93,35 @@ class Transformer:
             self._mean_cache[channels] = cached
         return cached
 
-    def offsets(self, height: int, width: int, rng: np.random.Generator | None = None):
-        """``(h_off, w_off, mirror)`` for one image, drawing from ``rng`` as Caffe does."""
+    def draw(self, rng: np.random.Generator | None, count: int) -> np.ndarray:
+        """``(count, 3)`` uniforms in [0, 1): one row per image, consumed by ``offsets``."""
         rng = rng if rng is not None else self.rng
-        do_mirror = bool(rng.integers(0, 2)) if self.mirror else False
+        return rng.random((int(count), DRAWS_PER_IMAGE))
+
+    def offsets(self, height: int, width: int, rng: np.random.Generator | None = None,
+                *, draw=None):
+        """``(h_off, w_off, mirror)`` for one image from its ``draw`` (or a fresh one)."""
+        if draw is None:
+            draw = self.draw(rng, 1)[0]
+        do_mirror = bool(draw[0] < 0.5) if self.mirror else False
         h_off = w_off = 0
         if self.crop_size:
+            rows, cols = height - self.crop_size + 1, width - self.crop_size + 1
             if self.train:
-                h_off = int(rng.integers(0, height - self.crop_size + 1))
-                w_off = int(rng.integers(0, width - self.crop_size + 1))
+                h_off = min(int(draw[1] * rows), rows - 1)
+                w_off = min(int(draw[2] * cols), cols - 1)
             else:
-                h_off = (height - self.crop_size) // 2
-                w_off = (width - self.crop_size) // 2
+                h_off, w_off = (height - self.crop_size) // 2, (width - self.crop_size) // 2
         return h_off, w_off, do_mirror
 
-    def apply(self, chw: np.ndarray, out: np.ndarray, *, rng=None) -> None:
-        """Transform ``chw`` (C, H, W) into ``out`` (C, h, w), a float view of the batch."""
+    def apply(self, chw: np.ndarray, out: np.ndarray, *, rng=None, draw=None) -> None:
+        """Transform ``chw`` (C, H, W) into ``out`` (C, h, w), a float view of the batch.
+
+        ``draw`` is this image's row of ``draw()``; without it one is taken from ``rng``.
+        """
         channels, height, width = chw.shape
         _, out_h, out_w = out.shape
-        h_off, w_off, do_mirror = self.offsets(height, width, rng)
+        h_off, w_off, do_mirror = self.offsets(height, width, rng, draw=draw)
         src = chw[:, h_off : h_off + out_h, w_off : w_off + out_w]
         # Mirroring writes through a reversed view of out: the mean stays at source positions.
         dst = out[:, :, ::-1] if do_mirror else out

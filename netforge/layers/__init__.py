@@ -3,6 +3,16 @@
 from netforge.layers.registry import layer_class, layer_types, register
 
 # Family modules register their layers on import.
-from netforge.layers import common, data, loss, neuron, vision  # noqa: E402,F401  isort: skip
+from netforge.layers import (  # noqa: E402,F401  isort: skip
+    common,
+    data,
+    loss,
+    neuron,
+    normalization,
+    python_layer,
+    recurrent,
+    structure,
+    vision,
+)
 
 __all__ = ["layer_class", "layer_types", "register"]

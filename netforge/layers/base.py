@@ -76,6 +76,15 @@ class Layer:
         """Write bottom diffs where propagate_down; accumulate param diffs."""
 
     has_backward = True
+    # Tops whose shapes depend on bottom *values* (Filter) or are set by user code (Python):
+    # such a layer may reshape its tops inside forward, and the net then reshapes the layers
+    # after it (see Plan.reshape).
+    dynamic_top_shapes = False
+
+    def share_tops(self, bottoms: list[Blob], tops: list[Blob]) -> None:
+        """Called by the plan each time it (re)allocates this layer's tops. A layer whose
+        tops alias bottom memory instead of copying (Reshape, a one-top Slice) points them
+        here. Default: nothing."""
 
     # -- helpers for subclasses ---------------------------------------------------------------
     @property

@@ -1,18 +1,30 @@
-"""Layers without bottoms that produce the net's inputs: Input, DummyData and Data (LMDB)."""
+"""Layers that feed the net: Input, DummyData, MemoryData, and the prefetching readers Data
+(LMDB), ImageData (list file) and HDF5Data; plus HDF5Output, which writes blobs to a file.
+
+The reading itself lives in ``netforge.data.loaders``; the layers here map parameters to a
+loader and copy its prefetched batches into their tops.
+"""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
+from netforge import backend
 from netforge import netforge_pb2 as pb
+from netforge.data.hdf5 import Hdf5Appender, read_hdf5_list
+from netforge.data.image_list import parse_list_file
+from netforge.data.loaders import BatchLoader, DatumLoader, Hdf5Loader, ImageListLoader
 from netforge.data.prefetch import Prefetcher
-from netforge.data.records import datum_to_array, load_mean_file, parse_datum
-from netforge.data.stores import LmdbReader
+from netforge.data.records import load_mean_file
 from netforge.data.transformer import Transformer
 from netforge.errors import ConfigError, DataError
 from netforge.fillers import fill
 from netforge.layers.base import Layer
 from netforge.layers.registry import register
+
+log = logging.getLogger("netforge")
 
 
 def _copy_to_top(top_data, host: np.ndarray) -> None:
@@ -104,24 +116,123 @@ class DummyDataLayer(Layer):
                 self._filled[i] = top.data
 
 
-@register("Data")
-class DataLayer(Layer):
-    """Batches of Datums from an LMDB dataset: tops data (N, C, h, w) and optional label (N,).
 
-    Records are read in key order, wrapping around at the end, and preprocessed by
-    ``transform_param`` in a background thread that keeps ``prefetch`` batches ready. Batch k
-    holds records ``origin + k*N ...`` (modulo the dataset size) and its random crops and
-    mirrors come from a generator seeded by (layer seed, k), so ``get_state``/``set_state``
-    resume the stream bit-exactly.
+
+# -- prefetching readers --------------------------------------------------------------------------
+class PrefetchingLayer(Layer):
+    """Base of Data, ImageData and HDF5Data: a loader filled by a background thread.
+
+    ``prefetch`` batches are kept ready (Caffe's free/full queues); the thread starts on the
+    first forward. ``get_state``/``set_state`` save and restore the stream position so that
+    a resumed run continues with exactly the batches it would have seen.
     """
 
     num_bottoms = 0
-    min_tops = 1
-    max_tops = 2
     has_backward = False
 
-    _reader: LmdbReader | None = None
+    loader: BatchLoader | None = None
+    depth = 4
     _prefetcher: Prefetcher | None = None
+    _next_batch = 0
+
+    def top_keys(self) -> list[str]:
+        """The loader's batch key for each top, in top order."""
+        return ["data", "label"][: len(self.param.top)]
+
+    def draw_seed(self) -> int:
+        """Everything random about the layer derives from one seed drawn from the net's rng."""
+        return int(self.ctx.rng.integers(0, 2**63 - 1))
+
+    def reshape(self, bottom_shapes):
+        n = self.loader.batch_size
+        return [(n, *self.loader.shapes[key]) for key in self.top_keys()]
+
+    def forward(self, bottoms, tops):
+        if self._prefetcher is None:
+            if self.loader is None:
+                raise DataError(f"{self.label}: the layer is closed")
+            self._prefetcher = Prefetcher(
+                self.loader.load_batch, self.depth, allocate=self.loader.allocate,
+                start=self._next_batch, name=f"prefetch-{self.name}",
+            )
+        batch = self._prefetcher.next()
+        self._next_batch = self._prefetcher.last_index + 1
+        for top, key in zip(tops, self.top_keys(), strict=True):
+            _copy_to_top(top.data, batch[key])
+
+    def get_state(self) -> dict:
+        """Where the stream is: ``position`` (next record), ``batch_index``, ``seed``."""
+        return self.loader.state(self._next_batch)
+
+    def set_state(self, state: dict) -> None:
+        """Resume from ``get_state()``'s dict: the next forward returns the batch that
+        would have followed when the state was taken."""
+        self._stop_prefetch()
+        self._next_batch = self.loader.restore(state)
+
+    def _stop_prefetch(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
+    def close(self) -> None:
+        self._stop_prefetch()
+        if self.loader is not None:
+            self.loader.close()
+            self.loader = None
+
+
+def _transform_param(layer_param, legacy) -> pb.TransformationParameter:
+    """transform_param, with the deprecated scale/mean_file/crop_size/mirror of ``legacy``
+    (data_param or image_data_param) moved into it, as Caffe's upgrade does."""
+    tp = pb.TransformationParameter()
+    tp.CopyFrom(layer_param.transform_param)
+    for name in ("scale", "mean_file", "crop_size", "mirror"):
+        if legacy.HasField(name) and not tp.HasField(name):
+            setattr(tp, name, getattr(legacy, name))
+    return tp
+
+
+def _make_transformer(layer: Layer, tp: pb.TransformationParameter) -> Transformer:
+    if tp.force_color and tp.force_gray:
+        raise ConfigError(f"{layer.label}: force_color and force_gray exclude each other")
+    mean = None
+    if tp.mean_file:
+        if len(tp.mean_value):
+            raise ConfigError(f"{layer.label}: give mean_file or mean_value, not both")
+        try:
+            mean = load_mean_file(layer.resolve_path(tp.mean_file))
+        except DataError as exc:
+            raise DataError(f"{layer.label}: {exc}") from None
+    elif len(tp.mean_value):
+        mean = list(tp.mean_value)
+    return Transformer(scale=tp.scale, mean=mean, crop_size=tp.crop_size, mirror=tp.mirror,
+                       train=layer.phase == "TRAIN")
+
+
+def _with_label(layer: Layer, make):
+    """Run ``make()``, prefixing a DataError's message with the layer's label."""
+    try:
+        return make()
+    except DataError as exc:
+        text = str(exc)
+        if text.startswith(layer.label):
+            raise
+        raise DataError(f"{layer.label}: {text}") from None
+
+
+@register("Data")
+class DataLayer(PrefetchingLayer):
+    """Batches of Datums from an LMDB dataset: tops data (N, C, h, w) and optional label (N,).
+
+    Records are read in key order, wrapping around at the end (shuffle at conversion time),
+    decoded when encoded (BGR) and preprocessed by ``transform_param`` on parallel workers
+    while ``prefetch`` batches wait ready. Batch k holds records ``origin + k*N ...`` (modulo
+    the dataset size); its crops and mirrors come from a generator seeded by (layer seed, k).
+    """
+
+    min_tops = 1
+    max_tops = 2
 
     def setup(self, bottom_shapes):
         dp = self.param.data_param
@@ -134,142 +245,182 @@ class DataLayer(Layer):
             raise ConfigError(f"{self.label}: data_param.source is not set")
         if dp.batch_size <= 0:
             raise ConfigError(f"{self.label}: data_param.batch_size must be positive")
-        self.batch_size = int(dp.batch_size)
         self.depth = max(1, int(dp.prefetch))
         self.source = self.resolve_path(dp.source)
-        self._reader = LmdbReader(self.source)
-        if not len(self._reader):
-            raise DataError(f"{self.label}: dataset {self.source} is empty")
+        tp = _transform_param(self.param, dp)
+        transformer = _make_transformer(self, tp)
+        self.loader = _with_label(self, lambda: DatumLoader(
+            self.source, dp.batch_size, transformer, seed=self.draw_seed(), dtype=self.dtype,
+            label=self.label, force_color=tp.force_color or dp.force_encoded_color,
+            force_gray=tp.force_gray, rand_skip=dp.rand_skip,
+        ))
 
-        tp = self._transform_param()
-        self.force_color = bool(tp.force_color or dp.force_encoded_color)
-        self.force_gray = bool(tp.force_gray)
-        if tp.force_color and tp.force_gray:
-            raise ConfigError(f"{self.label}: force_color and force_gray exclude each other")
-        mean = None
-        if tp.mean_file:
-            if len(tp.mean_value):
-                raise ConfigError(
-                    f"{self.label}: give mean_file or mean_value, not both"
-                )
-            mean = load_mean_file(self.resolve_path(tp.mean_file))
-        elif len(tp.mean_value):
-            mean = list(tp.mean_value)
-        self.transformer = Transformer(
-            scale=tp.scale, mean=mean, crop_size=tp.crop_size, mirror=tp.mirror,
-            train=self.phase == "TRAIN",
-        )
 
-        # Shapes come from the first record, as Caffe's does.
-        key, value = self._reader.first()
-        first, _ = self._decode(key, value)
-        self.item_shape = self.transformer.output_shape(first.shape)
+@register("ImageData")
+class ImageDataLayer(PrefetchingLayer):
+    """Images named by a list file (``path label`` a line), decoded to BGR: tops data and
+    label. ``root_folder`` prefixes the paths, ``new_height``/``new_width`` resize (bilinear),
+    ``is_color: false`` reads one gray channel, ``shuffle`` reorders the list every epoch.
+    """
 
-        # Everything random about this layer derives from one seed drawn from the net's rng.
-        self.seed = int(self.ctx.rng.integers(0, 2**63 - 1))
-        skip = 0
-        if dp.rand_skip:
-            skip = int(np.random.default_rng(self.seed).integers(0, dp.rand_skip))
-        self._origin = skip % len(self._reader)
-        self._next_batch = 0
-        self._host_dtype = np.dtype(self.dtype)
+    num_tops = 2
 
-    def _transform_param(self) -> pb.TransformationParameter:
-        """transform_param, with the deprecated data_param fields moved into it."""
-        tp = pb.TransformationParameter()
-        tp.CopyFrom(self.param.transform_param)
-        dp = self.param.data_param
-        for name in ("scale", "mean_file", "crop_size", "mirror"):
-            if dp.HasField(name) and not tp.HasField(name):
-                setattr(tp, name, getattr(dp, name))
-        return tp
+    def setup(self, bottom_shapes):
+        p = self.param.image_data_param
+        if not p.source:
+            raise ConfigError(f"{self.label}: image_data_param.source is not set")
+        if p.batch_size <= 0:
+            raise ConfigError(f"{self.label}: image_data_param.batch_size must be positive")
+        if (p.new_height == 0) != (p.new_width == 0):
+            raise ConfigError(
+                f"{self.label}: give both new_height and new_width, or neither "
+                f"(got {p.new_height}×{p.new_width})"
+            )
+        source = self.resolve_path(p.source)
+        root = self.resolve_path(p.root_folder) if p.root_folder else None
+        transformer = _make_transformer(self, _transform_param(self.param, p))
 
-    def _decode(self, key: bytes, value: bytes):
-        where = f"{self.source} record {key.decode('utf-8', 'replace')!r}"
-        datum = parse_datum(value, where)
-        try:
-            return datum_to_array(datum, force_color=self.force_color, force_gray=self.force_gray)
-        except DataError as exc:
-            raise DataError(f"{where}: {exc}") from None
+        def make():
+            entries = parse_list_file(source)
+            return ImageListLoader(
+                entries, root, p.batch_size, transformer, seed=self.draw_seed(),
+                dtype=self.dtype, label=self.label, list_path=source, color=p.is_color,
+                resize=(p.new_height, p.new_width), shuffle=p.shuffle, rand_skip=p.rand_skip,
+            )
+
+        self.loader = _with_label(self, make)
+
+
+@register("HDF5Data")
+class HDF5DataLayer(PrefetchingLayer):
+    """Rows of HDF5 files named by a list file; each top is the dataset of the same name.
+
+    Tops are ``(batch_size, *rows' shape)`` of any rank; integer datasets are converted to
+    the net's float type. No transformation (Caffe refuses transform_param here).
+    """
+
+    min_tops = 1
+
+    def setup(self, bottom_shapes):
+        p = self.param.hdf5_data_param
+        if self.param.HasField("transform_param"):
+            raise ConfigError(f"{self.label}: HDF5Data does not transform data; "
+                              "remove transform_param (preprocess when writing the files)")
+        if not p.source:
+            raise ConfigError(f"{self.label}: hdf5_data_param.source is not set")
+        if p.batch_size <= 0:
+            raise ConfigError(f"{self.label}: hdf5_data_param.batch_size must be positive")
+        source = self.resolve_path(p.source)
+        self.loader = _with_label(self, lambda: Hdf5Loader(
+            read_hdf5_list(source), list(self.param.top), p.batch_size, seed=self.draw_seed(),
+            dtype=self.dtype, label=self.label, shuffle=p.shuffle,
+        ))
+
+    def top_keys(self) -> list[str]:
+        return list(self.param.top)
+
+
+# -- arrays in, arrays out ------------------------------------------------------------------------
+@register("MemoryData")
+class MemoryDataLayer(Layer):
+    """Batches from arrays handed over with ``set_input_arrays(data, labels)`` (pycaffe's).
+
+    data is (n, channels, height, width), labels n values, n a multiple of batch_size; each
+    forward returns the next batch_size rows, wrapping around. No transformation is applied.
+    """
+
+    num_bottoms = 0
+    num_tops = 2
+    has_backward = False
+
+    def setup(self, bottom_shapes):
+        p = self.param.memory_data_param
+        self.batch_size = int(p.batch_size)
+        self.item_shape = (int(p.channels), int(p.height), int(p.width))
+        if self.batch_size <= 0 or min(self.item_shape) <= 0:
+            raise ConfigError(
+                f"{self.label}: memory_data_param needs positive batch_size, channels, height "
+                f"and width (got {self.batch_size}, {', '.join(map(str, self.item_shape))})"
+            )
+        if self.param.HasField("transform_param"):
+            log.warning("%s does not transform the arrays given to set_input_arrays", self.label)
+        self._data: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+        self._position = 0
 
     def reshape(self, bottom_shapes):
-        shapes = [(self.batch_size, *self.item_shape), (self.batch_size,)]
-        return shapes[: len(self.param.top)]
+        return [(self.batch_size, *self.item_shape), (self.batch_size,)]
 
-    # -- loading (runs in the prefetch thread) ------------------------------------------------
-    def _allocate(self) -> dict:
-        return {
-            "data": np.empty((self.batch_size, *self.item_shape), dtype=self._host_dtype),
-            "label": np.empty((self.batch_size,), dtype=self._host_dtype),
-        }
+    def set_input_arrays(self, data, labels) -> None:
+        """Use ``data`` (n, C, H, W) and ``labels`` (n values) from the next forward on."""
+        data = np.ascontiguousarray(backend.to_host(data), dtype=self.dtype)
+        labels = np.ascontiguousarray(backend.to_host(labels), dtype=self.dtype)
+        if data.ndim != 4 or data.shape[1:] != self.item_shape:
+            raise DataError(
+                f"{self.label}: data has shape {data.shape} but the layer expects "
+                f"(n, {', '.join(map(str, self.item_shape))})"
+            )
+        n = data.shape[0]
+        if labels.size != n or (labels.ndim and labels.shape[0] != n):
+            raise DataError(
+                f"{self.label}: {labels.size} labels (shape {labels.shape}) for {n} data rows; "
+                "give one label per row"
+            )
+        if n == 0 or n % self.batch_size:
+            raise DataError(
+                f"{self.label}: {n} rows is not a (positive) multiple of batch_size "
+                f"{self.batch_size}"
+            )
+        self._data, self._labels = data, labels.reshape(n)
+        self._position = 0
 
-    def batch_rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(index,)))
-
-    def _load_batch(self, index: int, out: dict) -> None:
-        reader = self._reader
-        n = self.batch_size
-        reader.seek(self._origin + index * n)
-        rng = self.batch_rng(index)
-        data, labels = out["data"], out["label"]
-        for i in range(n):
-            key, value = reader.next()
-            image, label = self._decode(key, value)
-            shape = self.transformer.output_shape(image.shape)
-            if shape != self.item_shape:
-                raise DataError(
-                    f"{self.label}: record {key.decode('utf-8', 'replace')!r} of {self.source} "
-                    f"gives a {shape} item but the first record gives {self.item_shape}; all "
-                    "records must have one size (or use crop_size)"
-                )
-            self.transformer.apply(image, data[i], rng=rng)
-            labels[i] = label
-
-    def _start(self) -> None:
-        self._prefetcher = Prefetcher(
-            self._load_batch, self.depth, allocate=self._allocate, start=self._next_batch,
-            name=f"prefetch-{self.name}",
-        )
-
-    # -- the contract -------------------------------------------------------------------------
     def forward(self, bottoms, tops):
-        if self._prefetcher is None:
-            if self._reader is None:
-                raise DataError(f"{self.label}: the layer is closed")
-            self._start()
-        batch = self._prefetcher.next()
-        self._next_batch = self._prefetcher.last_index + 1
-        _copy_to_top(tops[0].data, batch["data"])
-        if len(tops) > 1:
-            _copy_to_top(tops[1].data, batch["label"])
+        if self._data is None:
+            raise DataError(f"{self.label}: no data yet; call set_input_arrays(data, labels) "
+                            "before running the net")
+        rows = slice(self._position, self._position + self.batch_size)
+        _copy_to_top(tops[0].data, self._data[rows])
+        _copy_to_top(tops[1].data, self._labels[rows])
+        self._position = (self._position + self.batch_size) % len(self._data)
 
-    # -- resume -------------------------------------------------------------------------------
     def get_state(self) -> dict:
-        """Where the stream is: the next record to be consumed, the next batch, the seed."""
-        return {
-            "position": int((self._origin + self._next_batch * self.batch_size)
-                            % len(self._reader)),
-            "batch_index": int(self._next_batch),
-            "seed": int(self.seed),
-        }
+        return {"position": int(self._position)}
 
     def set_state(self, state: dict) -> None:
-        """Resume from ``get_state()``'s dict: the next forward returns the batch that
-        would have followed when the state was taken."""
-        self._stop_prefetch()
-        if "seed" in state:
-            self.seed = int(state["seed"])
-        self._next_batch = int(state.get("batch_index", 0))
-        position = int(state.get("position", 0))
-        self._origin = (position - self._next_batch * self.batch_size) % len(self._reader)
+        self._position = int(state.get("position", 0))
+        if self._data is not None:
+            self._position %= len(self._data)
 
-    def _stop_prefetch(self) -> None:
-        if self._prefetcher is not None:
-            self._prefetcher.close()
-            self._prefetcher = None
+
+@register("HDF5Output")
+class HDF5OutputLayer(Layer):
+    """Writes its two bottoms as rows of datasets ``data`` and ``label`` of ``file_name``.
+
+    Every forward appends its batch, so the file holds all batches seen (Caffe's layer can
+    only write once); the file is flushed after each forward and closed with the net.
+    """
+
+    num_bottoms = 2
+    num_tops = 0
+    has_backward = False
+
+    def setup(self, bottom_shapes):
+        file_name = self.param.hdf5_output_param.file_name
+        if not file_name:
+            raise ConfigError(f"{self.label}: hdf5_output_param.file_name is not set")
+        self.writer = Hdf5Appender(file_name)
+
+    def reshape(self, bottom_shapes):
+        if bottom_shapes[0][:1] != bottom_shapes[1][:1]:
+            raise self.shape_error(
+                f"bottom 0 has shape {bottom_shapes[0]} and bottom 1 {bottom_shapes[1]}; "
+                "data and label need the same first dimension"
+            )
+        return []
+
+    def forward(self, bottoms, tops):
+        self.writer.append({"data": backend.to_host(bottoms[0].data),
+                            "label": backend.to_host(bottoms[1].data)})
 
     def close(self) -> None:
-        self._stop_prefetch()
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self.writer.close()

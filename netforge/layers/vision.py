@@ -1,4 +1,8 @@
-"""Spatial layers: Convolution, Pooling. The arithmetic lives in ``netforge.ops.vision``."""
+"""Spatial layers: Convolution, Deconvolution, Im2col, Pooling, SPP, Crop.
+
+The arithmetic lives in ``netforge.ops`` (``vision``, ``deconv``, ``pooling``, ``spp``,
+``crop``); these classes map Caffe's parameters onto kernel calls.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError
 from netforge.layers.base import Layer
 from netforge.layers.registry import register
-from netforge.ops import pooling
+from netforge.ops import crop, deconv, pooling, spp
 from netforge.ops import vision as ops
 from netforge.ops._xp import allocate
 
@@ -31,6 +35,30 @@ def _spatial(param, name: str, stem: str, default: int, label: str) -> tuple[int
     raise ConfigError(f"{label}: {name} has {len(values)} values; 2-D layers take 1 or 2")
 
 
+def _conv_window(p, label: str) -> tuple[tuple[int, int], ...]:
+    """(kernel, pad, stride, dilation) as (h, w) pairs from a ConvolutionParameter."""
+    if p.axis != 1:
+        raise ConfigError(f"{label}: only axis 1 (channels) is supported, got {p.axis}")
+    if not p.kernel_size and not p.HasField("kernel_h"):
+        raise ConfigError(f"{label}: kernel_size (or kernel_h and kernel_w) is required")
+    kernel = _spatial(p, "kernel_size", "kernel", 0, label)
+    pad = _spatial(p, "pad", "pad", 0, label)
+    stride = _spatial(p, "stride", "stride", 1, label)
+    if p.dilation and len(p.dilation) > 2:
+        raise ConfigError(f"{label}: dilation takes 1 or 2 values")
+    dil = list(p.dilation) or [1]
+    dilation = (int(dil[0]), int(dil[-1]))
+    if min(kernel) <= 0 or min(stride) <= 0 or min(dilation) <= 0:
+        raise ConfigError(f"{label}: kernel, stride and dilation must be positive")
+    return kernel, pad, stride, dilation
+
+
+def _four_d(layer: Layer, shape: tuple[int, ...], j: int = 0) -> None:
+    if len(shape) != 4:
+        raise layer.shape_error(f'bottom "{layer.param.bottom[j]}" must be 4-D (N, C, H, W), '
+                                f"got shape {shape}")
+
+
 @register("Convolution")
 class ConvolutionLayer(Layer):
     """y = w * x + b over (N, C, H, W); weights (O, C/group, kh, kw), bias (O,).
@@ -46,56 +74,63 @@ class ConvolutionLayer(Layer):
         label = self.label
         if len(self.param.top) != len(self.param.bottom):
             raise ConfigError(f"{label} needs one top per bottom")
-        if p.axis != 1:
-            raise ConfigError(f"{label}: only axis 1 (channels) is supported, got {p.axis}")
-        if not p.kernel_size and not p.HasField("kernel_h"):
-            raise ConfigError(f"{label}: kernel_size (or kernel_h and kernel_w) is required")
-        self.kernel = _spatial(p, "kernel_size", "kernel", 0, label)
-        self.pad = _spatial(p, "pad", "pad", 0, label)
-        self.stride = _spatial(p, "stride", "stride", 1, label)
-        if p.dilation and len(p.dilation) > 2:
-            raise ConfigError(f"{label}: dilation takes 1 or 2 values")
-        dil = list(p.dilation) or [1]
-        self.dilation = (int(dil[0]), int(dil[-1]))
+        self.kernel, self.pad, self.stride, self.dilation = _conv_window(p, label)
         self.group = int(p.group)
-        if min(self.kernel) <= 0 or min(self.stride) <= 0 or min(self.dilation) <= 0:
-            raise ConfigError(f"{label}: kernel, stride and dilation must be positive")
+        if self.group <= 0:
+            raise ConfigError(f"{label}: group must be positive")
         if p.num_output <= 0:
             raise ConfigError(f"{label}: num_output must be positive")
         shape = bottom_shapes[0]
-        if len(shape) != 4:
-            raise self.shape_error(f'bottom "{self.param.bottom[0]}" must be 4-D (N, C, H, W), '
-                                   f"got shape {shape}")
+        _four_d(self, shape)
         channels = shape[1]
         if channels % self.group or p.num_output % self.group:
             raise self.shape_error(
                 f"channels ({channels}) and num_output ({p.num_output}) must both be "
                 f"divisible by group ({self.group})"
             )
-        self.add_param((p.num_output, channels // self.group, *self.kernel), p.weight_filler)
+        self.add_param(self._weight_shape(channels, p.num_output), p.weight_filler)
         self.bias_term = p.bias_term
         if self.bias_term:
             self.add_param((p.num_output,), p.bias_filler)
+
+    # What differs between convolution and deconvolution: weight layout, shapes, workspace.
+    def _weight_shape(self, channels: int, num_output: int) -> tuple[int, ...]:
+        return (num_output, channels // self.group, *self.kernel)
+
+    def _bottom_channels(self) -> int:
+        """The channel count the weights expect of every bottom."""
+        return self.blobs[0].shape[1] * self.group
+
+    def _top_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        oh = ops.conv_output_size(shape[2], self.kernel[0], self.pad[0], self.stride[0],
+                                  self.dilation[0])
+        ow = ops.conv_output_size(shape[3], self.kernel[1], self.pad[1], self.stride[1],
+                                  self.dilation[1])
+        return (shape[0], self.blobs[0].shape[0], oh, ow)
+
+    def _workspace_spec(self, shape: tuple[int, ...]):
+        return ops.conv_workspace_shapes(shape, self.blobs[0].shape, **self._geometry(),
+                                         dtype=self.dtype)
 
     def reshape(self, bottom_shapes):
         w_shape = self.blobs[0].shape
         tops = []
         self.workspaces = []
         for j, shape in enumerate(bottom_shapes):
-            if len(shape) != 4 or shape[1] != w_shape[1] * self.group:
+            _four_d(self, shape, j)
+            if shape[1] != self._bottom_channels():
                 raise self.shape_error(
                     f'bottom "{self.param.bottom[j]}" has shape {shape} but the weights '
-                    f"{w_shape} (group {self.group}) expect {w_shape[1] * self.group} channels"
+                    f"{w_shape} (group {self.group}) expect {self._bottom_channels()} channels"
                 )
-            oh = ops.conv_output_size(shape[2], self.kernel[0], self.pad[0], self.stride[0],
-                                      self.dilation[0])
-            ow = ops.conv_output_size(shape[3], self.kernel[1], self.pad[1], self.stride[1],
-                                      self.dilation[1])
-            if oh <= 0 or ow <= 0:
-                raise self.shape_error(f"input {shape} is smaller than the kernel {self.kernel}")
-            tops.append((shape[0], w_shape[0], oh, ow))
-            spec = ops.conv_workspace_shapes(shape, w_shape, **self._geometry(), dtype=self.dtype)
-            self.workspaces.append(allocate(spec, self.xp))
+            top = self._top_shape(shape)
+            if top[2] <= 0 or top[3] <= 0:
+                raise self.shape_error(
+                    f'bottom "{self.param.bottom[j]}" of shape {shape} gives an empty output '
+                    f"{top} (kernel {self.kernel}, pad {self.pad}, stride {self.stride}, "
+                    f"dilation {self.dilation})")
+            tops.append(top)
+            self.workspaces.append(allocate(self._workspace_spec(shape), self.xp))
         return tops
 
     def _geometry(self) -> dict:
@@ -108,12 +143,16 @@ class ConvolutionLayer(Layer):
         for bottom, top, ws in zip(bottoms, tops, self.workspaces, strict=True):
             ops.conv_forward(bottom.data, w, b, top.data, ws=ws, **self._geometry())
 
-    def backward(self, tops, propagate_down, bottoms):
-        w = self.blobs[0]
-        dw = w.diff if self.param_propagate_down[0] else None
+    def _param_diffs(self):
+        dw = self.blobs[0].diff if self.param_propagate_down[0] else None
         db = None
         if self.bias_term and self.param_propagate_down[1]:
             db = self.blobs[1].diff
+        return dw, db
+
+    def backward(self, tops, propagate_down, bottoms):
+        w = self.blobs[0]
+        dw, db = self._param_diffs()
         # Only the last bottom's columns are still in its workspace from forward.
         for j, (bottom, top, ws) in enumerate(zip(bottoms, tops, self.workspaces, strict=True)):
             dx = bottom.diff if propagate_down[j] else None
@@ -121,9 +160,86 @@ class ConvolutionLayer(Layer):
                               reuse_col=True, **self._geometry())
 
 
+@register("Deconvolution")
+class DeconvolutionLayer(ConvolutionLayer):
+    """The transpose of convolution (upsampling): weights (C, num_output/group, kh, kw) as
+    Caffe stores them, bias (num_output,); output size s(in - 1) + d(k - 1) + 1 - 2p.
+
+    With a ``bilinear`` weight filler, kernel 2f - f % 2, stride f, pad ceil((f - 1) / 2),
+    group = channels = num_output, it is FCN's fixed bilinear upsampling by a factor f.
+    """
+
+    def _weight_shape(self, channels: int, num_output: int) -> tuple[int, ...]:
+        return (channels, num_output // self.group, *self.kernel)
+
+    def _bottom_channels(self) -> int:
+        return self.blobs[0].shape[0]
+
+    def _top_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return deconv.deconv_output_shape(shape, self.blobs[0].shape, **self._geometry())
+
+    def _workspace_spec(self, shape: tuple[int, ...]):
+        return deconv.deconv_workspace_shapes(shape, self.blobs[0].shape, **self._geometry(),
+                                              dtype=self.dtype)
+
+    def forward(self, bottoms, tops):
+        w = self.blobs[0].data
+        b = self.blobs[1].data if self.bias_term else None
+        for bottom, top, ws in zip(bottoms, tops, self.workspaces, strict=True):
+            deconv.deconv_forward(bottom.data, w, b, top.data, ws=ws, **self._geometry())
+
+    def backward(self, tops, propagate_down, bottoms):
+        w = self.blobs[0]
+        dw, db = self._param_diffs()
+        for j, (bottom, top, ws) in enumerate(zip(bottoms, tops, self.workspaces, strict=True)):
+            dx = bottom.diff if propagate_down[j] else None
+            deconv.deconv_backward(top.diff, bottom.data, w.data, dx=dx, dw=dw, db=db, ws=ws,
+                                   **self._geometry())
+
+
+@register("Im2col")
+class Im2colLayer(Layer):
+    """Caffe's im2col as a layer: x (N, C, H, W) -> (N, C*kh*kw, OH, OW), rows per image in
+    (c, i, j) order; the window comes from ``convolution_param`` (num_output is unused)."""
+
+    num_bottoms = 1
+    num_tops = 1
+
+    def setup(self, bottom_shapes):
+        self.kernel, self.pad, self.stride, self.dilation = _conv_window(
+            self.param.convolution_param, self.label)
+
+    def reshape(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        _four_d(self, shape)
+        oh = ops.conv_output_size(shape[2], self.kernel[0], self.pad[0], self.stride[0],
+                                  self.dilation[0])
+        ow = ops.conv_output_size(shape[3], self.kernel[1], self.pad[1], self.stride[1],
+                                  self.dilation[1])
+        if oh <= 0 or ow <= 0:
+            raise self.shape_error(f"input {shape} is smaller than the kernel {self.kernel}")
+        return [(shape[0], shape[1] * self.kernel[0] * self.kernel[1], oh, ow)]
+
+    def _geometry(self) -> dict:
+        return {"kernel": self.kernel, "pad": self.pad, "stride": self.stride,
+                "dilation": self.dilation}
+
+    def forward(self, bottoms, tops):
+        ops.im2col_images(bottoms[0].data, tops[0].data, **self._geometry())
+
+    def backward(self, tops, propagate_down, bottoms):
+        if propagate_down[0]:
+            ops.col2im_images(tops[0].diff, bottoms[0].diff, **self._geometry())
+
+
 @register("Pooling")
 class PoolingLayer(Layer):
-    """MAX or AVE pooling with Caffe's ceil-mode output size and border rules."""
+    """MAX, AVE or STOCHASTIC pooling with Caffe's ceil-mode output size and border rules.
+
+    STOCHASTIC samples one pixel per window with probability proportional to its value in
+    TRAIN (from the net's seeded generator), and takes the probability-weighted average
+    sum(x^2) / sum(x) in TEST; Caffe runs it on GPU only, netforge on both.
+    """
 
     num_bottoms = 1
     min_tops = 1
@@ -133,8 +249,9 @@ class PoolingLayer(Layer):
         p = self.param.pooling_param
         label = self.label
         self.method = p.pool
-        if self.method == pb.PoolingParameter.STOCHASTIC:
-            raise ConfigError(f"{label}: STOCHASTIC pooling is not supported on CPU yet")
+        self.stochastic = self.method == pb.PoolingParameter.STOCHASTIC
+        if self.stochastic:
+            self.rng = self.ctx.rng
         self.global_pooling = p.global_pooling
         if self.global_pooling:
             if p.kernel_size or p.HasField("kernel_h"):
@@ -174,6 +291,10 @@ class PoolingLayer(Layer):
         if self.method == pb.PoolingParameter.MAX:
             self.argmax = self.xp.empty(top, dtype=self.xp.int32)
             spec = pooling.max_pool_workspace_shapes(shape, top, index_dtype=self.xp.int32)
+        elif self.stochastic:
+            self.sample = self.xp.empty(top, dtype=self.xp.int32)  # TRAIN's sampled pixels
+            spec = pooling.stochastic_pool_workspace_shapes(shape, top, dtype=self.dtype,
+                                                            index_dtype=self.xp.int32)
         else:
             spec = pooling.ave_pool_workspace_shapes(shape, top, dtype=self.dtype)
         self.ws = allocate(spec, self.xp)
@@ -188,6 +309,12 @@ class PoolingLayer(Layer):
             pooling.max_pool_forward(x, y, self.argmax, **self._geometry())
             if len(tops) == 2:
                 tops[1].data[...] = self.argmax
+        elif self.stochastic:
+            window = {"kernel": self.kernel, "stride": self.stride, "ws": self.ws}
+            if self.phase == "TRAIN":
+                pooling.stochastic_pool_forward_train(x, y, self.sample, rng=self.rng, **window)
+            else:
+                pooling.stochastic_pool_forward_test(x, y, **window)
         else:
             pooling.ave_pool_forward(x, y, **self._geometry())
 
@@ -197,6 +324,12 @@ class PoolingLayer(Layer):
         dy, dx = tops[0].diff, bottoms[0].diff
         if self.method == pb.PoolingParameter.MAX:
             pooling.max_pool_backward(dy, self.argmax, dx, **self._geometry())
+        elif self.stochastic:
+            window = {"kernel": self.kernel, "stride": self.stride, "ws": self.ws}
+            if self.phase == "TRAIN":
+                pooling.stochastic_pool_backward_train(dy, self.sample, dx, **window)
+            else:
+                pooling.stochastic_pool_backward_test(dy, bottoms[0].data, dx, **window)
         else:
             pooling.ave_pool_backward(dy, dx, **self._geometry())
 
@@ -210,3 +343,83 @@ def _pool_pair(p, stem: str, field: str, label: str) -> tuple[int, int]:
         return int(getattr(p, h_name)), int(getattr(p, w_name))
     value = int(getattr(p, field))
     return value, value
+
+
+_SPP_METHODS = {pb.SPPParameter.MAX: "MAX", pb.SPPParameter.AVE: "AVE",
+                pb.SPPParameter.STOCHASTIC: "STOCHASTIC"}
+
+
+@register("SPP")
+class SPPLayer(Layer):
+    """Spatial pyramid pooling: levels 0 .. pyramid_height-1 pool the image into 2^l x 2^l
+    bins, flattened and concatenated (N, sum_l C*4^l); with one level, (N, C, 1, 1).
+
+    STOCHASTIC follows the layer's phase (Caffe's inner pooling layers always sample).
+    """
+
+    num_bottoms = 1
+    num_tops = 1
+
+    def setup(self, bottom_shapes):
+        p = self.param.spp_param
+        self.pyramid_height = int(p.pyramid_height)
+        if self.pyramid_height < 1:
+            raise ConfigError(f"{self.label}: pyramid_height must be at least 1, "
+                              f"got {self.pyramid_height}")
+        self.method = _SPP_METHODS[p.pool]
+        self.rng = self.ctx.rng
+
+    def reshape(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        _four_d(self, shape)
+        try:
+            self.levels = spp.spp_levels(shape[2], shape[3], self.pyramid_height)
+            specs = spp.spp_workspace_shapes(shape, self.levels, self.method, dtype=self.dtype,
+                                             index_dtype=self.xp.int32)
+        except ValueError as err:
+            raise self.shape_error(f'bottom "{self.param.bottom[0]}" {shape}: {err}') from None
+        self.ws = [allocate(spec, self.xp) for spec in specs]
+        return [spp.spp_output_shape(shape, self.levels)]
+
+    def forward(self, bottoms, tops):
+        spp.spp_forward(bottoms[0].data, tops[0].data, levels=self.levels, method=self.method,
+                        ws=self.ws, rng=self.rng, train=self.phase == "TRAIN")
+
+    def backward(self, tops, propagate_down, bottoms):
+        if propagate_down[0]:
+            spp.spp_backward(tops[0].diff, bottoms[0].data, bottoms[0].diff, levels=self.levels,
+                             method=self.method, ws=self.ws, train=self.phase == "TRAIN")
+
+
+@register("Crop")
+class CropLayer(Layer):
+    """Crop bottom 0 to bottom 1's shape on the axes from ``axis`` (default 2) on, starting
+    at ``offset`` (one value for all those axes, or one per axis; default 0). Bottom 1 only
+    gives the shape and gets no gradient."""
+
+    num_bottoms = 2
+    num_tops = 1
+    no_gradient_bottoms = (1,)
+
+    def setup(self, bottom_shapes):
+        p = self.param.crop_param
+        self.axis = int(p.axis)
+        self.offsets = [int(v) for v in p.offset]
+
+    def reshape(self, bottom_shapes):
+        shape, ref = bottom_shapes
+        axis = self.axis + len(shape) if self.axis < 0 else self.axis
+        try:
+            self.window = crop.crop_window(shape, ref, axis, self.offsets)
+        except ValueError as err:
+            raise self.shape_error(
+                f'cannot crop bottom "{self.param.bottom[0]}" {tuple(shape)} to bottom '
+                f'"{self.param.bottom[1]}" {tuple(ref)} from axis {self.axis}: {err}') from None
+        return [tuple(s.stop - s.start for s in self.window)]
+
+    def forward(self, bottoms, tops):
+        crop.crop_forward(bottoms[0].data, tops[0].data, self.window)
+
+    def backward(self, tops, propagate_down, bottoms):
+        if propagate_down[0]:
+            crop.crop_backward(tops[0].diff, bottoms[0].diff, self.window)

@@ -6,6 +6,26 @@
                           loss_weight, ws)
     accuracy(x, label, *, top_k, axis, ignore_label, per_class=True, ws)
         -> (accuracy, per_class_accuracy or None)
+    euclidean_loss_forward(a, b, diff) -> float
+    euclidean_loss_backward(diff, da, db, *, loss_weight)
+    sigmoid_cross_entropy_workspace_shapes(x_shape, dtype) -> spec
+    sigmoid_cross_entropy_forward(x, target, *, ignore_label, normalization, ws) -> float
+    sigmoid_cross_entropy_backward(x, target, dx, *, ignore_label, normalization,
+                                   loss_weight, ws)
+    multinomial_logistic_forward(prob, label, *, ws) -> float
+    multinomial_logistic_backward(prob, label, dx, *, loss_weight, ws)
+    infogain_workspace_shapes(x_shape, axis, dtype) -> spec
+    infogain_forward(x, label, h, prob, *, axis, ignore_label, normalization, ws) -> float
+    infogain_backward(prob, label, h, dx, *, axis, ignore_label, normalization,
+                      loss_weight, ws)
+    hinge_forward(x, label, margins, *, norm, ws) -> float
+    hinge_backward(margins, label, dx, *, norm, loss_weight, ws)
+    contrastive_workspace_shapes(num, dtype) -> spec
+    contrastive_forward(a, b, similar, diff, dist_sq, *, margin, legacy, ws) -> float
+    contrastive_backward(diff, dist_sq, similar, da, db, *, margin, legacy, loss_weight, ws)
+
+The backward kernels take ``loss_weight``, the top's diff that the net seeds (Caffe scales
+every loss gradient by it), and assign the bottom gradients.
 
 Scores x are (outer, C, inner) around ``axis`` (e.g. (N, C) or (N, C, H, W) with axis 1);
 ``label`` holds outer * inner integer-valued numbers (any shape with that many elements,
@@ -92,12 +112,12 @@ def _flat_index(xp, lab: Array, outer: int, c: int, inner: int, ws: dict | None)
     return idx
 
 
-def _gather(xp, flat: Array, idx: Array, out: Array) -> None:
-    """out = flat[idx] without a temporary (idx is known to be in range)."""
+def _gather(xp, flat: Array, idx: Array, out: Array, axis: int | None = None) -> None:
+    """out = flat[idx] (along ``axis``) without a temporary (idx is known to be in range)."""
     if xp is numpy:
-        xp.take(flat, idx, out=out, mode="clip")  # "raise" would buffer the output
+        xp.take(flat, idx, axis=axis, out=out, mode="clip")  # "raise" would buffer the output
     else:  # CuPy's take has no mode
-        xp.take(flat, idx, out=out)
+        xp.take(flat, idx, axis=axis, out=out)
 
 
 def softmax_loss_forward(x: Array, label: Array, prob: Array, *, axis: int = 1,
@@ -193,3 +213,366 @@ def accuracy(x: Array, label: Array, *, top_k: int = 1, axis: int = 1,
     per = xp.zeros(c, dtype=x.dtype)
     xp.divide(wins, nums, out=per, where=nums > 0, casting="unsafe")
     return acc, per
+
+
+# --------------------------------------------------------------------------- euclidean
+
+
+def euclidean_loss_forward(a: Array, b: Array, diff: Array) -> float:
+    """loss = Σ (a − b)² / (2N), N = a.shape[0]; ``diff`` (a's shape) keeps a − b.
+
+    ``b`` may have another shape with a's count (e.g. (N, C) against (N, C, 1, 1)).
+    """
+    xp = get_array_module(a)
+    xp.subtract(a, view_as(b, a.shape), out=diff)
+    flat = view_as(diff, (diff.size,))
+    return float(xp.dot(flat, flat)) / a.shape[0] / 2
+
+
+def euclidean_loss_backward(diff: Array, da: Array | None, db: Array | None, *,
+                            loss_weight: float = 1.0) -> None:
+    """da = loss_weight · diff / N and db = −da: the gradient reaches both bottoms."""
+    xp = get_array_module(diff)
+    scale = float(loss_weight) / diff.shape[0]
+    if da is not None:
+        xp.multiply(diff, scale, out=view_as(da, diff.shape))
+    if db is not None:
+        xp.multiply(diff, -scale, out=view_as(db, diff.shape))
+
+
+# --------------------------------------------------------------------------- sigmoid CE
+
+
+def sigmoid_cross_entropy_workspace_shapes(x_shape: tuple[int, ...],
+                                           dtype: numpy.dtype = numpy.float32) -> WorkspaceSpec:
+    n = int(numpy.prod(x_shape))
+    dt = numpy.dtype(dtype)
+    return {"term": ((n,), dt), "pos": ((n,), dt), "label": ((n,), numpy.dtype(numpy.intp)),
+            "valid": ((n,), numpy.dtype(bool))}
+
+
+def _target_mask(xp, target: Array, ignore_label: int | None, ws: dict | None
+                 ) -> tuple[Array | None, int]:
+    """(mask of non-ignored targets or None, their count); targets are compared after
+    truncation to int, as Caffe's static_cast does."""
+    n = target.size
+    if ignore_label is None:
+        return None, n
+    lab = scratch(ws, "label", (n,), numpy.intp, xp)
+    xp.copyto(lab, view_as(target, (n,)), casting="unsafe")
+    valid = scratch(ws, "valid", (n,), bool, xp)
+    xp.not_equal(lab, int(ignore_label), out=valid)
+    return valid, int(xp.count_nonzero(valid))
+
+
+def sigmoid_cross_entropy_forward(x: Array, target: Array, *, ignore_label: int | None = None,
+                                  normalization: str = "BATCH_SIZE",
+                                  ws: dict | None = None) -> float:
+    """Cross-entropy of sigmoid(x) against targets in [0, 1], in Caffe's stable form:
+    Σ log(1 + e^(−|x|)) − x·(t − [x ≥ 0]) over non-ignored entries, / normalizer.
+
+    Args:
+        x: scores, any shape (N, ...); target: as many values (soft targets allowed).
+        normalization: as SoftmaxWithLoss, with outer = N and inner = count / N.
+    """
+    xp = get_array_module(x)
+    n = x.size
+    x1, t1 = view_as(x, (n,)), view_as(target, (n,))
+    term = scratch(ws, "term", (n,), x.dtype, xp)
+    pos = scratch(ws, "pos", (n,), x.dtype, xp)
+    xp.abs(x1, out=term)
+    xp.negative(term, out=term)
+    xp.exp(term, out=term)
+    xp.log1p(term, out=term)  # log(1 + e^-|x|): never overflows
+    xp.greater_equal(x1, 0, out=pos, casting="unsafe")
+    xp.subtract(t1, pos, out=pos)
+    xp.multiply(pos, x1, out=pos)
+    xp.subtract(term, pos, out=term)
+    valid, count = _target_mask(xp, target, ignore_label, ws)
+    if valid is not None:
+        xp.multiply(term, valid, out=term)
+    outer = x.shape[0] if x.ndim else 1
+    return float(term.sum()) / _normalizer(normalization, outer, n // max(outer, 1), count)
+
+
+def sigmoid_cross_entropy_backward(x: Array, target: Array, dx: Array, *,
+                                   ignore_label: int | None = None,
+                                   normalization: str = "BATCH_SIZE", loss_weight: float = 1.0,
+                                   ws: dict | None = None) -> None:
+    """dx = (sigmoid(x) − t) · loss_weight / normalizer, zero at ignored targets."""
+    xp = get_array_module(x)
+    n = x.size
+    dx1 = view_as(dx, (n,))
+    xp.multiply(view_as(x, (n,)), 0.5, out=dx1)  # sigmoid = (1 + tanh(x/2)) / 2: stable
+    xp.tanh(dx1, out=dx1)
+    xp.multiply(dx1, 0.5, out=dx1)
+    xp.add(dx1, 0.5, out=dx1)
+    xp.subtract(dx1, view_as(target, (n,)), out=dx1)
+    valid, count = _target_mask(xp, target, ignore_label, ws)
+    if valid is not None:
+        xp.multiply(dx1, valid, out=dx1)
+    outer = x.shape[0] if x.ndim else 1
+    scale = float(loss_weight) / _normalizer(normalization, outer, n // max(outer, 1), count)
+    xp.multiply(dx1, scale, out=dx1)
+
+
+# --------------------------------------------------------------------------- multinomial
+
+
+# Caffe's kLOG_THRESHOLD: probabilities are clipped here before the log.
+LOG_THRESHOLD = 1e-20
+
+
+def _picked(xp, prob: Array, label: Array, ws: dict | None) -> tuple[Array, Array]:
+    """Flat indices i·dim + label[i] into prob viewed as (N, dim), and the picked values
+    clipped at LOG_THRESHOLD."""
+    n = prob.shape[0]
+    dim = prob.size // n if n else 0
+    lab, _, _ = _labels(xp, label, n, dim, 1, None, ws)
+    idx = _flat_index(xp, lab, n, dim, 1, ws)
+    picked = scratch(ws, "picked", (n, 1), prob.dtype, xp)
+    _gather(xp, view_as(prob, (prob.size,)), idx, picked)
+    xp.maximum(picked, LOG_THRESHOLD, out=picked)
+    return idx, picked
+
+
+def multinomial_logistic_forward(prob: Array, label: Array, *, ws: dict | None = None) -> float:
+    """loss = −Σ_i log(max(prob[i, label[i]], 1e-20)) / N.
+
+    Args:
+        prob: probabilities (N, ...), classes = all non-batch entries; label: N values.
+        ws: from ``loss_workspace_shapes((N, dim))``.
+    """
+    xp = get_array_module(prob)
+    _, picked = _picked(xp, prob, label, ws)
+    xp.log(picked, out=picked)
+    return -float(picked.sum()) / prob.shape[0]
+
+
+def multinomial_logistic_backward(prob: Array, label: Array, dx: Array, *,
+                                  loss_weight: float = 1.0, ws: dict | None = None) -> None:
+    """dx[i, label[i]] = −loss_weight / (N · max(prob[i, label[i]], 1e-20)), else 0."""
+    xp = get_array_module(prob)
+    idx, picked = _picked(xp, prob, label, ws)
+    xp.divide(-float(loss_weight) / prob.shape[0], picked, out=picked)
+    dx.fill(0)
+    flat = view_as(dx, (dx.size,))
+    if xp is numpy:
+        xp.put(flat, idx, picked, mode="clip")  # idx is in range
+    else:
+        flat[idx] = picked
+
+
+# --------------------------------------------------------------------------- infogain
+
+
+def infogain_workspace_shapes(x_shape: tuple[int, ...], axis: int = 1,
+                              dtype: numpy.dtype = numpy.float32) -> WorkspaceSpec:
+    """The loss scratch plus log-probabilities, the gathered rows of H and H's row sums."""
+    outer, c, inner = _around(x_shape, axis)
+    dt = numpy.dtype(dtype)
+    spec = loss_workspace_shapes(x_shape, axis, dtype)
+    spec.update({"logp": ((outer, c, inner), dt), "rows": ((outer, inner, c), dt),
+                 "rowsum": ((c,), dt), "validf": ((outer, inner), dt)})
+    return spec
+
+
+def _infogain_rows(xp, label, h, outer, c, inner, ignore_label, ws):
+    """Labels, the validity mask as numbers (None when nothing is ignored), the valid count,
+    and H's row for each position (outer, inner, C), zero at ignored positions."""
+    lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
+    rows = scratch(ws, "rows", (outer, inner, c), h.dtype, xp)
+    _gather(xp, view_as(h, (c, c)), lab, rows, axis=0)
+    if valid is None:
+        return lab, None, count, rows
+    # A float copy of the mask: a broadcast bool operand would make numpy buffer a cast copy.
+    mask = scratch(ws, "validf", (outer, inner), h.dtype, xp)
+    xp.copyto(mask, valid)
+    xp.multiply(rows, mask[:, :, None], out=rows)
+    return lab, mask, count, rows
+
+
+def infogain_forward(x: Array, label: Array, h: Array, prob: Array, *, axis: int = 1,
+                     ignore_label: int | None = None, normalization: str = "VALID",
+                     ws: dict | None = None) -> float:
+    """loss = −Σ_positions Σ_l H[label, l] · log(max(softmax(x)[l], 1e-20)) / normalizer.
+
+    Caffe 1.0's InfogainLoss takes scores and applies the softmax itself.
+
+    Args:
+        x: scores (outer, C, inner) around ``axis``; label: outer · inner values.
+        h: the infogain matrix, C·C values (row = true label); prob: x's shape, assigned.
+    """
+    xp = get_array_module(x)
+    softmax_forward(x, prob, axis=axis, ws=ws)
+    outer, c, inner = _around(x.shape, axis)
+    _, _, count, rows = _infogain_rows(xp, label, h, outer, c, inner, ignore_label, ws)
+    logp = scratch(ws, "logp", (outer, c, inner), x.dtype, xp)
+    xp.maximum(view_as(prob, (outer, c, inner)), LOG_THRESHOLD, out=logp)
+    xp.log(logp, out=logp)
+    total = float(xp.einsum("oil,oli->", rows, logp))
+    return -total / _normalizer(normalization, outer, inner, count)
+
+
+def infogain_backward(prob: Array, label: Array, h: Array, dx: Array, *, axis: int = 1,
+                      ignore_label: int | None = None, normalization: str = "VALID",
+                      loss_weight: float = 1.0, ws: dict | None = None) -> None:
+    """dx[l] = (prob[l] · Σ_k H[label, k] − H[label, l]) · loss_weight / normalizer, zero at
+    ignored positions."""
+    xp = get_array_module(prob)
+    outer, c, inner = _around(prob.shape, axis)
+    lab, mask, count, rows = _infogain_rows(xp, label, h, outer, c, inner, ignore_label, ws)
+    rowsum = scratch(ws, "rowsum", (c,), h.dtype, xp)
+    xp.sum(view_as(h, (c, c)), axis=1, out=rowsum)
+    picked = scratch(ws, "picked", (outer, inner), prob.dtype, xp)
+    _gather(xp, rowsum, lab, picked)
+    if mask is not None:
+        xp.multiply(picked, mask, out=picked)
+    dx3 = view_as(dx, (outer, c, inner))
+    xp.multiply(view_as(prob, (outer, c, inner)), picked[:, None, :], out=dx3)
+    xp.subtract(dx3, rows.transpose(0, 2, 1), out=dx3)
+    xp.multiply(dx3, float(loss_weight) / _normalizer(normalization, outer, inner, count),
+                out=dx3)
+
+
+# --------------------------------------------------------------------------- hinge
+
+
+def _hinge_signs(xp, label: Array, a: Array, ws: dict | None) -> Array:
+    """Negate, in place, the label's entry of each row of ``a`` (N, dim); return the flat
+    indices of those entries."""
+    n, dim = a.shape
+    lab, _, _ = _labels(xp, label, n, dim, 1, None, ws)
+    idx = _flat_index(xp, lab, n, dim, 1, ws)
+    flat = view_as(a, (a.size,))
+    picked = scratch(ws, "picked", (n, 1), a.dtype, xp)
+    _gather(xp, flat, idx, picked)
+    xp.negative(picked, out=picked)
+    if xp is numpy:
+        xp.put(flat, idx, picked, mode="clip")
+    else:
+        flat[idx] = picked
+    return idx
+
+
+def hinge_forward(x: Array, label: Array, margins: Array, *, norm: str = "L1",
+                  ws: dict | None = None) -> float:
+    """One-vs-all hinge: t = max(0, 1 + s·x) with s = −1 at the label, +1 elsewhere;
+    loss = Σ t / N (L1) or Σ t² / N (L2).
+
+    Args:
+        x: scores (N, ...), classes = all non-batch entries; label: N values.
+        margins: x's shape, assigned t (kept for backward).
+        ws: from ``loss_workspace_shapes((N, dim))``.
+    """
+    xp = get_array_module(x)
+    n = x.shape[0]
+    m2 = view_as(margins, (n, x.size // n))
+    xp.copyto(m2, view_as(x, m2.shape))
+    _hinge_signs(xp, label, m2, ws)
+    xp.add(m2, 1, out=m2)
+    xp.maximum(m2, 0, out=m2)
+    flat = view_as(margins, (margins.size,))
+    if norm == "L2":
+        return float(xp.dot(flat, flat)) / n
+    if norm != "L1":
+        raise ValueError(f"norm must be L1 or L2, got {norm!r}")
+    return float(flat.sum()) / n
+
+
+def hinge_backward(margins: Array, label: Array, dx: Array, *, norm: str = "L1",
+                   loss_weight: float = 1.0, ws: dict | None = None) -> None:
+    """dx = s · [t > 0] · loss_weight / N (L1) or s · 2t · loss_weight / N (L2)."""
+    xp = get_array_module(margins)
+    n = margins.shape[0]
+    dx2 = view_as(dx, (n, margins.size // n))
+    xp.copyto(dx2, view_as(margins, dx2.shape))
+    _hinge_signs(xp, label, dx2, ws)
+    if norm == "L1":
+        xp.sign(dx2, out=dx2)
+        xp.multiply(dx2, float(loss_weight) / n, out=dx2)
+    else:
+        xp.multiply(dx2, 2.0 * float(loss_weight) / n, out=dx2)
+
+
+# --------------------------------------------------------------------------- contrastive
+
+
+# Caffe adds this to the distance in the non-legacy gradient (so the gradient is finite at
+# d = 0); the gradient is therefore not exactly that of the loss.
+CONTRASTIVE_EPS = 1e-4
+
+
+def contrastive_workspace_shapes(num: int, dtype: numpy.dtype = numpy.float32) -> WorkspaceSpec:
+    dt = numpy.dtype(dtype)
+    return {"term": ((num,), dt), "similar": ((num,), numpy.dtype(numpy.intp))}
+
+
+def _similar(xp, similar: Array, n: int, ws: dict | None) -> Array:
+    """Pair labels truncated to int, as Caffe's static_cast: non-zero means similar."""
+    out = scratch(ws, "similar", (n,), numpy.intp, xp)
+    xp.copyto(out, view_as(similar, (n,)), casting="unsafe")
+    return out
+
+
+def contrastive_forward(a: Array, b: Array, similar: Array, diff: Array, dist_sq: Array, *,
+                        margin: float = 1.0, legacy: bool = False,
+                        ws: dict | None = None) -> float:
+    """loss = Σ_i [y_i d_i² + (1 − y_i) · max(margin − d_i, 0)²] / (2N), d = ‖a_i − b_i‖;
+    the legacy version uses max(margin − d_i², 0) for dissimilar pairs.
+
+    Args:
+        a, b: (N, C, ...) features; similar: N pair labels (1 similar, 0 dissimilar).
+        diff: a's shape, assigned a − b; dist_sq: (N,), assigned d².
+    """
+    xp = get_array_module(a)
+    n = a.shape[0]
+    d2 = view_as(diff, (n, a.size // n))
+    xp.subtract(view_as(a, d2.shape), view_as(b, d2.shape), out=d2)
+    xp.einsum("ij,ij->i", d2, d2, out=dist_sq) if xp is numpy else xp.sum(
+        d2 * d2, axis=1, out=dist_sq)
+    sim = _similar(xp, similar, n, ws)
+    term = scratch(ws, "term", (n,), a.dtype, xp)
+    if legacy:
+        xp.subtract(margin, dist_sq, out=term)
+    else:
+        xp.sqrt(dist_sq, out=term)
+        xp.subtract(margin, term, out=term)
+    xp.maximum(term, 0, out=term)
+    if not legacy:
+        xp.multiply(term, term, out=term)
+    is_sim = sim != 0  # N booleans
+    term[is_sim] = dist_sq[is_sim]
+    return float(term.sum()) / n / 2
+
+
+def contrastive_backward(diff: Array, dist_sq: Array, similar: Array, da: Array | None,
+                         db: Array | None, *, margin: float = 1.0, legacy: bool = False,
+                         loss_weight: float = 1.0, ws: dict | None = None) -> None:
+    """Caffe's gradient: da_i = c_i · (a_i − b_i), db_i = −da_i, with c_i = loss_weight/N for
+    similar pairs, −loss_weight/N · [margin − d² > 0] (legacy) or −loss_weight/N ·
+    (margin − d)/(d + 1e-4) · [margin − d > 0] for dissimilar ones."""
+    xp = get_array_module(diff)
+    n = diff.shape[0]
+    alpha = float(loss_weight) / n
+    sim = _similar(xp, similar, n, ws)
+    coef = scratch(ws, "term", (n,), diff.dtype, xp)
+    if legacy:
+        xp.subtract(margin, dist_sq, out=coef)
+        xp.greater(coef, 0, out=coef, casting="unsafe")
+        xp.multiply(coef, -alpha, out=coef)
+    else:
+        xp.sqrt(dist_sq, out=coef)
+        mdist = margin - coef  # N values; the kernel's only small temporaries
+        xp.add(coef, CONTRASTIVE_EPS, out=coef)
+        xp.divide(mdist, coef, out=coef)
+        xp.multiply(coef, -alpha, out=coef)
+        coef[mdist <= 0] = 0
+    is_sim = sim != 0
+    coef[is_sim] = alpha
+    d2 = view_as(diff, (n, diff.size // n))
+    if da is not None:
+        xp.multiply(d2, coef[:, None], out=view_as(da, d2.shape))
+    if db is not None:
+        xp.multiply(d2, coef[:, None], out=view_as(db, d2.shape))
+        xp.negative(db, out=db)

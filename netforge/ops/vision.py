@@ -7,11 +7,14 @@ Shapes: x (N, C, H, W), w (O, C/group, kh, kw), y (N, O, OH, OW). ``kernel``, ``
     pool_output_size(size, kernel, pad, stride, ceil_mode=True) -> int
     im2col(x, col, *, kernel, pad, stride, dilation)             col (C*kh*kw, N*OH*OW)
     col2im(col, dx, *, kernel, pad, stride, dilation)            dx (N, C, H, W), assigned
+    im2col_images(x, cols, *, kernel, pad, stride, dilation)     cols (N, C*kh*kw, OH, OW)
+    col2im_images(cols, dx, *, kernel, pad, stride, dilation)    dx (N, C, H, W), assigned
     conv_workspace_shapes(x_shape, w_shape, *, stride, pad, dilation, group, dtype) -> spec
     conv_forward(x, w, b, y, *, stride, pad, dilation, group, ws)
     conv_backward(dy, x, w, *, dx, dw, db, stride, pad, dilation, group, ws, reuse_col=False)
 
-Pooling lives in ``netforge.ops.pooling``; its output size is here, beside convolution's.
+Deconvolution (``netforge.ops.deconv``) is built from these convolution kernels. Pooling lives
+in ``netforge.ops.pooling``; its output size is here, beside convolution's.
 
 Outputs and bottom gradients (``y``, ``dx``) are assigned; parameter gradients (``dw``,
 ``db``) are accumulated (``+=``), as Caffe does for ``iter_size`` and shared params. Scratch
@@ -189,6 +192,33 @@ def col2im(col: Array, dx: Array, *, kernel: IntPair, pad: IntPair = 0, stride: 
     oh, ow = _conv_out_hw(h, w, win)
     (kh, kw) = win[0]
     _fold(view_as(col, (c, kh, kw, n, oh, ow, 1)), dx.transpose(1, 0, 2, 3)[..., None], *win)
+
+
+def im2col_images(x: Array, cols: Array, *, kernel: IntPair, pad: IntPair = 0,
+                  stride: IntPair = 1, dilation: IntPair = 1) -> None:
+    """Unfold x (N, C, H, W) into cols (N, C*kh*kw, OH, OW), assigned: Caffe's Im2col layer.
+
+    Rows per image in Caffe's order (c, i, j). Channels unfold independently, so the batch
+    and channel axes merge into one leading axis of the shared unfold, with no transpose.
+    """
+    win = _window(kernel, pad, stride, dilation)
+    n, c, h, w = x.shape
+    (kh, kw) = win[0]
+    oh, ow = cols.shape[2], cols.shape[3]
+    _unfold(view_as(x, (n * c, 1, h, w, 1)), view_as(cols, (n * c, kh, kw, 1, oh, ow, 1)), *win)
+
+
+def col2im_images(cols: Array, dx: Array, *, kernel: IntPair, pad: IntPair = 0,
+                  stride: IntPair = 1, dilation: IntPair = 1) -> None:
+    """Fold cols (N, C*kh*kw, OH, OW) back into dx (N, C, H, W), summing overlaps; assigned.
+
+    The adjoint of ``im2col_images`` (the Im2col layer's backward).
+    """
+    win = _window(kernel, pad, stride, dilation)
+    n, c, h, w = dx.shape
+    (kh, kw) = win[0]
+    oh, ow = cols.shape[2], cols.shape[3]
+    _fold(view_as(cols, (n * c, kh, kw, 1, oh, ow, 1)), view_as(dx, (n * c, 1, h, w, 1)), *win)
 
 
 # --------------------------------------------------------------------------- convolution

@@ -211,3 +211,40 @@ def test_hdf5_parts_are_bounded(tmp_path, monkeypatch):
             assert f["data"].shape == (2, 3, 4, 5)
             labels += f["label"][...].tolist()
     assert labels == [0] * 5 + [1] * 5
+
+
+def test_encoded_keeps_each_files_own_format(tmp_path):
+    make_folders(tmp_path / "src", classes=("a",), fmt="jpg")
+    make_folders(tmp_path / "src", classes=("b",), fmt="png")
+    convert_images(tmp_path / "src", tmp_path / "db", encoded=True, shuffle=False)
+    for key, datum in read_db(tmp_path / "db"):
+        assert datum.encoded and datum.data == (tmp_path / "src" / key[9:]).read_bytes()
+    # a resize re-encodes, in the file's own format
+    convert_images(tmp_path / "src", tmp_path / "small", encoded=True, resize=(2, 3),
+                   shuffle=False)
+    for key, datum in read_db(tmp_path / "small"):
+        assert datum.data[:3] == (b"\xff\xd8\xff" if key.endswith(".jpg") else b"\x89PN")
+        assert datum_to_array(datum)[0].shape == (3, 2, 3)
+
+
+def test_mean_of_encoded_lmdb_and_hdf5(tmp_path):
+    pixels = make_folders(tmp_path / "src")
+    want = np.mean(np.stack(list(pixels.values())).astype(np.float64), axis=0)
+    convert_images(tmp_path / "src", tmp_path / "enc", encoded=True)
+    convert_images(tmp_path / "src", tmp_path / "h5", backend="hdf5")
+    for source in (tmp_path / "enc", tmp_path / "h5", tmp_path / "h5" / "list.txt",
+                   tmp_path / "h5" / "part_00000.h5"):
+        mean = compute_mean(source, progress=lambda n, total: None)
+        assert mean.shape == (1, 3, 4, 5)
+        np.testing.assert_allclose(mean[0], want, rtol=1e-6)
+
+
+def test_mean_errors(tmp_path):
+    make_folders(tmp_path / "src")
+    Image.new("RGB", (9, 9)).save(tmp_path / "src" / "dog" / "big.png")
+    convert_images(tmp_path / "src", tmp_path / "db", shuffle=False)
+    with pytest.raises(DataError, match=r"dog/big.png.*3×9×9.*3×4×5.*one size"):
+        compute_mean(tmp_path / "db")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="neither an LMDB"):
+        compute_mean(tmp_path / "empty")

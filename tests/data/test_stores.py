@@ -101,3 +101,13 @@ def test_writer_refuses_existing_path_unless_overwrite(tmp_path):
         writer.put("b", b"new")
     with LmdbReader(path) as reader:
         assert list(reader) == [(b"b", b"new")]
+
+
+def test_writer_retries_a_full_map_with_twice_the_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(LmdbWriter, "_reserve", lambda self, pending: None)  # no growth ahead
+    with LmdbWriter(tmp_path / "db", map_size=1 << 16, commit_every=50) as writer:
+        for i in range(200):
+            writer.put(f"{i:08d}", bytes(4096))
+    assert writer.map_size >= 1 << 20  # doubled until 800 KiB fit
+    with LmdbReader(tmp_path / "db") as reader:
+        assert len(reader) == 200

@@ -1,10 +1,13 @@
-"""SoftmaxWithLoss and Accuracy kernels against Caffe's loops (tests/ops/naive.py)."""
+"""Loss kernels: SoftmaxWithLoss and Accuracy against Caffe's loops (tests/ops/naive.py);
+the other losses' numerical traps (their values and gradients are checked layer by layer in
+tests/layers/test_loss_layers.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from netforge.ops import loss as ops
 from netforge.ops._xp import allocate
 from netforge.ops.loss import (
     accuracy,
@@ -132,3 +135,78 @@ def test_loss_step_does_not_allocate():
                                  per_class=False, ws=ws))
 
     assert_batch_independent(make_step, batches=(256, 1024))
+
+
+# --------------------------------------------------------------------------- other losses
+
+
+def test_sigmoid_cross_entropy_is_stable_for_huge_scores():
+    x = np.array([[1000.0, -1000.0, 1000.0]], np.float32)
+    t = np.array([[0.0, 1.0, 1.0]], np.float32)
+    ws = allocate(ops.sigmoid_cross_entropy_workspace_shapes(x.shape, x.dtype))
+    loss = ops.sigmoid_cross_entropy_forward(x, t, ws=ws)
+    assert loss == pytest.approx(2000.0, rel=1e-6)  # two confidently wrong, one right
+    dx = np.empty_like(x)
+    ops.sigmoid_cross_entropy_backward(x, t, dx, loss_weight=2.0, ws=ws)
+    np.testing.assert_allclose(dx, [[2.0, -2.0, 0.0]], atol=1e-6)
+
+
+def test_sigmoid_cross_entropy_ignores_by_truncated_label():
+    x = np.array([[0.3, -0.2, 0.5, 1.0]])
+    t = np.array([[1.0, -1.0, -1.5, 0.0]])  # -1.5 truncates to -1, as Caffe's static_cast
+    kept = ops.sigmoid_cross_entropy_forward(x[:, [0, 3]], t[:, [0, 3]], normalization="NONE")
+    loss = ops.sigmoid_cross_entropy_forward(x, t, ignore_label=-1, normalization="NONE")
+    assert loss == pytest.approx(kept, rel=1e-14)
+    assert ops.sigmoid_cross_entropy_forward(x, t, ignore_label=-1, normalization="VALID") == (
+        pytest.approx(kept / 2, rel=1e-14))
+
+
+def test_multinomial_clips_probabilities_at_1e_minus_20():
+    prob = np.array([[0.0, 1.0], [0.5, 0.5]])
+    label = np.array([0.0, 1.0])
+    loss = ops.multinomial_logistic_forward(prob, label)
+    assert loss == pytest.approx((-np.log(1e-20) - np.log(0.5)) / 2, rel=1e-14)
+    dx = np.full_like(prob, np.nan)
+    ops.multinomial_logistic_backward(prob, label, dx, loss_weight=3.0)
+    np.testing.assert_allclose(dx, [[-1.5 / 1e-20, 0.0], [0.0, -1.5 / 0.5]], rtol=1e-14)
+
+
+def test_contrastive_gradient_is_caffes_formula_with_its_epsilon():
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    b[4] = a[4]  # d = 0 for a dissimilar pair: Caffe's epsilon keeps the gradient finite
+    y = np.array([1.0, 0.0, 0.0, 1.0, 0.0])
+    margin, n = 2.5, 5
+    diff, dist_sq = np.empty_like(a), np.empty(5)
+    ws = allocate(ops.contrastive_workspace_shapes(5, a.dtype))
+    ops.contrastive_forward(a, b, y, diff, dist_sq, margin=margin, ws=ws)
+    da, db = np.empty_like(a), np.empty_like(b)
+    ops.contrastive_backward(diff, dist_sq, y, da, db, margin=margin, loss_weight=0.5, ws=ws)
+    for i in range(n):
+        d = np.linalg.norm(a[i] - b[i])
+        if y[i]:
+            coef = 0.5 / n
+        else:
+            coef = -0.5 / n * (margin - d) / (d + 1e-4) if margin - d > 0 else 0.0
+        np.testing.assert_allclose(da[i], coef * (a[i] - b[i]), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(db[i], -coef * (a[i] - b[i]), rtol=1e-12, atol=1e-15)
+    assert np.isfinite(da).all()
+
+
+def test_hinge_and_infogain_steps_do_not_allocate():
+    def make_step(batch):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((batch, 10)).astype(np.float32)
+        label = rng.integers(0, 10, batch).astype(np.float32)
+        h = rng.uniform(0, 1, (10, 10)).astype(np.float32)
+        margins, prob, dx = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+        ws = allocate(ops.infogain_workspace_shapes(x.shape, 1, x.dtype))
+        kwargs = {"axis": 1, "ignore_label": 3, "normalization": "VALID", "ws": ws}
+        return lambda: (ops.hinge_forward(x, label, margins, norm="L2", ws=ws),
+                        ops.hinge_backward(margins, label, dx, norm="L2", ws=ws),
+                        ops.infogain_forward(x, label, h, prob, **kwargs),
+                        ops.infogain_backward(prob, label, h, dx, **kwargs),
+                        ops.multinomial_logistic_forward(prob, label, ws=ws))
+
+    # Label-sized operands stay below numpy's 8192-element buffer cap at small batches.
+    assert_batch_independent(make_step, batches=(8192, 32768))

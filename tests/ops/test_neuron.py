@@ -7,13 +7,32 @@ import pytest
 
 from netforge.ops._xp import allocate
 from netforge.ops.neuron import (
+    absval_backward,
+    absval_forward,
+    bnll_backward,
+    bnll_forward,
+    clip_backward,
+    clip_forward,
     dropout_backward,
     dropout_forward,
+    elu_backward,
+    elu_forward,
+    elu_workspace_shapes,
+    exp_forward,
+    log_backward,
+    log_forward,
+    power_backward,
+    power_forward,
+    prelu_backward,
+    prelu_forward,
+    prelu_workspace_shapes,
     relu_backward,
     relu_forward,
     relu_workspace_shapes,
     sigmoid_backward,
     sigmoid_forward,
+    swish_backward,
+    swish_forward,
     tanh_backward,
     tanh_forward,
     tmp_workspace_shapes,
@@ -201,6 +220,94 @@ def test_neuron_steps_do_not_allocate(op):
             "tanh": lambda: (tanh_forward(x, y), tanh_backward(dy, y, dx)),
             "dropout-in-place": lambda: (dropout_forward(x, x, mask, 0.5, rng),
                                          dropout_backward(dy, mask, 0.5, dy)),
+        }
+        return steps[op]
+
+    assert_batch_independent(make_step, batches=(16, 64))
+
+
+# --------------------------------------------------------------------------- PReLU and friends
+
+
+@pytest.mark.parametrize("channels", [3, 1], ids=["per-channel", "shared"])
+def test_prelu_gradcheck_slopes_and_bottom(channels):
+    x = _x(5, (2, channels, 6))
+    x[np.abs(x) < 1e-2] = 0.5  # keep off the kink
+    slope = np.linspace(-0.5, 0.7, channels)
+    y, dx, dslope = np.empty_like(x), np.empty_like(x), np.zeros(channels)
+    dy = top_weights(x.shape)
+    prelu_backward(dy, x, slope, dx, dslope)
+
+    def forward():
+        prelu_forward(x, slope, y)
+        return y
+
+    assert_gradient(dx, forward, x, dy, what="prelu bottom")
+    assert_gradient(dslope, forward, slope, dy, what="prelu slope")
+
+
+def test_power_derivative_is_finite_where_the_base_is_zero():
+    # Caffe computes power * y / x here, which is 0/0; the limit is 0 for power > 1.
+    x = np.array([0.0, 1.0, -2.0])
+    dx = np.empty_like(x)
+    with np.errstate(all="raise"):
+        power_backward(np.ones_like(x), x, dx, power=3.0, scale=2.0, shift=0.0)
+    np.testing.assert_allclose(dx, [0.0, 24.0, 96.0])
+
+
+@pytest.mark.parametrize("base", [0.0, -3.0])
+def test_exp_and_log_reject_bases_without_a_logarithm(base):
+    x = np.ones(3)
+    with pytest.raises(ValueError, match="base"):
+        exp_forward(x, x.copy(), base=base, scale=1.0, shift=0.0)
+    with pytest.raises(ValueError, match="base"):
+        log_forward(x, x.copy(), base=base, scale=1.0, shift=0.0)
+
+
+def test_elu_backward_from_top_data_in_place():
+    x = _x(6)
+    x[np.abs(x) < 1e-2] = 0.3
+    y, dx = np.empty_like(x), np.empty_like(x)
+    elu_forward(x, y, alpha=0.4)
+    dy = top_weights(x.shape)
+    elu_backward(dy, x, y, dx, alpha=0.4)
+    in_place = dy.copy()
+    elu_backward(in_place, y, y, in_place, alpha=0.4)  # Caffe's in place: data holds y
+    np.testing.assert_allclose(in_place, dx, rtol=1e-15)
+    np.testing.assert_allclose(dx, dy * np.where(x > 0, 1, 0.4 * np.exp(x)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("op", ["prelu-in-place", "elu-in-place", "swish", "bnll-in-place",
+                                "absval", "power", "log", "clip-in-place"])
+def test_more_neuron_steps_do_not_allocate(op):
+    def make_step(batch):
+        x = np.random.default_rng(0).uniform(0.5, 2, (batch, 64, 8, 8)).astype(np.float32)
+        x3 = x.reshape(batch, 64, 64)
+        dy = np.ones_like(x)
+        y, dx, sig = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+        slope, dslope = np.full(64, 0.25, np.float32), np.zeros(64, np.float32)
+        prelu_ws = allocate(prelu_workspace_shapes(x3.shape, x.dtype))
+        elu_ws = allocate(elu_workspace_shapes(x.shape, x.dtype))
+        tmp = allocate(tmp_workspace_shapes(x.shape, x.dtype))
+        x_copy = x.copy()
+        steps = {
+            "prelu-in-place": lambda: (
+                prelu_forward(x3, slope, x3, ws=prelu_ws),
+                prelu_backward(dy.reshape(x3.shape), x_copy.reshape(x3.shape), slope,
+                               dy.reshape(x3.shape), dslope, ws=prelu_ws)),
+            "elu-in-place": lambda: (elu_forward(x, x, alpha=1.0, ws=elu_ws),
+                                     elu_backward(dy, x, x, dy, alpha=1.0, ws=elu_ws)),
+            "swish": lambda: (swish_forward(x, y, sig, beta=1.0),
+                              swish_backward(dy, y, sig, dx, beta=1.0, ws=tmp)),
+            "bnll-in-place": lambda: (bnll_forward(x, x, ws=tmp), bnll_backward(dy, x, dy, ws=tmp)),
+            "absval": lambda: (absval_forward(x, y), absval_backward(dy, x, dx, ws=tmp)),
+            "power": lambda: (power_forward(x, y, power=-0.75, scale=2.0, shift=1.0),
+                              power_backward(dy, x, dx, power=-0.75, scale=2.0, shift=1.0,
+                                             ws=tmp)),
+            "log": lambda: (log_forward(x, y, base=10.0, scale=1.0, shift=1.0),
+                            log_backward(dy, x, dx, base=10.0, scale=1.0, shift=1.0, ws=tmp)),
+            "clip-in-place": lambda: (clip_forward(x, x, lo=0.6, hi=1.5),
+                                      clip_backward(dy, x_copy, dy, lo=0.6, hi=1.5, ws=tmp)),
         }
         return steps[op]
 

@@ -1,0 +1,436 @@
+"""Model-zoo forward+backward, netforge vs PyTorch CPU, on the same nets with the same weights.
+
+For each zoo deploy net (configs/zoo/<net>_deploy.prototxt) at a small batch:
+  * netforge builds the net (force_backward, random He-scaled weights);
+  * the PyTorch model is a layer-by-layer translation of netforge's compiled plan (Conv,
+    Pooling with Caffe's ceil rounding, LRN, BatchNorm with the stored statistics, Scale,
+    Concat, Eltwise, InnerProduct, ReLU, Dropout, Softmax), holding copies of netforge's
+    weights — so both time the same net. A first pass checks that both give the same outputs
+    and input gradients before anything is timed.
+  * one fwd+bwd = forward a random batch, seed every output with a random gradient, backward
+    to the input (netforge: net.forward/net.backward; torch: autograd with x.requires_grad).
+
+Each measurement runs in its own child process (one net, one framework) with the same
+thread count, so that memory figures do not mix. Reported per net:
+  ms         median wall time of one fwd+bwd over --iters timed iterations after a warm-up
+  ratio      netforge ms / torch ms
+  nf traced  netforge's peak of numpy memory (tracemalloc: numpy reports its buffers) from
+             before the net is built to the end of a fwd+bwd — params, diffs, activations,
+             workspaces
+  RSS        peak resident set size (sampled every 0.5 ms from a thread) during the build
+             and first fwd+bwd, minus the RSS before: for netforge, from before the net is
+             built; for torch, the parameter bytes plus the growth during the first fwd+bwd
+             (parameter gradients and saved activations). torch's allocator is invisible
+             to tracemalloc, so RSS is the common yardstick
+
+    .venv/bin/python tools/bench/zoo.py [--nets alexnet,squeezenet1.1,resnet50]
+                                        [--batch 2] [--iters 5] [--threads 2]
+
+PyTorch is a benchmark oracle only (pip install torch==2.13.0); netforge never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ZOO = ROOT / "configs" / "zoo"
+ALL_NETS = ["alexnet", "caffenet", "squeezenet1.1", "googlenet", "resnet50", "densenet121",
+            "vgg16"]
+
+
+def rss_mb() -> float:
+    """Current resident set size in MB (Linux /proc)."""
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# -- netforge ------------------------------------------------------------------------------
+
+
+def build_netforge(name: str, batch: int, seed: int = 0):
+    import numpy as np
+
+    from netforge import config
+    from netforge.net import Net
+    from netforge.summary import set_batch_size
+
+    param = config.load_net_param(ZOO / f"{name}_deploy.prototxt")
+    set_batch_size(param, batch)
+    param.force_backward = True
+    net = Net(param, "test", seed=seed)
+    rng = np.random.default_rng(seed)
+    for layer in net.layers:
+        blobs = layer.blobs
+        if layer.type in ("Convolution", "InnerProduct"):
+            fan_in = blobs[0].count // blobs[0].shape[0]
+            blobs[0].data[...] = rng.standard_normal(blobs[0].shape, np.float32)
+            blobs[0].data *= np.sqrt(2.0 / fan_in)
+            for bias in blobs[1:]:
+                bias.data[...] = rng.normal(0, 0.01, bias.shape)
+        elif layer.type == "Scale":
+            blobs[0].data[...] = rng.uniform(0.5, 1.5, blobs[0].shape)
+            for bias in blobs[1:]:
+                bias.data[...] = rng.normal(0, 0.1, bias.shape)
+    # BatchNorm statistics near those of a random input keep activations O(1); arbitrary
+    # ones let ResNet's logits reach 1e5, saturating the softmax (all gradients 0).
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    for step in net.plan.steps:
+        if step.layer.type == "BatchNorm":
+            x = step.bottoms[0].data
+            axes = (0, *range(2, x.ndim))
+            var = np.maximum(x.var(axis=axes), 1e-2)
+            step.layer.blobs[0].data[...] = x.mean(axis=axes)
+            step.layer.blobs[1].data[...] = var * rng.uniform(0.5, 1.5, var.shape)
+            step.layer.blobs[2].data[...] = 1.0
+        step.layer.forward(step.bottoms, step.tops)
+    return net
+
+
+def netforge_step(net, x, grads):
+    net.forward(data=x)
+    for name, g in grads.items():
+        net.blobs[name].diff[...] = g
+    net.backward()
+
+
+def inputs_for(net, seed: int = 1):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(net.blobs["data"].shape).astype(np.float32)
+    grads = {o: rng.standard_normal(net.blobs[o].shape).astype(np.float32) for o in net.outputs}
+    return x, grads
+
+
+# -- the PyTorch translation ---------------------------------------------------------------
+
+
+def _window(p, field: str, default: int) -> tuple[int, int]:
+    """(h, w) of a kernel/stride/pad field of a Convolution/PoolingParameter."""
+    h, w = getattr(p, f"{field}_h"), getattr(p, f"{field}_w")
+    if p.HasField(f"{field}_h") or p.HasField(f"{field}_w"):
+        return int(h), int(w)
+    values = getattr(p, field if field != "kernel" else "kernel_size")
+    if isinstance(values, int):  # pooling: a single value
+        return (values, values) if values or field != "stride" else (default, default)
+    values = list(values)
+    if not values:
+        return default, default
+    return (values[0], values[-1])
+
+
+def translate(net):
+    """A torch.nn.Module running ``net``'s plan step by step, with copies of its weights."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from netforge import netforge_pb2 as pb
+
+    class Plan(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+            self.weights = nn.ParameterList()
+            self.buffers_ = []
+
+        def param(self, blob):
+            p = nn.Parameter(torch.from_numpy(blob.data.copy()))
+            self.weights.append(p)
+            return p
+
+        def forward(self, x):
+            blobs = {"data": x}
+            for fn, bottoms, tops in self.ops:
+                outs = fn(*[blobs[b] for b in bottoms])
+                if not isinstance(outs, tuple):
+                    outs = (outs,)
+                blobs.update(zip(tops, outs, strict=True))
+            return blobs
+
+    plan = Plan()
+    for step in net.plan.steps:
+        layer, lp, kind = step.layer, step.layer.param, step.layer.type
+        fn = None
+        if kind == "Input":
+            continue
+        if kind == "Convolution":
+            p = lp.convolution_param
+            weight = plan.param(layer.blobs[0])
+            bias = plan.param(layer.blobs[1]) if p.bias_term else None
+            stride, pad = _window(p, "stride", 1), _window(p, "pad", 0)
+            dilation = (list(p.dilation) or [1])[0]
+
+            def fn(x, w=weight, b=bias, s=stride, pd=pad, d=dilation, g=p.group):
+                return F.conv2d(x, w, b, s, pd, d, g)
+        elif kind == "Pooling":
+            p = lp.pooling_param
+            ceil = p.round_mode == pb.PoolingParameter.CEIL
+            if p.global_pooling:
+                kernel, stride, pad = tuple(step.bottoms[0].shape[2:]), (1, 1), (0, 0)
+            else:
+                kernel = _window(p, "kernel", 0)
+                stride, pad = _window(p, "stride", 1), _window(p, "pad", 0)
+            if p.pool == pb.PoolingParameter.MAX:
+                def fn(x, k=kernel, s=stride, pd=pad, c=ceil):
+                    return F.max_pool2d(x, k, s, pd, ceil_mode=c)
+            else:
+                def fn(x, k=kernel, s=stride, pd=pad, c=ceil):
+                    return F.avg_pool2d(x, k, s, pd, ceil_mode=c, count_include_pad=True)
+        elif kind == "LRN":
+            p = lp.lrn_param
+
+            def fn(x, n=p.local_size, a=p.alpha, b=p.beta, k=p.k):
+                return F.local_response_norm(x, n, a, b, k)
+        elif kind == "BatchNorm":
+            scale = float(layer.blobs[2].data.ravel()[0])
+            factor = 0.0 if scale == 0 else 1.0 / scale
+            mean = torch.from_numpy(layer.blobs[0].data * factor)
+            var = torch.from_numpy(layer.blobs[1].data * factor)
+
+            def fn(x, m=mean, v=var, eps=lp.batch_norm_param.eps):
+                return F.batch_norm(x, m, v, training=False, eps=eps)
+        elif kind == "Scale":
+            gamma = plan.param(layer.blobs[0])
+            beta = plan.param(layer.blobs[1]) if len(layer.blobs) > 1 else None
+
+            def fn(x, g=gamma, b=beta):
+                shape = (1, -1) + (1,) * (x.dim() - 2)
+                y = x * g.view(shape)
+                return y if b is None else y + b.view(shape)
+        elif kind == "InnerProduct":
+            weight = plan.param(layer.blobs[0])
+            bias = plan.param(layer.blobs[1]) if len(layer.blobs) > 1 else None
+            axis = lp.inner_product_param.axis
+
+            def fn(x, w=weight, b=bias, a=axis):
+                return F.linear(x.flatten(a), w, b)
+        elif kind == "ReLU":
+            slope = lp.relu_param.negative_slope
+            in_place = list(lp.bottom) == list(lp.top)
+
+            def fn(x, s=slope, inplace=in_place):
+                if s:
+                    return F.leaky_relu(x, s, inplace=inplace)
+                return F.relu(x, inplace=inplace)
+        elif kind == "Dropout":
+            def fn(x):
+                return x  # TEST phase: identity, as in netforge
+        elif kind == "Softmax":
+            def fn(x, a=lp.softmax_param.axis):
+                return F.softmax(x, dim=a)
+        elif kind == "Concat":
+            def fn(*xs, a=lp.concat_param.axis):
+                return torch.cat(xs, dim=a)
+        elif kind == "Split":
+            copies = len(step.top_names)
+
+            def fn(x, n=copies):
+                return (x,) * n
+        elif kind == "Flatten":
+            def fn(x):
+                return x.flatten(1)
+        elif kind == "Eltwise":
+            p = lp.eltwise_param
+            coeffs = list(p.coeff) or [1.0] * len(step.bottoms)
+
+            def fn(*xs, op=p.operation, c=coeffs):
+                if op == pb.EltwiseParameter.PROD:
+                    out = xs[0]
+                    for x in xs[1:]:
+                        out = out * x
+                    return out
+                if op == pb.EltwiseParameter.MAX:
+                    out = xs[0]
+                    for x in xs[1:]:
+                        out = torch.maximum(out, x)
+                    return out
+                out = c[0] * xs[0] if c[0] != 1 else xs[0]
+                for ci, x in zip(c[1:], xs[1:], strict=True):
+                    out = out + (ci * x if ci != 1 else x)
+                return out
+        if fn is None:
+            raise SystemExit(f'no PyTorch translation for layer type "{kind}" ({layer.name})')
+        plan.ops.append((fn, step.bottom_names, step.top_names))
+    return plan
+
+
+def torch_step(model, x, grads):
+    import torch
+
+    x = x.detach().requires_grad_(True)
+    blobs = model(x)
+    outs = [blobs[name] for name in grads]
+    torch.autograd.backward(outs, [grads[name] for name in grads])
+    return blobs, x.grad
+
+
+# -- one measurement (child process) -------------------------------------------------------
+
+
+def median_ms(step, iters: int) -> float:
+    step()  # warm-up: first-touch of workspaces, caches
+    samples = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+class PeakRSS:
+    """Samples the resident set size from a thread while the block runs (numpy and torch
+    release the GIL in their kernels, so the sampler sees the peaks between them)."""
+
+    def __init__(self, period_s: float = 0.0005):
+        self.period_s = period_s
+        self.peak = 0.0
+
+    def __enter__(self):
+        import threading
+
+        self.peak = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_mb())
+            time.sleep(self.period_s)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+
+def measure(framework: str, name: str, batch: int, iters: int, threads: int) -> dict:
+    if framework == "netforge":
+        import tracemalloc
+
+        import netforge.net  # noqa: F401  (imports outside the measured window)
+
+        base = rss_mb()
+        tracemalloc.start()
+        with PeakRSS() as sampler:
+            net = build_netforge(name, batch)
+            x, grads = inputs_for(net)
+            netforge_step(net, x, grads)
+        _, traced_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        ms = median_ms(lambda: netforge_step(net, x, grads), iters)
+        return {"ms": ms, "traced_mb": traced_peak / 2**20, "rss_mb": sampler.peak - base}
+
+    import gc
+
+    import torch
+
+    torch.set_num_threads(threads)
+    source = build_netforge(name, batch)  # the source of structure and weights
+    x_np, grads_np = inputs_for(source)
+    model = translate(source)
+    del source
+    gc.collect()
+    x = torch.from_numpy(x_np)
+    grads = {k: torch.from_numpy(v) for k, v in grads_np.items()}
+    # The parameters already exist (copied from netforge's net, which is freed now); the
+    # first step adds their gradients and the activations autograd keeps for backward.
+    params_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    base = rss_mb()
+    with PeakRSS() as sampler:
+        torch_step(model, x, grads)
+    ms = median_ms(lambda: torch_step(model, x, grads), iters)
+    return {"ms": ms, "rss_mb": params_mb + sampler.peak - base}
+
+
+def check_equivalence(name: str, batch: int) -> tuple[float, float]:
+    """Max relative differences (outputs, input gradient) between netforge and the
+    translation, after one fwd+bwd on the same batch."""
+    import numpy as np
+    import torch
+
+    net = build_netforge(name, batch)
+    model = translate(net)
+    x, grads = inputs_for(net)
+    netforge_step(net, x, grads)
+    blobs, x_grad = torch_step(model, torch.from_numpy(x),
+                               {k: torch.from_numpy(v) for k, v in grads.items()})
+
+    def rel(a, b):
+        return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+    out = max(rel(net.blobs[o].data, blobs[o].detach().numpy()) for o in net.outputs)
+    return out, rel(net.blobs["data"].diff, x_grad.numpy())
+
+
+def run_child(framework: str, name: str, args) -> dict:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(args.threads)
+    cmd = [sys.executable, __file__, "--child", framework, "--nets", name,
+           "--batch", str(args.batch), "--iters", str(args.iters),
+           "--threads", str(args.threads)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f"{framework} {name} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", default="alexnet,squeezenet1.1,resnet50",
+                        help=f"comma-separated, from {', '.join(ALL_NETS)} (or 'all')")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-check", action="store_true", help="skip the equivalence check")
+    parser.add_argument("--child", choices=["netforge", "torch"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    nets = ALL_NETS if args.nets == "all" else args.nets.split(",")
+
+    if args.child:
+        import logging
+
+        logging.disable(logging.INFO)
+        print(json.dumps(measure(args.child, nets[0], args.batch, args.iters, args.threads)))
+        return
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(args.threads))
+    import logging
+
+    logging.disable(logging.INFO)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"zoo fwd+bwd, batch {args.batch}, {args.threads} thread(s), median of {args.iters} "
+          f"after a warm-up; torch {torch.__version__}")
+    header = (f"{'net':<14} {'netforge ms':>11} {'torch ms':>9} {'ratio':>6} "
+              f"{'nf traced MB':>12} {'nf RSS MB':>9} {'torch RSS MB':>12} {'check':>18}")
+    print(header)
+    print("-" * len(header))
+    for name in nets:
+        check = "skipped"
+        if not args.no_check:
+            out_diff, grad_diff = check_equivalence(name, 1)
+            check = f"out {out_diff:.0e} dx {grad_diff:.0e}"
+        nf = run_child("netforge", name, args)
+        th = run_child("torch", name, args)
+        print(f"{name:<14} {nf['ms']:>11.1f} {th['ms']:>9.1f} {nf['ms'] / th['ms']:>6.2f} "
+              f"{nf['traced_mb']:>12.0f} {nf['rss_mb']:>9.0f} {th['rss_mb']:>12.0f} "
+              f"{check:>18}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
