@@ -26,7 +26,7 @@ def run_test(net, iterations: int, progress=None) -> dict[str, float | list]:
             values = np.array(to_host(net.blobs[name].data), dtype=np.float64).ravel()
             totals[name] = totals[name] + values if name in totals else values
             for v in values:
-                log.debug("Batch %d, %s = %.6g", i, name, v)
+                log.info("Batch %d, %s = %.6g", i, name, v)
         if progress is not None:
             progress(i + 1, iterations)
     log.info("Loss: %.6g", loss / max(iterations, 1))

@@ -7,7 +7,9 @@ The passes, in order (each a small function, tested alone):
   share_params       params with the same ParamSpec.name share one blob
   loss weights       explicit loss_weight, or 1 on top 0 of loss layers
   mark_backward      need-backward from lr_mult, loss reach and propagate_down
-The plan allocates every blob once; forward/backward then only index into it.
+The plan allocates every blob once; forward/backward then only index into it. A forward-only
+net may then share memory between activations that are never alive together
+(``Plan.share_memory``, see ``netforge.memory_plan``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from netforge import memory_plan
 from netforge import netforge_pb2 as pb
 from netforge.blob import Blob, shape_string
 from netforge.errors import GraphError, ShapeError
 from netforge.layers import layer_class
 from netforge.layers.base import Layer, LayerContext
+from netforge.memory_plan import MemoryPlan
 
 log = logging.getLogger("netforge")
 
@@ -132,6 +136,7 @@ class Plan:
     learnable: list[LearnableParam]
     layer_params: OrderedDict  # layer name -> list of param Blobs (layers with params only)
     loss_tops: list[tuple[Blob, float]]  # (top blob, loss weight) for weighted tops
+    memory: MemoryPlan | None = None  # set by share_memory (forward-only nets)
 
     def reshape(self, start: int = 0) -> None:
         """Re-run shape inference for layers ``start``.. with the current bottom shapes
@@ -139,10 +144,56 @@ class Plan:
 
         Called after a caller reshaped an input blob (pycaffe's
         ``net.blobs["data"].reshape(...); net.reshape()``), and by the net during forward
-        after a layer with ``dynamic_top_shapes`` (Filter) changed its tops' shapes.
+        after a layer with ``dynamic_top_shapes`` (Filter) changed its tops' shapes. A plan
+        that shares memory gets private blobs back first and is planned again after.
         """
+        memory = self.memory
+        if memory is not None:
+            self._unshare(memory)
         for step in self.steps[start:]:
             _reshape_step(step)
+        if memory is not None:
+            self.share_memory(memory.keep)
+
+    def share_memory(self, keep=()) -> MemoryPlan | None:
+        """Let activations that are never alive together share memory, and layers share one
+        scratch arena (``netforge.memory_plan``). Only for nets that never run backward;
+        outputs, inputs and the blobs named in ``keep`` stay readable after forward."""
+        self.memory = memory_plan.share_memory(self, keep, reshare_tops)
+        return self.memory
+
+    def check_readable(self, names) -> None:
+        """Refuse to hand out blobs whose memory a later layer reuses (see share_memory)."""
+        if self.memory is None:
+            return
+        stale = [name for name in names if name in self.memory.shared_blobs]
+        if stale:
+            raise GraphError(
+                f'net "{self.name}" shares memory between activations (reuse_memory=True): '
+                f"blob(s) {', '.join(stale)} do not keep their values after forward; name "
+                "them in keep_blobs to read them")
+
+    def check_resume(self, first: int) -> None:
+        """Refuse a forward from step ``first`` that would read shared (overwritten) blobs
+        written before it."""
+        earlier = {name for step in self.steps[:first] for name in step.top_names}
+        self.check_readable(sorted({name for step in self.steps[first:]
+                                    for name in step.bottom_names if name in earlier}))
+
+    def _unshare(self, memory: MemoryPlan) -> None:
+        for name in memory.shared_blobs:
+            blob = self.blobs[name]
+            if blob.data.base is not None:  # still a view into a slot
+                blob.data = blob.xp.empty(blob.shape, dtype=blob.dtype)
+        reshare_tops(self)
+        self.memory = None
+
+
+def reshare_tops(plan: Plan) -> None:
+    """Re-point every aliasing top (Split, Reshape, ...) at its bottom's current memory."""
+    for step in plan.steps:
+        if step.bottoms:
+            _share_tops(step.layer, step.bottoms, step.tops)
 
 
 def _share_tops(layer: Layer, bottoms: list[Blob], tops: list[Blob]) -> None:
@@ -324,6 +375,8 @@ def compile_net(net: pb.NetParameter, ctx: LayerContext) -> Plan:
     log.info("Memory required for data: %d", memory * ctx.dtype.itemsize)
 
     _mark_backward(steps, net.force_backward)
+    for step in steps:
+        step.layer.need_backward = step.need_backward
     outputs = sorted(available)
     for name in outputs:
         log.info("This network produces output %s", name)

@@ -262,11 +262,16 @@ def upgrade_v0_layer(connection: pb.V1LayerParameter, source: str = "net"
     Follows Caffe's UpgradeV0LayerParameter: each flat V0 setting moves into the parameter
     message of the layer type it belongs to; a setting the type cannot take is an error.
     """
+    if not connection.HasField("layer"):
+        # Caffe would keep only its bottoms and tops; dropping the rest silently would
+        # build a different net.
+        raise ConfigError(
+            f'{source}: layer "{connection.name}" is in the V1 form but the net also has V0 '
+            "layers; a net must use one form"
+        )
     out = pb.V1LayerParameter()
     out.bottom.extend(connection.bottom)
     out.top.extend(connection.top)
-    if not connection.HasField("layer"):
-        return out
     v0 = connection.layer
     kind = v0.type
     if v0.HasField("name"):

@@ -32,12 +32,19 @@ class Net:
         level, stages: NetState level and stages used to filter layers.
         dtype: float32 (default) or float64 (gradient checks).
         seed: seeds the generator that fills weights and drives Dropout/data augmentation.
+        reuse_memory: for nets loaded only to predict: activations never alive together share
+            memory (``netforge.memory_plan``); backward is then refused, and after a forward
+            only the outputs, inputs and ``keep_blobs`` hold their values.
     """
 
     def __init__(self, net, phase: str = "test", weights: str | None = None, level: int = 0,
                  stages=(), *, dtype=np.float32, seed: int | None = None,
-                 rng: np.random.Generator | None = None, base_dirs=()):
-        phase = phase.upper()
+                 rng: np.random.Generator | None = None, base_dirs=(),
+                 reuse_memory: bool = False, keep_blobs=()):
+        if str(weights).lower() in ("train", "test") and str(phase).upper() not in config.PHASES:
+            # pycaffe's legacy order: Net(prototxt, caffemodel, phase).
+            phase, weights = weights, phase
+        phase = str(phase).upper()
         if isinstance(net, (str, Path)):
             source = str(net)
             param = config.load_net_param(net)
@@ -67,6 +74,8 @@ class Net:
         if weights:
             for path in str(weights).split(","):
                 self.copy_from(path)
+        if reuse_memory:
+            self.plan.share_memory(keep_blobs)
 
     # -- pycaffe-shaped views --------------------------------------------------------------
     @property
@@ -101,6 +110,23 @@ class Net:
     def learnable_params(self):
         return self.plan.learnable
 
+    @property
+    def _layer_names(self) -> list[str]:
+        return [s.layer.name for s in self._steps]
+
+    @property
+    def top_names(self) -> OrderedDict:
+        return OrderedDict((s.layer.name, list(s.top_names)) for s in self._steps)
+
+    @property
+    def bottom_names(self) -> OrderedDict:
+        return OrderedDict((s.layer.name, list(s.bottom_names)) for s in self._steps)
+
+    @property
+    def blob_loss_weights(self) -> OrderedDict:
+        weights = {id(top): w for top, w in self._loss_tops}
+        return OrderedDict((name, weights.get(id(blob), 0.0)) for name, blob in self.blobs.items())
+
     # -- running ---------------------------------------------------------------------------
     def _index(self, layer_name: str | None, default: int) -> int:
         if layer_name is None:
@@ -112,9 +138,11 @@ class Net:
 
     def forward(self, blobs=None, start: str | None = None, end: str | None = None,
                 **inputs) -> dict:
-        """Run layers start..end; inputs are copied into the input blobs first.
+        """Run layers start..end (layer names, inclusive); ``inputs`` (blob name -> array
+        of the blob's shape) are copied into their blobs first.
 
-        Returns output blob name (or the tops of ``end``) -> array (a view into the net).
+        Returns output blob name (or the tops of ``end``), plus any names in ``blobs``, ->
+        array (a view into the net, overwritten by the next forward).
         """
         for name, value in inputs.items():
             self.set_input(name, value)
@@ -122,8 +150,49 @@ class Net:
         last = self._index(end, len(self._steps) - 1)
         self.forward_range(first, last)
         names = self._steps[last].top_names if end is not None else self.plan.outputs
+        self.plan.check_readable(blobs or ())
         names = list(names) + list(blobs or [])
         return {name: self.blobs[name].data for name in names}
+
+    def forward_all(self, blobs=None, **inputs) -> dict:
+        """Forward inputs of any number of samples N, a batch (the input blob's first
+        dimension) at a time; the last batch is padded with zeros and the padding dropped.
+
+        Returns output (plus ``blobs``) name -> host array of N rows (copies).
+        """
+        if not inputs:
+            return {name: np.array(backend.to_host(v))
+                    for name, v in self.forward(blobs=blobs).items()}
+        arrays = {name: np.asarray(backend.to_host(v)) for name, v in inputs.items()}
+        counts = {len(a) for a in arrays.values()}
+        if len(counts) != 1:
+            raise ShapeError(f"forward_all inputs differ in their number of samples: "
+                             f"{ {name: len(a) for name, a in arrays.items()} }")
+        total = counts.pop()
+        batch = self.blobs[next(iter(arrays))].shape[0]
+        pieces: dict[str, list] = {}
+        for start in range(0, total, batch):
+            feed = {}
+            for name, array in arrays.items():
+                chunk = array[start:start + batch]
+                if len(chunk) < batch:  # pad the last batch, as pycaffe does
+                    pad = np.zeros((batch - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+                    chunk = np.concatenate([chunk, pad])
+                feed[name] = chunk
+            for name, value in self.forward(blobs=blobs, **feed).items():
+                pieces.setdefault(name, []).append(np.array(backend.to_host(value)))
+        return {name: np.concatenate(parts)[:total] for name, parts in pieces.items()}
+
+    def set_input_arrays(self, data, labels, layer: str | None = None) -> None:
+        """Hand arrays to a MemoryData layer (the first one, or ``layer``): ``data``
+        (n, C, H, W) float32 and n ``labels``, n a multiple of its batch size."""
+        for step in self._steps:
+            if step.layer.type == "MemoryData" and layer in (None, step.layer.name):
+                step.layer.set_input_arrays(data, labels)
+                return
+        which = f'named "{layer}"' if layer else "at all"
+        raise ConfigError(f'net "{self.name}" has no MemoryData layer {which}; '
+                          "set_input_arrays feeds MemoryData layers only")
 
     def set_input(self, name: str, value) -> None:
         if name not in self.blobs:
@@ -139,6 +208,8 @@ class Net:
 
     def forward_range(self, first: int, last: int) -> float:
         """Forward layers first..last (inclusive); returns the weighted loss of those tops."""
+        if first and self.plan.memory is not None:
+            self.plan.check_resume(first)
         for i in range(first, last + 1):
             step = self._steps[i]
             if step.layer.dynamic_top_shapes:
@@ -161,11 +232,39 @@ class Net:
             total += w * float(top.data.sum())
         return total
 
-    def backward(self) -> None:
-        """Backpropagate from every weighted top, down to the first layer."""
+    def backward(self, diffs=None, start: str | None = None, end: str | None = None,
+                 **top_diffs) -> dict:
+        """Backpropagate from layer ``start`` (default: the last) down to ``end`` (default:
+        the first). Weighted (loss) tops are seeded with their loss weight; ``top_diffs``
+        (blob name -> array) set other tops' diffs, e.g. the outputs of a deploy net.
+
+        Returns the diffs of the net inputs (or of ``end``'s bottoms), plus any names in
+        ``diffs``, as views into the net.
+        """
         for top, w in self._loss_tops:
             top.diff.fill(w)
-        for step in reversed(self._steps):
+        for name, value in top_diffs.items():
+            if name not in self.blobs:
+                raise ConfigError(f'no blob named "{name}" in net "{self.name}"')
+            blob = self.blobs[name]
+            value = np.asarray(backend.to_host(value))
+            if value.shape != blob.shape:
+                raise ShapeError(f'diff for "{name}" has shape {value.shape} but the blob has '
+                                 f"{blob.shape}")
+            blob.diff[...] = self.ctx.xp.asarray(value)
+        first = self._index(end, 0)
+        last = self._index(start, len(self._steps) - 1)
+        self.backward_range(first, last)
+        names = self._steps[first].bottom_names if end is not None else self.plan.inputs
+        names = list(names) + list(diffs or [])
+        return {name: self.blobs[name].diff for name in names}
+
+    def backward_range(self, first: int, last: int) -> None:
+        """Backward layers last..first (inclusive, by index), those that need it."""
+        if self.plan.memory is not None:
+            raise ConfigError(f'net "{self.name}" was built with reuse_memory=True, which '
+                              "runs forward only; build it without to run backward")
+        for step in reversed(self._steps[first:last + 1]):
             if step.need_backward:
                 step.layer.backward(step.tops, step.propagate_down, step.bottoms)
 

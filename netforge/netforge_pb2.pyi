@@ -95,7 +95,7 @@ class FillerParameter(_message.Message):
     def __init__(self, type: _Optional[str] = ..., value: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., mean: _Optional[float] = ..., std: _Optional[float] = ..., sparse: _Optional[int] = ..., variance_norm: _Optional[_Union[FillerParameter.VarianceNorm, str]] = ...) -> None: ...
 
 class NetParameter(_message.Message):
-    __slots__ = ("name", "input", "input_shape", "input_dim", "force_backward", "state", "debug_info", "layer", "layers")
+    __slots__ = ("name", "input", "input_shape", "input_dim", "force_backward", "state", "debug_info", "layer", "layers", "frozen")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class NetParameter(_message.Message):
     DEBUG_INFO_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     input: _containers.RepeatedScalarFieldContainer[str]
     input_shape: _containers.RepeatedCompositeFieldContainer[BlobShape]
@@ -114,7 +115,52 @@ class NetParameter(_message.Message):
     debug_info: bool
     layer: _containers.RepeatedCompositeFieldContainer[LayerParameter]
     layers: _containers.RepeatedCompositeFieldContainer[V1LayerParameter]
-    def __init__(self, name: _Optional[str] = ..., input: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[_Union[BlobShape, _Mapping]]] = ..., input_dim: _Optional[_Iterable[int]] = ..., force_backward: _Optional[bool] = ..., state: _Optional[_Union[NetState, _Mapping]] = ..., debug_info: _Optional[bool] = ..., layer: _Optional[_Iterable[_Union[LayerParameter, _Mapping]]] = ..., layers: _Optional[_Iterable[_Union[V1LayerParameter, _Mapping]]] = ...) -> None: ...
+    frozen: FrozenModelInfo
+    def __init__(self, name: _Optional[str] = ..., input: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[_Union[BlobShape, _Mapping]]] = ..., input_dim: _Optional[_Iterable[int]] = ..., force_backward: _Optional[bool] = ..., state: _Optional[_Union[NetState, _Mapping]] = ..., debug_info: _Optional[bool] = ..., layer: _Optional[_Iterable[_Union[LayerParameter, _Mapping]]] = ..., layers: _Optional[_Iterable[_Union[V1LayerParameter, _Mapping]]] = ..., frozen: _Optional[_Union[FrozenModelInfo, _Mapping]] = ...) -> None: ...
+
+class FrozenModelInfo(_message.Message):
+    __slots__ = ("format_version", "netforge_version", "preprocessing", "labels", "batch_norm_folded", "dropout_removed", "source_model", "source_weights")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NETFORGE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_NORM_FOLDED_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    netforge_version: str
+    preprocessing: Preprocessing
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    batch_norm_folded: bool
+    dropout_removed: bool
+    source_model: str
+    source_weights: str
+    def __init__(self, format_version: _Optional[int] = ..., netforge_version: _Optional[str] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., batch_norm_folded: _Optional[bool] = ..., dropout_removed: _Optional[bool] = ..., source_model: _Optional[str] = ..., source_weights: _Optional[str] = ...) -> None: ...
+
+class Preprocessing(_message.Message):
+    __slots__ = ("input", "channel_order", "raw_scale", "mean_value", "mean_image", "scale", "image_dims")
+    class ChannelOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        BGR: _ClassVar[Preprocessing.ChannelOrder]
+        RGB: _ClassVar[Preprocessing.ChannelOrder]
+    BGR: Preprocessing.ChannelOrder
+    RGB: Preprocessing.ChannelOrder
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_ORDER_FIELD_NUMBER: _ClassVar[int]
+    RAW_SCALE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_VALUE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DIMS_FIELD_NUMBER: _ClassVar[int]
+    input: str
+    channel_order: Preprocessing.ChannelOrder
+    raw_scale: float
+    mean_value: _containers.RepeatedScalarFieldContainer[float]
+    mean_image: BlobProto
+    scale: float
+    image_dims: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, input: _Optional[str] = ..., channel_order: _Optional[_Union[Preprocessing.ChannelOrder, str]] = ..., raw_scale: _Optional[float] = ..., mean_value: _Optional[_Iterable[float]] = ..., mean_image: _Optional[_Union[BlobProto, _Mapping]] = ..., scale: _Optional[float] = ..., image_dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SolverParameter(_message.Message):
     __slots__ = ("net", "net_param", "train_net", "test_net", "train_net_param", "test_net_param", "train_state", "test_state", "test_iter", "test_interval", "test_compute_loss", "test_initialization", "base_lr", "display", "average_loss", "max_iter", "iter_size", "lr_policy", "gamma", "power", "momentum", "weight_decay", "regularization_type", "stepsize", "stepvalue", "clip_gradients", "snapshot", "snapshot_prefix", "snapshot_diff", "snapshot_format", "solver_mode", "device_id", "random_seed", "type", "delta", "momentum2", "rms_decay", "debug_info", "snapshot_after_train", "solver_type", "layer_wise_reduce", "weights")

@@ -190,3 +190,10 @@ def test_old_batch_norm_param_specs_are_dropped():
         'layer { name: "bn" type: "BatchNorm" param { lr_mult: 0 } param { lr_mult: 0 } '
         "param { lr_mult: 0 } }"))
     assert len(net.layer[0].param) == 0
+
+
+def test_mixing_v0_and_v1_layers_is_refused():
+    with pytest.raises(ConfigError, match='"r" is in the V1 form but the net also has V0'):
+        config.upgrade_net(_parse('input: "x" layers { layer { name: "c" type: "relu" } '
+                                  'bottom: "x" top: "x" } '
+                                  'layers { name: "r" type: RELU bottom: "x" top: "x" }'))

@@ -342,3 +342,30 @@ def test_finetune_from_a_comma_separated_weights_list(tmp_path):
     np.testing.assert_array_equal(tuned.params["ip1"][0].data, first.net.params["ip1"][0].data)
     np.testing.assert_array_equal(tuned.params["ip2"][0].data, second.net.params["ip2"][0].data)
     np.testing.assert_array_equal(tuned.params["ip2_new"][0].data, 0.5)
+
+
+# -- the Python training API ---------------------------------------------------------------
+def test_get_solver_api_and_snapshot_diff(tmp_path):
+    import netforge
+    from netforge.weights import read_caffemodel
+
+    net = tmp_path / "net.prototxt"
+    net.write_text(NET)
+    path = tmp_path / "solver.prototxt"
+    path.write_text(f'net: "{net}" base_lr: 0.1 lr_policy: "fixed" max_iter: 4 '
+                    f'snapshot_diff: true snapshot_prefix: "{tmp_path}/api" random_seed: 2')
+    solver = netforge.get_solver(str(path))
+    assert solver.iter == 0 and solver.test_nets == []
+    solver.step(2)
+    assert solver.iter == 2
+    model, state = solver.snapshot()
+    saved = {layer.name: layer for layer in read_caffemodel(model).layer}
+    np.testing.assert_allclose(np.array(saved["ip1"].blobs[0].diff).reshape(5, 6),
+                               solver.net.params["ip1"][0].diff, rtol=1e-6)
+    solver.solve()
+    assert solver.iter == 4
+    solver.close()
+    again = netforge.get_solver(str(path))
+    again.restore(str(state))
+    assert again.iter == 2
+    again.close()

@@ -13,8 +13,10 @@ mkdir -p "$RUN"
 echo "== 1. expanding tests/data/mnist_4k.csv.gz into PNG class folders"
 "$BIN/python" tools/mnist_to_folders.py --csv tests/data/mnist_4k.csv.gz "$RUN/digits"
 
-echo "== 2. netforge convert (LMDB, 10% of each class held out for validation)"
-"$BIN/netforge" convert "$RUN/digits" "$RUN/mnist" --gray --val-fraction 0.1 --seed 1
+echo "== 2. netforge convert (LMDB at 32x32, 10% of each class held out for validation)"
+# 32x32 so that training can take random 28x28 crops (see configs/lenet_train_test.prototxt).
+"$BIN/netforge" convert "$RUN/digits" "$RUN/mnist" --gray --val-fraction 0.1 --seed 1 \
+    --resize-height 32 --resize-width 32
 
 echo "== 3. netforge train (LeNet, configs/lenet_solver.prototxt)"
 "$BIN/netforge" train --solver configs/lenet_solver.prototxt 2>&1 | tee "$RUN/train.log"
@@ -26,5 +28,16 @@ echo "== 4. netforge test (the held-out digits, final snapshot)"
 
 echo "== 5. netforge plot (training curves from the metrics file written beside the snapshots)"
 "$BIN/netforge" plot "$RUN/lenet_metrics.jsonl" --output "$RUN/curves.png"
+
+echo "== 6. netforge freeze (deploy net + weights + preprocessing + labels in one file)"
+# The database holds 32x32 digits and TEST takes their centre 28x28: --image-dims 32 32 makes
+# predict do the same (resize to 32x32, centre crop to the net's 28x28 input).
+"$BIN/netforge" freeze --model configs/lenet.prototxt \
+    --weights "$RUN/lenet_iter_2000.caffemodel" --output "$RUN/lenet.nf" \
+    --scale 0.00390625 --image-dims 32 32 --labels "$RUN/mnist/labels.txt"
+
+echo "== 7. netforge predict (one digit image of each class from the sample)"
+for digit in 0 1 2 3 4 5 6 7 8 9; do ls "$RUN/digits/$digit/"*.png | tail -n 1; done \
+    | xargs "$BIN/netforge" -q predict "$RUN/lenet.nf" --top-k 3 | tee "$RUN/predictions.txt"
 
 echo "== done in $(( $(date +%s) - start )) s; outputs in $RUN/"

@@ -76,6 +76,9 @@ class Layer:
         """Write bottom diffs where propagate_down; accumulate param diffs."""
 
     has_backward = True
+    # Set by the graph compiler: whether the net will ever call this layer's backward. A layer
+    # may skip forward work that only backward needs (MAX pooling's argmax) when it is False.
+    need_backward = True
     # Tops whose shapes depend on bottom *values* (Filter) or are set by user code (Python):
     # such a layer may reshape its tops inside forward, and the net then reshapes the layers
     # after it (see Plan.reshape).

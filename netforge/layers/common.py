@@ -56,6 +56,9 @@ class InnerProductLayer(Layer):
                                                        dtype=self.dtype), self.xp)
         return [(*shape[: self.axis], n)]
 
+    def forward_scratch(self) -> list[dict]:
+        return [self.ws]  # gradient staging only
+
     def forward(self, bottoms, tops):
         x = bottoms[0].data.reshape(self.m, -1)
         y = tops[0].data.reshape(self.m, -1)
@@ -223,6 +226,9 @@ class SoftmaxLayer(Layer):
         self.ws = allocate(ops.softmax_workspace_shapes(bottom_shapes[0], self.axis,
                                                         self.dtype), self.xp)
         return [bottom_shapes[0]]
+
+    def forward_scratch(self) -> list[dict]:
+        return [self.ws]
 
     def forward(self, bottoms, tops):
         ops.softmax_forward(bottoms[0].data, tops[0].data, axis=self.axis, ws=self.ws)

@@ -137,6 +137,11 @@ class ConvolutionLayer(Layer):
         return {"stride": self.stride, "pad": self.pad, "dilation": self.dilation,
                 "group": self.group}
 
+    def forward_scratch(self) -> list[dict]:
+        """Workspaces that hold nothing from one forward to the next (when no backward runs,
+        which is all that reuse_col needs them for): a memory plan may share them."""
+        return self.workspaces
+
     def forward(self, bottoms, tops):
         w = self.blobs[0].data
         b = self.blobs[1].data if self.bias_term else None
@@ -288,25 +293,37 @@ class PoolingLayer(Layer):
         if oh <= 0 or ow <= 0:
             raise self.shape_error(f"input {shape} is smaller than the kernel {self.kernel}")
         top = (shape[0], shape[1], oh, ow)
+        window = {"kernel": self.kernel, "stride": self.stride}
         if self.method == pb.PoolingParameter.MAX:
             self.argmax = self.xp.empty(top, dtype=self.xp.int32)
-            spec = pooling.max_pool_workspace_shapes(shape, top, index_dtype=self.xp.int32)
+            spec = pooling.max_pool_workspace_shapes(shape, top, pad=self.pad,
+                                                     index_dtype=self.xp.int32,
+                                                     dtype=self.dtype, **window)
         elif self.stochastic:
             self.sample = self.xp.empty(top, dtype=self.xp.int32)  # TRAIN's sampled pixels
             spec = pooling.stochastic_pool_workspace_shapes(shape, top, dtype=self.dtype,
-                                                            index_dtype=self.xp.int32)
+                                                            index_dtype=self.xp.int32,
+                                                            **window)
         else:
-            spec = pooling.ave_pool_workspace_shapes(shape, top, dtype=self.dtype)
+            spec = pooling.ave_pool_workspace_shapes(shape, top, pad=self.pad, dtype=self.dtype,
+                                                     **window)
         self.ws = allocate(spec, self.xp)
         return [top] * len(self.param.top or [None])
 
     def _geometry(self) -> dict:
         return {"kernel": self.kernel, "stride": self.stride, "pad": self.pad, "ws": self.ws}
 
+    def forward_scratch(self) -> list[dict]:
+        return [self.ws]  # pure scratch; the argmax and samples are kept outside it
+
     def forward(self, bottoms, tops):
         x, y = bottoms[0].data, tops[0].data
         if self.method == pb.PoolingParameter.MAX:
-            pooling.max_pool_forward(x, y, self.argmax, **self._geometry())
+            # The argmax is only for backward and the mask top: a net that never runs this
+            # layer's backward (predict) skips computing it.
+            want_argmax = self.need_backward or len(tops) == 2
+            pooling.max_pool_forward(x, y, self.argmax if want_argmax else None,
+                                     **self._geometry())
             if len(tops) == 2:
                 tops[1].data[...] = self.argmax
         elif self.stochastic:

@@ -87,15 +87,19 @@ def spp_workspace_shapes(x_shape: tuple[int, ...], levels: list[SppLevel], metho
     for lv in levels:
         y_shape = (x_shape[0], x_shape[1], *lv.out)
         if method == "MAX":
-            spec = pooling.max_pool_workspace_shapes(x_shape, y_shape, index_dtype=index_dtype)
+            spec = pooling.max_pool_workspace_shapes(x_shape, y_shape, kernel=lv.kernel,
+                                                     stride=lv.stride, pad=lv.pad,
+                                                     index_dtype=index_dtype, dtype=dt)
         elif method == "AVE":
-            spec = pooling.ave_pool_workspace_shapes(x_shape, y_shape, dtype=dt)
+            spec = pooling.ave_pool_workspace_shapes(x_shape, y_shape, kernel=lv.kernel,
+                                                     stride=lv.stride, pad=lv.pad, dtype=dt)
         else:
             if lv.pad != (0, 0):
                 raise ValueError(f"STOCHASTIC pooling takes no padding, but a {x_shape[2]}x"
                                  f"{x_shape[3]} input needs pad {lv.pad} for {lv.bins}x"
                                  f"{lv.bins} bins")
-            spec = pooling.stochastic_pool_workspace_shapes(x_shape, y_shape, dtype=dt,
+            spec = pooling.stochastic_pool_workspace_shapes(x_shape, y_shape, kernel=lv.kernel,
+                                                            stride=lv.stride, dtype=dt,
                                                             index_dtype=index_dtype)
         spec["y"] = (y_shape, dt)
         spec["dy"] = (y_shape, dt)

@@ -45,6 +45,8 @@ POOL_CASES = [
     ("tiled-rect", (2, 2, 6, 9), (2, 3), (2, 3), 0),
     ("global", (2, 3, 5, 6), (5, 6), 1, 0),
     ("global-1x1", (2, 3, 1, 1), 1, 1, 0),
+    # More than 255 window positions: the position codes need 16 bits.
+    ("16x17-window", (1, 1, 17, 18), (16, 17), 1, 0),
 ]
 IDS = [case[0] for case in POOL_CASES]
 
@@ -64,14 +66,16 @@ def _distinct(xs, seed=0):
 def _max(x, kernel, stride, pad, index_dtype=np.intp):
     y = np.empty(_out_shape(x.shape, kernel, stride, pad), x.dtype)
     argmax = np.empty(y.shape, index_dtype)
-    ws = allocate(max_pool_workspace_shapes(x.shape, y.shape, index_dtype=index_dtype))
+    ws = allocate(max_pool_workspace_shapes(x.shape, y.shape, kernel=kernel, stride=stride,
+                                            pad=pad, index_dtype=index_dtype, dtype=x.dtype))
     geo = {"kernel": kernel, "stride": stride, "pad": pad, "ws": ws}
     return y, argmax, geo
 
 
 def _ave(x, kernel, stride, pad):
     y = np.empty(_out_shape(x.shape, kernel, stride, pad), x.dtype)
-    ws = allocate(ave_pool_workspace_shapes(x.shape, y.shape, dtype=x.dtype))
+    ws = allocate(ave_pool_workspace_shapes(x.shape, y.shape, kernel=kernel, stride=stride,
+                                            pad=pad, dtype=x.dtype))
     return y, {"kernel": kernel, "stride": stride, "pad": pad, "ws": ws}
 
 
@@ -234,7 +238,8 @@ def _positive(xs, seed=0):
 def _stochastic(x, kernel, stride):
     y = np.empty(_out_shape(x.shape, kernel, stride, 0), x.dtype)
     index = np.empty(y.shape, np.int32)
-    ws = allocate(stochastic_pool_workspace_shapes(x.shape, y.shape, dtype=x.dtype,
+    ws = allocate(stochastic_pool_workspace_shapes(x.shape, y.shape, kernel=kernel,
+                                                   stride=stride, dtype=x.dtype,
                                                    index_dtype=np.int32))
     return y, index, {"kernel": kernel, "stride": stride, "ws": ws}
 

@@ -7,6 +7,7 @@ For each zoo deploy net (configs/zoo/<net>_deploy.prototxt) at a small batch:
     Concat, Eltwise, InnerProduct, ReLU, Dropout, Softmax), holding copies of netforge's
     weights — so both time the same net. A first pass checks that both give the same outputs
     and input gradients before anything is timed.
+  * the check runs in float64 (see check_equivalence); the timed runs in float32.
   * one fwd+bwd = forward a random batch, seed every output with a random gradient, backward
     to the input (netforge: net.forward/net.backward; torch: autograd with x.requires_grad).
 
@@ -14,14 +15,16 @@ Each measurement runs in its own child process (one net, one framework) with the
 thread count, so that memory figures do not mix. Reported per net:
   ms         median wall time of one fwd+bwd over --iters timed iterations after a warm-up
   ratio      netforge ms / torch ms
-  nf traced  netforge's peak of numpy memory (tracemalloc: numpy reports its buffers) from
-             before the net is built to the end of a fwd+bwd — params, diffs, activations,
-             workspaces
-  RSS        peak resident set size (sampled every 0.5 ms from a thread) during the build
-             and first fwd+bwd, minus the RSS before: for netforge, from before the net is
-             built; for torch, the parameter bytes plus the growth during the first fwd+bwd
-             (parameter gradients and saved activations). torch's allocator is invisible
-             to tracemalloc, so RSS is the common yardstick
+  nf traced  netforge's peak of traced memory (tracemalloc: numpy reports its buffers)
+             during the first fwd+bwd after the build: params, diffs, activations and
+             workspaces it holds, plus anything a step allocates (build-time filler
+             temporaries excluded)
+  RSS        peak resident set size (sampled every 0.5 ms from a thread) during the first
+             fwd+bwd, minus the RSS before the model existed: for netforge, from before
+             the net is built; for torch, the parameter bytes plus the growth during the
+             first fwd+bwd (parameter gradients and saved activations). torch's allocator
+             is invisible to tracemalloc, so RSS is the common yardstick
+  mem ratio  netforge RSS / torch RSS
 
     .venv/bin/python tools/bench/zoo.py [--nets alexnet,squeezenet1.1,resnet50]
                                         [--batch 2] [--iters 5] [--threads 2]
@@ -56,7 +59,7 @@ def rss_mb() -> float:
 # -- netforge ------------------------------------------------------------------------------
 
 
-def build_netforge(name: str, batch: int, seed: int = 0):
+def build_netforge(name: str, batch: int, seed: int = 0, dtype: str = "float32"):
     import numpy as np
 
     from netforge import config
@@ -66,7 +69,7 @@ def build_netforge(name: str, batch: int, seed: int = 0):
     param = config.load_net_param(ZOO / f"{name}_deploy.prototxt")
     set_batch_size(param, batch)
     param.force_backward = True
-    net = Net(param, "test", seed=seed)
+    net = Net(param, "test", seed=seed, dtype=np.dtype(dtype))
     rng = np.random.default_rng(seed)
     for layer in net.layers:
         blobs = layer.blobs
@@ -82,6 +85,8 @@ def build_netforge(name: str, batch: int, seed: int = 0):
                 bias.data[...] = rng.normal(0, 0.1, bias.shape)
     # BatchNorm statistics near those of a random input keep activations O(1); arbitrary
     # ones let ResNet's logits reach 1e5, saturating the softmax (all gradients 0).
+    if not any(layer.type == "BatchNorm" for layer in net.layers):
+        return net
     net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
     for step in net.plan.steps:
         if step.layer.type == "BatchNorm":
@@ -323,9 +328,12 @@ def measure(framework: str, name: str, batch: int, iters: int, threads: int) -> 
 
         base = rss_mb()
         tracemalloc.start()
+        net = build_netforge(name, batch)
+        x, grads = inputs_for(net)
+        # Build-time temporaries (fillers) are freed by now; like torch's figure, measure
+        # what is held plus what the first fwd+bwd adds.
+        tracemalloc.reset_peak()
         with PeakRSS() as sampler:
-            net = build_netforge(name, batch)
-            x, grads = inputs_for(net)
             netforge_step(net, x, grads)
         _, traced_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
@@ -356,19 +364,22 @@ def measure(framework: str, name: str, batch: int, iters: int, threads: int) -> 
 
 def check_equivalence(name: str, batch: int) -> tuple[float, float]:
     """Max relative differences (outputs, input gradient) between netforge and the
-    translation, after one fwd+bwd on the same batch."""
+    translation after one fwd+bwd on the same batch, both in float64: in float32 the input
+    gradient of a 50-layer net differs by up to a few percent between any two correct
+    implementations (summation order), which would hide a real mismatch."""
     import numpy as np
     import torch
 
-    net = build_netforge(name, batch)
+    net = build_netforge(name, batch, dtype="float64")
     model = translate(net)
     x, grads = inputs_for(net)
+    x, grads = x.astype(np.float64), {k: v.astype(np.float64) for k, v in grads.items()}
     netforge_step(net, x, grads)
     blobs, x_grad = torch_step(model, torch.from_numpy(x),
                                {k: torch.from_numpy(v) for k, v in grads.items()})
 
     def rel(a, b):
-        return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+        return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
     out = max(rel(net.blobs[o].data, blobs[o].detach().numpy()) for o in net.outputs)
     return out, rel(net.blobs["data"].diff, x_grad.numpy())
@@ -393,7 +404,9 @@ def main() -> None:
                         help=f"comma-separated, from {', '.join(ALL_NETS)} (or 'all')")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="BLAS/OpenMP threads for both (use 1 on a loaded machine: "
+                        "spinning OpenMP barriers make 2-thread timings erratic there)")
     parser.add_argument("--no-check", action="store_true", help="skip the equivalence check")
     parser.add_argument("--child", choices=["netforge", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -417,7 +430,8 @@ def main() -> None:
     print(f"zoo fwd+bwd, batch {args.batch}, {args.threads} thread(s), median of {args.iters} "
           f"after a warm-up; torch {torch.__version__}")
     header = (f"{'net':<14} {'netforge ms':>11} {'torch ms':>9} {'ratio':>6} "
-              f"{'nf traced MB':>12} {'nf RSS MB':>9} {'torch RSS MB':>12} {'check':>18}")
+              f"{'nf traced MB':>12} {'nf RSS MB':>9} {'torch RSS MB':>12} {'mem ratio':>9} "
+              f"{'check (float64)':>20}")
     print(header)
     print("-" * len(header))
     for name in nets:
@@ -429,7 +443,7 @@ def main() -> None:
         th = run_child("torch", name, args)
         print(f"{name:<14} {nf['ms']:>11.1f} {th['ms']:>9.1f} {nf['ms'] / th['ms']:>6.2f} "
               f"{nf['traced_mb']:>12.0f} {nf['rss_mb']:>9.0f} {th['rss_mb']:>12.0f} "
-              f"{check:>18}", flush=True)
+              f"{nf['rss_mb'] / th['rss_mb']:>9.1f} {check:>20}", flush=True)
 
 
 if __name__ == "__main__":

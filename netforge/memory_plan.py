@@ -1,0 +1,196 @@
+"""Memory reuse for forward-only nets: activations that are never alive at the same time
+share one buffer, and every layer's scratch workspace lives in one arena.
+
+A net loaded to predict runs its layers once each, in order, and never backward. The blob a
+layer writes is read by the layers after it and is dead after its last reader, so its memory
+can hold a later blob. ``share_memory(plan, keep)``:
+
+1. groups blobs by the memory they already alias (in-place tops are the bottom's Blob; Split
+   tops, Reshape and one-top Slice views point into their bottom's array);
+2. gives each group its live range, from the step that first writes it to the last step
+   that reads any of its blobs;
+3. assigns groups to slots, greedily in order of first write: a group takes the free slot
+   (its last group dead before this one is written) closest in size, else a new slot; a slot
+   is one array as large as its largest group (the greedy-by-size scheme of TFLite's arena
+   planner, here by first use so that slots rarely need to grow);
+4. points each group's root blob at its slot and re-runs the aliasing (``share_tops``);
+5. gives layers that declare pure scratch workspaces (``Layer.forward_scratch``) one common
+   arena, as large as the largest, since only one layer runs at a time.
+
+Never shared: the net's inputs and the tops of other source layers (their content comes
+from outside forward), the net's outputs, and the blobs named in ``keep`` (with everything
+aliasing them). Every other blob's data is valid only until a later layer reuses its memory:
+``net.blobs["conv1"].data`` after a forward holds some later activation. That is why reuse is
+opt-in (``Net(..., reuse_memory=True, keep_blobs=[...])``), for nets loaded to predict.
+Results never change: every layer reads exactly the values it read without sharing
+(tests/test_memory_plan.py checks outputs bit for bit).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger("netforge")
+
+_ALIGN = 64  # bytes; slots and arena pieces start on cache-line boundaries
+
+
+@dataclass
+class MemoryPlan:
+    """What ``share_memory`` did: the kept names and the sizes, for logs and tests."""
+
+    keep: frozenset[str]
+    slots: list[int] = field(default_factory=list)  # bytes per activation slot
+    shared_blobs: list[str] = field(default_factory=list)  # names whose memory is reused
+    activation_bytes_before: int = 0
+    scratch_bytes_before: int = 0
+    scratch_bytes: int = 0
+
+    @property
+    def activation_bytes(self) -> int:
+        return sum(self.slots)
+
+
+def _root(array) -> object:
+    """The array that owns ``array``'s memory (following views)."""
+    while getattr(array, "base", None) is not None and not isinstance(array.base, bytes):
+        array = array.base
+    return array
+
+
+def _nbytes(array) -> int:
+    return int(array.size) * array.dtype.itemsize
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
+
+
+def unsupported_reason(plan) -> str | None:
+    """Why this plan cannot share memory, or None."""
+    for step in plan.steps:
+        if step.layer.dynamic_top_shapes:
+            return f"{step.layer.label} may reshape its tops during forward"
+    return None
+
+
+def share_memory(plan, keep, reshare_tops) -> MemoryPlan | None:
+    """Share activation memory and layer scratch in ``plan`` (see the module docstring);
+    ``reshare_tops(plan)`` re-points aliasing tops at their bottoms' new memory.
+
+    Returns the MemoryPlan, or None (and changes nothing) when the plan has a layer whose
+    tops change shape during forward. The caller must never run backward afterwards.
+    """
+    reason = unsupported_reason(plan)
+    if reason:
+        log.info("Memory reuse disabled: %s", reason)
+        return None
+    report = MemoryPlan(frozenset(keep))
+    _share_activations(plan, report)
+    reshare_tops(plan)
+    _share_scratch(plan, report)
+    log.info("Memory reuse: activations %d -> %d bytes in %d slots, layer scratch %d -> %d "
+             "bytes", report.activation_bytes_before, report.activation_bytes,
+             len(report.slots), report.scratch_bytes_before, report.scratch_bytes)
+    return report
+
+
+# -- activations ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Group:
+    """Blobs sharing one memory root; ``owner`` is the Blob whose array is that root."""
+
+    root: object
+    owner: object = None
+    names: list[str] = field(default_factory=list)
+    first: int = -1  # step that first writes the group
+    last: int = -1  # last step that reads (or writes) it
+    pinned: bool = False
+
+
+def _share_activations(plan, report: MemoryPlan) -> None:
+    groups: dict[int, _Group] = {}
+
+    def group_of(blob) -> _Group:
+        root = _root(blob.data)
+        group = groups.get(id(root))
+        if group is None:
+            group = groups[id(root)] = _Group(root)
+        if blob.data is root:
+            group.owner = blob
+        return group
+
+    inputs = set(plan.inputs)
+    pinned_names = set(plan.outputs) | inputs | set(report.keep)
+    for i, step in enumerate(plan.steps):
+        for blob in step.bottoms:
+            group = group_of(blob)
+            group.last = max(group.last, i)
+        for name, blob in zip(step.top_names, step.tops, strict=True):
+            group = group_of(blob)
+            if group.first < 0:
+                group.first = i
+            group.last = max(group.last, i)
+            if name not in group.names:
+                group.names.append(name)
+            if not step.bottoms or name in pinned_names:
+                group.pinned = True  # sources' tops, inputs, outputs, kept blobs
+    for group in groups.values():
+        if group.owner is None or group.first < 0:
+            group.pinned = True  # memory we did not allocate, or never written here
+    report.activation_bytes_before = sum(_nbytes(g.root) for g in groups.values()
+                                         if not g.pinned)
+
+    # Greedy slot assignment in order of first write.
+    slots: list[list] = []  # [size in bytes, free from step, groups]
+    for group in sorted((g for g in groups.values() if not g.pinned), key=lambda g: g.first):
+        size = _aligned(_nbytes(group.root))
+        free = [s for s in slots if s[1] < group.first]
+        if free:
+            # Closest in size: the smallest that fits, else the largest (which then grows).
+            fitting = [s for s in free if s[0] >= size]
+            slot = (min(fitting, key=lambda s: s[0]) if fitting
+                    else max(free, key=lambda s: s[0]))
+            slot[0] = max(slot[0], size)
+        else:
+            slot = [size, -1, []]
+            slots.append(slot)
+        slot[1] = group.last
+        slot[2].append(group)
+    for size, _, members in slots:
+        arena = np.empty(size, dtype=np.uint8)
+        for group in members:
+            data = group.owner.data
+            view = arena[:_nbytes(data)].view(data.dtype).reshape(data.shape)
+            group.owner.data = view
+            report.shared_blobs.extend(group.names)
+        report.slots.append(size)
+
+
+# -- layer scratch -------------------------------------------------------------------------
+
+
+def _share_scratch(plan, report: MemoryPlan) -> None:
+    """One arena for every ``forward_scratch`` workspace (only one layer runs at a time)."""
+    spaces = []
+    for step in plan.steps:
+        scratch = getattr(step.layer, "forward_scratch", None)
+        if scratch is not None:
+            spaces.extend(scratch())
+    if not spaces:
+        return
+    sizes = [sum(_aligned(_nbytes(a)) for a in ws.values()) for ws in spaces]
+    report.scratch_bytes_before = sum(sizes)
+    report.scratch_bytes = max(sizes)
+    arena = np.empty(report.scratch_bytes, dtype=np.uint8)
+    for ws in spaces:
+        at = 0
+        for name, array in list(ws.items()):
+            nbytes = _nbytes(array)
+            ws[name] = arena[at:at + nbytes].view(array.dtype).reshape(array.shape)
+            at += _aligned(nbytes)

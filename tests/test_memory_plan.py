@@ -1,0 +1,163 @@
+"""Memory reuse for forward-only nets (netforge.memory_plan, Net(reuse_memory=True)).
+
+Sharing must never change a result: outputs equal bit for bit those of the same net without
+sharing; kept blobs stay readable; blobs that are alive at the same time never share memory.
+"""
+
+import numpy as np
+import pytest
+
+from netforge import config
+from netforge import netforge_pb2 as pb
+from netforge.errors import ConfigError, GraphError
+from netforge.net import Net
+
+# Branches (an automatic Split), in-place ReLU, a Reshape view, Concat, Eltwise, both
+# pooling kinds, convolutions with and without padding, InnerProduct and Softmax.
+NET = """
+name: "branchy"
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 3 dim: 2 dim: 12 dim: 12 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "left" type: "Convolution" bottom: "conv1" top: "left"
+        convolution_param { num_output: 3 kernel_size: 1
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "right" type: "Convolution" bottom: "conv1" top: "right"
+        convolution_param { num_output: 3 kernel_size: 3 pad: 1
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "sum" type: "Eltwise" bottom: "left" bottom: "right" top: "sum" }
+layer { name: "cat" type: "Concat" bottom: "sum" bottom: "conv1" top: "cat" }
+layer { name: "pool1" type: "Pooling" bottom: "cat" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param { num_output: 5 kernel_size: 3
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2"
+        pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
+layer { name: "flat" type: "Reshape" bottom: "pool2" top: "flat"
+        reshape_param { shape { dim: 0 dim: -1 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "flat" top: "ip"
+        inner_product_param { num_output: 6 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" }
+"""
+
+
+def _param() -> pb.NetParameter:
+    return config.parse_text(NET, pb.NetParameter(), "branchy.prototxt")
+
+
+def _pair(**options):
+    """The same net (same seed, so the same weights) without and with memory reuse."""
+    return Net(_param(), "test", seed=3), Net(_param(), "test", seed=3, reuse_memory=True,
+                                              **options)
+
+
+def _batch(seed: int, shape=(3, 2, 12, 12)):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_outputs_are_bit_identical_over_several_forwards():
+    plain, shared = _pair()
+    for seed in range(3):
+        x = _batch(seed)
+        expected = {k: v.copy() for k, v in plain.forward(data=x).items()}
+        got = shared.forward(data=x)
+        assert set(got) == {"prob"}
+        np.testing.assert_array_equal(got["prob"], expected["prob"])
+
+
+def test_memory_is_actually_shared():
+    _, shared = _pair()
+    memory = shared.plan.memory
+    assert memory is not None
+    assert memory.activation_bytes < memory.activation_bytes_before
+    assert memory.scratch_bytes < memory.scratch_bytes_before
+    # pool1 is dead once conv2 has read it, so a later activation lives in its memory.
+    later = ("pool2", "flat", "ip")
+    assert any(np.shares_memory(shared.blobs["pool1"].data, shared.blobs[name].data)
+               for name in later)
+
+
+
+
+def test_blobs_alive_at_the_same_time_never_share_memory():
+    _, shared = _pair()
+    steps = shared.plan.steps
+    # Per blob name: first step writing it and last step reading it.
+    live = {}
+    for i, step in enumerate(steps):
+        for name in list(step.bottom_names) + list(step.top_names):
+            first, _ = live.get(name, (i, i))
+            live[name] = (first, i)
+    names = list(live)
+    for a in range(len(names)):
+        for b in range(a + 1, len(names)):
+            (fa, la), (fb, lb) = live[names[a]], live[names[b]]
+            if fa > lb or fb > la:
+                continue  # never alive together
+            da, db = shared.blobs[names[a]].data, shared.blobs[names[b]].data
+            aliases = da is db or da.base is db or db.base is da or (
+                da.base is not None and da.base is db.base and da.size == db.size)
+            if np.shares_memory(da, db) and not aliases:
+                pytest.fail(f"{names[a]} {live[names[a]]} and {names[b]} {live[names[b]]} "
+                            "are alive together but share memory")
+
+
+def test_kept_blobs_inputs_and_outputs_stay_readable():
+    plain, shared = _pair(keep_blobs=["conv1", "pool1"])
+    x = _batch(7)
+    plain.forward(data=x)
+    got = shared.forward(data=x, blobs=["conv1", "pool1"])
+    for name in ("conv1", "pool1"):
+        np.testing.assert_array_equal(got[name], plain.blobs[name].data)
+        np.testing.assert_array_equal(shared.blobs[name].data, plain.blobs[name].data)
+    np.testing.assert_array_equal(shared.blobs["data"].data, x)
+    np.testing.assert_array_equal(shared.blobs["prob"].data, plain.blobs["prob"].data)
+
+
+def test_forward_up_to_a_layer_returns_its_fresh_tops():
+    plain, shared = _pair()
+    x = _batch(2)
+    expected = plain.forward(data=x, end="conv2")["conv2"].copy()
+    np.testing.assert_array_equal(shared.forward(data=x, end="conv2")["conv2"], expected)
+
+
+def test_reading_a_shared_blob_backward_or_a_resumed_forward_is_refused():
+    _, shared = _pair()
+    shared.forward(data=_batch(0))
+    with pytest.raises(GraphError, match="keep_blobs"):
+        shared.forward(blobs=["pool1"])
+    with pytest.raises(ConfigError, match="forward only"):
+        shared.backward()
+    with pytest.raises(GraphError, match="pool1"):
+        shared.forward(start="conv2")
+
+
+def test_reshape_plans_again_and_stays_identical():
+    plain, shared = _pair()
+    for net in (plain, shared):
+        net.blobs["data"].reshape(5, 2, 12, 12)
+        net.reshape()
+    x = _batch(4, (5, 2, 12, 12))
+    expected = plain.forward(data=x)["prob"].copy()
+    np.testing.assert_array_equal(shared.forward(data=x)["prob"], expected)
+    memory = shared.plan.memory
+    assert memory is not None and memory.activation_bytes < memory.activation_bytes_before
+
+
+def test_a_layer_that_reshapes_its_tops_in_forward_disables_sharing():
+    text = """
+    layer { name: "data" type: "Input" top: "data" top: "keep"
+            input_param { shape { dim: 4 dim: 3 } shape { dim: 4 } } }
+    layer { name: "filter" type: "Filter" bottom: "data" bottom: "keep" top: "kept" }
+    layer { name: "relu" type: "ReLU" bottom: "kept" top: "out" }
+    """
+    param = config.parse_text(text, pb.NetParameter(), "f.prototxt")
+    net = Net(param, "test", reuse_memory=True)
+    assert net.plan.memory is None
+    out = net.forward(data=np.arange(12, dtype=np.float32).reshape(4, 3) - 5,
+                      keep=np.array([1, 0, 1, 0], np.float32))["out"]
+    np.testing.assert_array_equal(out, np.maximum(np.array([[-5, -4, -3], [1, 2, 3]]), 0))
