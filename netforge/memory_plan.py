@@ -176,21 +176,25 @@ def _share_activations(plan, report: MemoryPlan) -> None:
 
 
 def _share_scratch(plan, report: MemoryPlan) -> None:
-    """One arena for every ``forward_scratch`` workspace (only one layer runs at a time)."""
-    spaces = []
+    """One arena for every layer's ``forward_scratch`` workspaces: only one layer runs at a
+    time, but one layer's workspaces may be in use together (one per batch slice running on
+    its own core, one per bottom), so within a layer they lie side by side."""
+    layers = []
     for step in plan.steps:
         scratch = getattr(step.layer, "forward_scratch", None)
         if scratch is not None:
-            spaces.extend(scratch())
-    if not spaces:
+            layers.append(scratch())
+    sizes = [sum(_aligned(_nbytes(a)) for ws in spaces for a in ws.values())
+             for spaces in layers]
+    if not sizes:
         return
-    sizes = [sum(_aligned(_nbytes(a)) for a in ws.values()) for ws in spaces]
     report.scratch_bytes_before = sum(sizes)
     report.scratch_bytes = max(sizes)
     arena = np.empty(report.scratch_bytes, dtype=np.uint8)
-    for ws in spaces:
+    for spaces in layers:
         at = 0
-        for name, array in list(ws.items()):
-            nbytes = _nbytes(array)
-            ws[name] = arena[at:at + nbytes].view(array.dtype).reshape(array.shape)
-            at += _aligned(nbytes)
+        for ws in spaces:
+            for name, array in list(ws.items()):
+                nbytes = _nbytes(array)
+                ws[name] = arena[at:at + nbytes].view(array.dtype).reshape(array.shape)
+                at += _aligned(nbytes)

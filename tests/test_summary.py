@@ -1,5 +1,6 @@
 """``netforge summary``: per-layer shapes, parameter counts and FLOPs, and their totals."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,17 @@ def test_squeezenet_totals():
     assert rows["pool10"].top_shapes == [(1, 1000, 1, 1)]
 
 
-def test_cli_summary_prints_a_table(capsys):
+@pytest.fixture
+def restore_logging():
+    """The CLI configures the "netforge" logger for its process; put it back afterwards so
+    later tests do not log into this test's closed capture stream."""
+    logger = logging.getLogger("netforge")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def test_cli_summary_prints_a_table(capsys, restore_logging):
     main(["-q", "summary", str(LENET), "--batch", "8"])  # returns normally on success
     out = capsys.readouterr().out
     assert "one multiply-add = 2 FLOPs" in out
@@ -77,7 +88,7 @@ def test_cli_summary_prints_a_table(capsys):
     assert "8×20×24×24" in conv1 and "520" in conv1
 
 
-def test_cli_summary_missing_file_is_exit_code_2(tmp_path):
+def test_cli_summary_missing_file_is_exit_code_2(tmp_path, restore_logging):
     with pytest.raises(SystemExit) as done:
         main(["summary", str(tmp_path / "none.prototxt")])
     assert done.value.code == 2

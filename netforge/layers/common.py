@@ -9,6 +9,7 @@ from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError
 from netforge.layers.base import Layer
 from netforge.layers.registry import register
+from netforge.ops import _parallel as parallel
 from netforge.ops import common as ops
 from netforge.ops._xp import allocate
 
@@ -54,6 +55,11 @@ class InnerProductLayer(Layer):
         self.ws = allocate(ops.linear_workspace_shapes(self.blobs[0].shape,
                                                        transpose=self.transpose,
                                                        dtype=self.dtype), self.xp)
+        # Slices for the cores (netforge.ops._parallel): of the batch rows for y and dx, of
+        # the outputs for dw (so that every slice writes its own rows of dw, no partial sums).
+        count = parallel.parts(self.xp)
+        self.row_parts = parallel.split(self.m, count)
+        self.output_parts = parallel.split(n, count)
         return [(*shape[: self.axis], n)]
 
     def forward_scratch(self) -> list[dict]:
@@ -62,19 +68,45 @@ class InnerProductLayer(Layer):
     def forward(self, bottoms, tops):
         x = bottoms[0].data.reshape(self.m, -1)
         y = tops[0].data.reshape(self.m, -1)
+        w = self.blobs[0].data
         b = self.blobs[1].data if self.bias_term else None
-        ops.linear_forward(x, self.blobs[0].data, b, y, transpose=self.transpose)
+        parallel.run([lambda lo=lo, hi=hi: ops.linear_forward(x[lo:hi], w, b, y[lo:hi],
+                                                              transpose=self.transpose)
+                      for lo, hi in self.row_parts])
 
     def backward(self, tops, propagate_down, bottoms):
         dy = tops[0].diff.reshape(self.m, -1)
         x = bottoms[0].data.reshape(self.m, -1)
+        w = self.blobs[0].data
         dx = bottoms[0].diff.reshape(self.m, -1) if propagate_down[0] else None
         dw = self.blobs[0].diff if self.param_propagate_down[0] else None
         db = None
         if self.bias_term and self.param_propagate_down[1]:
             db = self.blobs[1].diff
-        ops.linear_backward(dy, x, self.blobs[0].data, dx=dx, dw=dw, db=db,
-                            transpose=self.transpose, ws=self.ws)
+        if len(self.row_parts) == 1:
+            ops.linear_backward(dy, x, w, dx=dx, dw=dw, db=db, transpose=self.transpose,
+                                ws=self.ws)
+            return
+        tasks = []
+        if dx is not None:
+            tasks += [lambda lo=lo, hi=hi: ops.linear_backward(
+                dy[lo:hi], x[lo:hi], w, dx=dx[lo:hi], dw=None, db=None,
+                transpose=self.transpose) for lo, hi in self.row_parts]
+        if dw is not None:
+            tasks += [lambda lo=lo, hi=hi: self._weight_rows(dy, x, dw, lo, hi)
+                      for lo, hi in self.output_parts]
+        parallel.run(tasks)
+        if db is not None:
+            ops.linear_backward(dy, x, w, dx=None, dw=None, db=db, ws=self.ws)
+
+    def _weight_rows(self, dy, x, dw, lo: int, hi: int) -> None:
+        """dw for outputs lo:hi (rows of W, or its columns when transposed)."""
+        if self.transpose:
+            ops.linear_backward(dy[:, lo:hi], x, None, dx=None, dw=dw[:, lo:hi], db=None,
+                                transpose=True, ws={"dw": self.ws["dw"][:, lo:hi]})
+        else:
+            ops.linear_backward(dy[:, lo:hi], x, None, dx=None, dw=dw[lo:hi], db=None,
+                                ws={"dw": self.ws["dw"][lo:hi]})
 
 
 @register("Split")

@@ -10,6 +10,7 @@ from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError
 from netforge.layers.base import Layer
 from netforge.layers.registry import register
+from netforge.ops import _parallel as parallel
 from netforge.ops import crop, deconv, pooling, spp
 from netforge.ops import vision as ops
 from netforge.ops._xp import allocate
@@ -130,8 +131,22 @@ class ConvolutionLayer(Layer):
                     f"{top} (kernel {self.kernel}, pad {self.pad}, stride {self.stride}, "
                     f"dilation {self.dilation})")
             tops.append(top)
-            self.workspaces.append(allocate(self._workspace_spec(shape), self.xp))
+            self.workspaces.append(self._batch_parts(shape))
         return tops
+
+    def _batch_parts(self, shape: tuple[int, ...]) -> list[tuple[int, int, dict]]:
+        """(first image, end, workspace) per slice of the batch that runs on its own core
+        (``netforge.ops._parallel``); one slice, the whole batch, when that is off."""
+        count = parallel.parts(self.xp) if self.type == "Convolution" else 1
+        parts = []
+        for lo, hi in parallel.split(shape[0], count):
+            ws = allocate(self._workspace_spec((hi - lo, *shape[1:])), self.xp)
+            if hi - lo < shape[0]:  # this slice's share of the parameter gradients
+                ws["part_dw"] = self.empty(self.blobs[0].shape)
+                if self.bias_term:
+                    ws["part_db"] = self.empty(self.blobs[1].shape)
+            parts.append((lo, hi, ws))
+        return parts
 
     def _geometry(self) -> dict:
         return {"stride": self.stride, "pad": self.pad, "dilation": self.dilation,
@@ -140,13 +155,17 @@ class ConvolutionLayer(Layer):
     def forward_scratch(self) -> list[dict]:
         """Workspaces that hold nothing from one forward to the next (when no backward runs,
         which is all that reuse_col needs them for): a memory plan may share them."""
-        return self.workspaces
+        return [ws for parts in self.workspaces for _, _, ws in parts]
 
     def forward(self, bottoms, tops):
         w = self.blobs[0].data
         b = self.blobs[1].data if self.bias_term else None
-        for bottom, top, ws in zip(bottoms, tops, self.workspaces, strict=True):
-            ops.conv_forward(bottom.data, w, b, top.data, ws=ws, **self._geometry())
+        geometry = self._geometry()
+        for bottom, top, parts in zip(bottoms, tops, self.workspaces, strict=True):
+            parallel.run([
+                lambda x=bottom.data[lo:hi], y=top.data[lo:hi], ws=ws: ops.conv_forward(
+                    x, w, b, y, ws=ws, **geometry)
+                for lo, hi, ws in parts])
 
     def _param_diffs(self):
         dw = self.blobs[0].diff if self.param_propagate_down[0] else None
@@ -156,13 +175,37 @@ class ConvolutionLayer(Layer):
         return dw, db
 
     def backward(self, tops, propagate_down, bottoms):
-        w = self.blobs[0]
+        w = self.blobs[0].data
         dw, db = self._param_diffs()
-        # Only the last bottom's columns are still in its workspace from forward.
-        for j, (bottom, top, ws) in enumerate(zip(bottoms, tops, self.workspaces, strict=True)):
+        geometry = self._geometry()
+        # Each bottom's workspaces still hold the columns its forward built (reuse_col).
+        for j, (bottom, top, parts) in enumerate(zip(bottoms, tops, self.workspaces,
+                                                     strict=True)):
             dx = bottom.diff if propagate_down[j] else None
-            ops.conv_backward(top.diff, bottom.data, w.data, dx=dx, dw=dw, db=db, ws=ws,
-                              reuse_col=True, **self._geometry())
+            if len(parts) == 1:
+                ops.conv_backward(top.diff, bottom.data, w, dx=dx, dw=dw, db=db,
+                                  ws=parts[0][2], reuse_col=True, **geometry)
+                continue
+            self._backward_parts(top.diff, bottom.data, w, dx, dw, db, parts, geometry)
+
+    def _backward_parts(self, dy, x, w, dx, dw, db, parts, geometry) -> None:
+        """Each slice of the batch on its own core, into its own parameter-gradient
+        accumulators, which are then added to dw and db in slice order."""
+        def task(lo, hi, ws):
+            part_dw = ws["part_dw"] if dw is not None else None
+            part_db = ws["part_db"] if db is not None else None
+            for acc in (part_dw, part_db):
+                if acc is not None:
+                    acc.fill(0)
+            ops.conv_backward(dy[lo:hi], x[lo:hi], w, dx=None if dx is None else dx[lo:hi],
+                              dw=part_dw, db=part_db, ws=ws, reuse_col=True, **geometry)
+
+        parallel.run([lambda p=p: task(*p) for p in parts])
+        for _, _, ws in parts:
+            if dw is not None:
+                dw += ws["part_dw"]
+            if db is not None:
+                db += ws["part_db"]
 
 
 @register("Deconvolution")
@@ -190,16 +233,18 @@ class DeconvolutionLayer(ConvolutionLayer):
     def forward(self, bottoms, tops):
         w = self.blobs[0].data
         b = self.blobs[1].data if self.bias_term else None
-        for bottom, top, ws in zip(bottoms, tops, self.workspaces, strict=True):
-            deconv.deconv_forward(bottom.data, w, b, top.data, ws=ws, **self._geometry())
+        for bottom, top, parts in zip(bottoms, tops, self.workspaces, strict=True):
+            deconv.deconv_forward(bottom.data, w, b, top.data, ws=parts[0][2],
+                                  **self._geometry())
 
     def backward(self, tops, propagate_down, bottoms):
         w = self.blobs[0]
         dw, db = self._param_diffs()
-        for j, (bottom, top, ws) in enumerate(zip(bottoms, tops, self.workspaces, strict=True)):
+        for j, (bottom, top, parts) in enumerate(zip(bottoms, tops, self.workspaces,
+                                                     strict=True)):
             dx = bottom.diff if propagate_down[j] else None
-            deconv.deconv_backward(top.diff, bottom.data, w.data, dx=dx, dw=dw, db=db, ws=ws,
-                                   **self._geometry())
+            deconv.deconv_backward(top.diff, bottom.data, w.data, dx=dx, dw=dw, db=db,
+                                   ws=parts[0][2], **self._geometry())
 
 
 @register("Im2col")
@@ -293,28 +338,46 @@ class PoolingLayer(Layer):
         if oh <= 0 or ow <= 0:
             raise self.shape_error(f"input {shape} is smaller than the kernel {self.kernel}")
         top = (shape[0], shape[1], oh, ow)
-        window = {"kernel": self.kernel, "stride": self.stride}
         if self.method == pb.PoolingParameter.MAX:
             self.argmax = self.xp.empty(top, dtype=self.xp.int32)
-            spec = pooling.max_pool_workspace_shapes(shape, top, pad=self.pad,
-                                                     index_dtype=self.xp.int32,
-                                                     dtype=self.dtype, **window)
         elif self.stochastic:
             self.sample = self.xp.empty(top, dtype=self.xp.int32)  # TRAIN's sampled pixels
-            spec = pooling.stochastic_pool_workspace_shapes(shape, top, dtype=self.dtype,
-                                                            index_dtype=self.xp.int32,
-                                                            **window)
-        else:
-            spec = pooling.ave_pool_workspace_shapes(shape, top, pad=self.pad, dtype=self.dtype,
-                                                     **window)
-        self.ws = allocate(spec, self.xp)
+        # MAX and AVE run each slice of the batch on its own core (netforge.ops._parallel),
+        # with its own workspace; STOCHASTIC draws in one sequence, unsplit.
+        count = 1 if self.stochastic else parallel.parts(self.xp)
+        self.parts = [(lo, hi, allocate(self._workspace_spec((hi - lo, *shape[1:]),
+                                                             (hi - lo, *top[1:])), self.xp))
+                      for lo, hi in parallel.split(shape[0], count)]
+        self.ws = self.parts[0][2]
         return [top] * len(self.param.top or [None])
 
+    def _workspace_spec(self, shape, top):
+        window = {"kernel": self.kernel, "stride": self.stride}
+        if self.method == pb.PoolingParameter.MAX:
+            return pooling.max_pool_workspace_shapes(shape, top, pad=self.pad,
+                                                     index_dtype=self.xp.int32,
+                                                     dtype=self.dtype, **window)
+        if self.stochastic:
+            return pooling.stochastic_pool_workspace_shapes(shape, top, dtype=self.dtype,
+                                                            index_dtype=self.xp.int32,
+                                                            **window)
+        return pooling.ave_pool_workspace_shapes(shape, top, pad=self.pad, dtype=self.dtype,
+                                                 **window)
+
     def _geometry(self) -> dict:
-        return {"kernel": self.kernel, "stride": self.stride, "pad": self.pad, "ws": self.ws}
+        return {"kernel": self.kernel, "stride": self.stride, "pad": self.pad}
 
     def forward_scratch(self) -> list[dict]:
-        return [self.ws]  # pure scratch; the argmax and samples are kept outside it
+        # Pure scratch; the argmax and samples are kept outside it.
+        return [ws for _, _, ws in self.parts]
+
+    def _run_parts(self, kernel, *arrays) -> None:
+        """``kernel(*slices, ws=...)`` on each batch slice of ``arrays`` (None passes)."""
+        geometry = self._geometry()
+        parallel.run([
+            lambda lo=lo, hi=hi, ws=ws: kernel(
+                *[None if a is None else a[lo:hi] for a in arrays], ws=ws, **geometry)
+            for lo, hi, ws in self.parts])
 
     def forward(self, bottoms, tops):
         x, y = bottoms[0].data, tops[0].data
@@ -322,8 +385,8 @@ class PoolingLayer(Layer):
             # The argmax is only for backward and the mask top: a net that never runs this
             # layer's backward (predict) skips computing it.
             want_argmax = self.need_backward or len(tops) == 2
-            pooling.max_pool_forward(x, y, self.argmax if want_argmax else None,
-                                     **self._geometry())
+            self._run_parts(pooling.max_pool_forward, x, y,
+                            self.argmax if want_argmax else None)
             if len(tops) == 2:
                 tops[1].data[...] = self.argmax
         elif self.stochastic:
@@ -333,14 +396,14 @@ class PoolingLayer(Layer):
             else:
                 pooling.stochastic_pool_forward_test(x, y, **window)
         else:
-            pooling.ave_pool_forward(x, y, **self._geometry())
+            self._run_parts(pooling.ave_pool_forward, x, y)
 
     def backward(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
         dy, dx = tops[0].diff, bottoms[0].diff
         if self.method == pb.PoolingParameter.MAX:
-            pooling.max_pool_backward(dy, self.argmax, dx, **self._geometry())
+            self._run_parts(pooling.max_pool_backward, dy, self.argmax, dx)
         elif self.stochastic:
             window = {"kernel": self.kernel, "stride": self.stride, "ws": self.ws}
             if self.phase == "TRAIN":
@@ -348,7 +411,7 @@ class PoolingLayer(Layer):
             else:
                 pooling.stochastic_pool_backward_test(dy, bottoms[0].data, dx, **window)
         else:
-            pooling.ave_pool_backward(dy, dx, **self._geometry())
+            self._run_parts(pooling.ave_pool_backward, dy, dx)
 
 
 def _pool_pair(p, stem: str, field: str, label: str) -> tuple[int, int]:

@@ -1,0 +1,97 @@
+"""netforge.ops._parallel: the batch-parallel pool, and layers run in batch slices giving the
+results of the unsplit layers."""
+
+import numpy as np
+import pytest
+
+from netforge import config
+from netforge import netforge_pb2 as pb
+from netforge.net import Net
+from netforge.ops import _parallel as parallel
+
+
+@pytest.fixture
+def slices():
+    """Run the test with the pool on (2 slices, whatever NETFORGE_NUM_THREADS says), then
+    restore the previous setting."""
+    before = parallel.parts()
+
+    def use(count):
+        parallel.configure(count)
+
+    yield use
+    parallel.configure(before)
+
+
+def test_split_covers_the_range_evenly():
+    assert parallel.split(7, 2) == [(0, 3), (3, 7)]
+    assert parallel.split(2, 4) == [(0, 1), (1, 2)]
+    assert parallel.split(5, 1) == [(0, 5)]
+
+
+def test_run_runs_every_task_once_and_reraises(slices):
+    slices(2)
+    done = []
+    parallel.run([lambda k=k: done.append(k) for k in range(5)])
+    assert sorted(done) == [0, 1, 2, 3, 4]
+
+    def fail():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        parallel.run([lambda: None, fail])
+    # a nested region runs inline instead of waiting for the busy pool
+    nested = []
+    parallel.run([lambda: parallel.run([lambda: nested.append(1), lambda: nested.append(2)]),
+                  lambda: nested.append(3)])
+    assert sorted(nested) == [1, 2, 3]
+
+
+NET = """
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 5 dim: 2 dim: 9 dim: 9 } shape { dim: 5 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 3 kernel_size: 3 pad: 1
+                            weight_filler { type: "gaussian" std: 0.5 }
+                            bias_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 1
+                            weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2"
+        pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "pool2" top: "ip1"
+        inner_product_param { num_output: 6 weight_filler { type: "gaussian" std: 0.5 }
+                              bias_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+        inner_product_param { num_output: 3 transpose: true
+                              weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
+"""
+
+
+def _run(count):
+    parallel.configure(count)
+    param = config.parse_text(NET, pb.NetParameter(), "p.prototxt")
+    param.force_backward = True
+    net = Net(param, "train", dtype=np.float64, seed=0)
+    rng = np.random.default_rng(1)
+    net.blobs["data"].data[...] = rng.standard_normal((5, 2, 9, 9))
+    net.blobs["label"].data[...] = rng.integers(0, 3, 5)
+    for _ in range(2):  # parameter gradients accumulate over both passes
+        net.forward_backward()
+    return net
+
+
+def test_layers_in_batch_slices_match_the_unsplit_layers(slices):
+    slices(1)
+    whole = _run(1)
+    split = _run(2)
+    assert len(split.layer_dict["conv1"].workspaces[0]) == 2  # really split
+    for name, blob in whole.blobs.items():
+        np.testing.assert_allclose(split.blobs[name].data, blob.data, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(split.blobs[name].diff, blob.diff, rtol=1e-12, atol=1e-12)
+    for name, params in whole.params.items():
+        for mine, theirs in zip(split.params[name], params, strict=True):
+            np.testing.assert_allclose(mine.diff, theirs.diff, rtol=1e-12, atol=1e-12)
