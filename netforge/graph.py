@@ -154,6 +154,8 @@ class Plan:
             _reshape_step(step)
         if memory is not None:
             self.share_memory(memory.keep)
+        else:
+            memory_plan.share_scratch(self)  # the layers' new workspaces
 
     def share_memory(self, keep=()) -> MemoryPlan | None:
         """Let activations that are never alive together share memory, and layers share one
@@ -384,8 +386,12 @@ def compile_net(net: pb.NetParameter, ctx: LayerContext) -> Plan:
         (top, w) for step in steps for top, w in zip(step.tops, step.loss_weights, strict=True) if w
     ]
     log.info("Network initialization done.")
-    return Plan(net.name, ctx.phase, steps, blobs, inputs, outputs, learnable, layer_params,
+    plan = Plan(net.name, ctx.phase, steps, blobs, inputs, outputs, learnable, layer_params,
                 loss_tops)
+    # Workspaces that hold nothing between calls live in one arena shared by all layers.
+    before, after = memory_plan.share_scratch(plan)
+    log.info("Layer scratch: %d bytes shared as %d", before, after)
+    return plan
 
 
 def _append_param(layer: Layer, k: int, spec: pb.ParamSpec, owners: dict, learnable: list):

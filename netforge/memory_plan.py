@@ -15,7 +15,9 @@ can hold a later blob. ``share_memory(plan, keep)``:
    planner, here by first use so that slots rarely need to grow);
 4. points each group's root blob at its slot and re-runs the aliasing (``share_tops``);
 5. gives layers that declare pure scratch workspaces (``Layer.forward_scratch``) one common
-   arena, as large as the largest, since only one layer runs at a time.
+   arena, as large as the largest, since only one layer runs at a time;
+6. replaces every ``diff`` (blobs and parameters) by a read-only zero view: forward never
+   writes a gradient.
 
 Never shared: the net's inputs and the tops of other source layers (their content comes
 from outside forward), the net's outputs, and the blobs named in ``keep`` (with everything
@@ -48,6 +50,7 @@ class MemoryPlan:
     activation_bytes_before: int = 0
     scratch_bytes_before: int = 0
     scratch_bytes: int = 0
+    diff_bytes_dropped: int = 0
 
     @property
     def activation_bytes(self) -> int:
@@ -92,9 +95,11 @@ def share_memory(plan, keep, reshare_tops) -> MemoryPlan | None:
     _share_activations(plan, report)
     reshare_tops(plan)
     _share_scratch(plan, report)
+    _drop_diffs(plan, report)
     log.info("Memory reuse: activations %d -> %d bytes in %d slots, layer scratch %d -> %d "
-             "bytes", report.activation_bytes_before, report.activation_bytes,
-             len(report.slots), report.scratch_bytes_before, report.scratch_bytes)
+             "bytes, %d bytes of diffs dropped", report.activation_bytes_before,
+             report.activation_bytes, len(report.slots), report.scratch_bytes_before,
+             report.scratch_bytes, report.diff_bytes_dropped)
     return report
 
 
@@ -172,29 +177,70 @@ def _share_activations(plan, report: MemoryPlan) -> None:
         report.slots.append(size)
 
 
+# -- diffs ---------------------------------------------------------------------------------
+
+
+def _drop_diffs(plan, report: MemoryPlan) -> None:
+    """A forward-only net never writes a gradient: every blob's and parameter's ``diff``
+    becomes a read-only zero view taking no memory (the zero-filled arrays the plan made
+    were resident wherever the allocator had to clear them: 310 MB in ResNet-50 at batch 2).
+    """
+    blobs = list(plan.blobs.values()) + [b for params in plan.layer_params.values()
+                                         for b in params]
+    seen = set()
+    for blob in blobs:
+        if blob.diff is None or id(blob) in seen:
+            continue
+        seen.add(id(blob))
+        if blob.diff.base is None:
+            report.diff_bytes_dropped += _nbytes(blob.diff)
+        blob.diff = blob.xp.broadcast_to(blob.xp.zeros((), dtype=blob.diff.dtype),
+                                         blob.diff.shape)
+
+
 # -- layer scratch -------------------------------------------------------------------------
 
 
-def _share_scratch(plan, report: MemoryPlan) -> None:
-    """One arena for every layer's ``forward_scratch`` workspaces: only one layer runs at a
-    time, but one layer's workspaces may be in use together (one per batch slice running on
-    its own core, one per bottom), so within a layer they lie side by side."""
-    layers = []
-    for step in plan.steps:
-        scratch = getattr(step.layer, "forward_scratch", None)
-        if scratch is not None:
-            layers.append(scratch())
-    sizes = [sum(_aligned(_nbytes(a)) for ws in spaces for a in ws.values())
-             for spaces in layers]
-    if not sizes:
-        return
-    report.scratch_bytes_before = sum(sizes)
-    report.scratch_bytes = max(sizes)
-    arena = np.empty(report.scratch_bytes, dtype=np.uint8)
-    for spaces in layers:
+def _scratch_entries(layer, method: str) -> list[tuple[dict, list[str]]]:
+    """(workspace dict, names in it that are scratch) from ``layer.<method>()``, whose items
+    are dicts (all of their arrays) or (dict, names) pairs."""
+    declared = getattr(layer, method, None)
+    if declared is None:
+        return []
+    entries = []
+    for item in declared():
+        ws, names = item if isinstance(item, tuple) else (item, list(item))
+        entries.append((ws, [n for n in names if n in ws]))
+    return entries
+
+
+def share_scratch(plan, method: str = "train_scratch") -> tuple[int, int]:
+    """One arena for the scratch workspaces that layers declare through ``method``: only one
+    layer runs at a time, but one layer's workspaces may be in use together (one per batch
+    slice running on its own core, one per bottom), so within a layer they lie side by side.
+
+    ``train_scratch``: arrays that hold nothing from one call (forward or backward) to the
+    next, safe in any net (Convolution's columns, which its backward reuses, are not among
+    them). ``forward_scratch``: everything a layer's forward needs, for forward-only nets.
+    Returns (bytes before, arena bytes)."""
+    layers = [entries for step in plan.steps
+              if (entries := _scratch_entries(step.layer, method))]
+    sizes = [sum(_aligned(_nbytes(ws[n])) for ws, names in entries for n in names)
+             for entries in layers]
+    if not sizes or max(sizes) == 0:
+        return 0, 0
+    xp = plan.steps[0].layer.xp if plan.steps else np
+    arena = xp.empty(max(sizes), dtype=np.uint8)
+    for entries in layers:
         at = 0
-        for ws in spaces:
-            for name, array in list(ws.items()):
+        for ws, names in entries:
+            for name in names:
+                array = ws[name]
                 nbytes = _nbytes(array)
                 ws[name] = arena[at:at + nbytes].view(array.dtype).reshape(array.shape)
                 at += _aligned(nbytes)
+    return sum(sizes), max(sizes)
+
+
+def _share_scratch(plan, report: MemoryPlan) -> None:
+    report.scratch_bytes_before, report.scratch_bytes = share_scratch(plan, "forward_scratch")

@@ -25,7 +25,13 @@ class UpdateRule:
         self.params = params
         xp = params[0].blob.xp if params else None
         self.history = [[xp.zeros_like(p.blob.data) for p in params] for _ in range(self.slots)]
-        self.temp = [xp.zeros_like(p.blob.data) for p in params]
+        # Scratch for one parameter's update at a time: every parameter's ``temp`` is a view
+        # of one buffer as large as the largest (a copy per parameter doubled the weights'
+        # memory: 244 MB for AlexNet).
+        largest = max((p.blob.count for p in params), default=0)
+        dtype = params[0].blob.data.dtype if params else None
+        shared = xp.zeros(largest, dtype=dtype) if params else None
+        self.temp = [shared[:p.blob.count].reshape(p.blob.shape) for p in params]
         self._check()
 
     def _check(self) -> None:

@@ -83,6 +83,14 @@ def test_memory_is_actually_shared():
 
 
 
+def test_diffs_are_dropped_zero_views():
+    _, shared = _pair()
+    assert shared.plan.memory.diff_bytes_dropped > 0
+    for blob in [*shared.blobs.values(), *shared.params["conv1"]]:
+        assert not blob.diff.flags.writeable and not blob.diff.any()
+        assert blob.diff.shape == blob.shape
+
+
 def test_blobs_alive_at_the_same_time_never_share_memory():
     _, shared = _pair()
     steps = shared.plan.steps
@@ -161,3 +169,45 @@ def test_a_layer_that_reshapes_its_tops_in_forward_disables_sharing():
     out = net.forward(data=np.arange(12, dtype=np.float32).reshape(4, 3) - 5,
                       keep=np.array([1, 0, 1, 0], np.float32))["out"]
     np.testing.assert_array_equal(out, np.maximum(np.array([[-5, -4, -3], [1, 2, 3]]), 0))
+
+
+# -- layer scratch shared in every net (training included) ----------------------------------
+
+
+def _train_net(monkeypatch=None):
+    text = NET.replace(
+        'layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" }',
+        'layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 3 } } }\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" '
+        'top: "loss" }')
+    param = config.parse_text(text, pb.NetParameter(), "train.prototxt")
+    param.force_backward = True
+    return Net(param, "train", seed=5)
+
+
+def test_training_with_shared_scratch_is_bit_identical_to_private_scratch(monkeypatch):
+    shared = _train_net()
+    conv1, conv2 = shared.layer_dict["conv1"], shared.layer_dict["conv2"]
+    assert np.shares_memory(conv1.workspaces[0][0][2]["top"], conv2.workspaces[0][0][2]["top"])
+    # the columns that backward reuses stay private
+    assert not np.shares_memory(conv1.workspaces[0][0][2]["col"],
+                                conv2.workspaces[0][0][2]["col"])
+    from netforge import memory_plan
+
+    monkeypatch.setattr(memory_plan, "share_scratch", lambda plan, method="": (0, 0))
+    private = _train_net()
+    assert not np.shares_memory(private.layer_dict["conv1"].workspaces[0][0][2]["top"],
+                                private.layer_dict["conv2"].workspaces[0][0][2]["top"])
+    rng = np.random.default_rng(0)
+    x, label = _batch(9), rng.integers(0, 6, 3)
+    for net in (shared, private):
+        net.blobs["data"].data[...] = x
+        net.blobs["label"].data[...] = label
+        for _ in range(2):
+            net.forward_backward()
+    for name, blob in private.blobs.items():
+        np.testing.assert_array_equal(shared.blobs[name].data, blob.data)
+        np.testing.assert_array_equal(shared.blobs[name].diff, blob.diff)
+    for name, params in private.params.items():
+        for mine, theirs in zip(shared.params[name], params, strict=True):
+            np.testing.assert_array_equal(mine.diff, theirs.diff)

@@ -82,7 +82,8 @@ def test_forward_all_pads_the_last_batch_and_reshape_changes_the_batch(net_file)
     net.blobs["data"].reshape(5, 3, 4, 4)
     net.reshape()
     assert net.blobs["prob"].shape == (5, 3)
-    np.testing.assert_allclose(net.forward(data=x)["prob"], probs, rtol=1e-6)
+    # float32 GEMMs of other shapes (batch 5, or its slices on 2 cores) round differently
+    np.testing.assert_allclose(net.forward(data=x)["prob"], probs, rtol=1e-5, atol=1e-9)
 
 
 def test_backward_from_output_diffs(net_file):

@@ -369,3 +369,21 @@ def test_get_solver_api_and_snapshot_diff(tmp_path):
     again.restore(str(state))
     assert again.iter == 2
     again.close()
+
+
+def test_test_nets_see_the_train_nets_batchnorm_statistics(tmp_path):
+    batch_norm = 'layer { name: "bn" type: "BatchNorm" bottom: "ip1" top: "ip1" }\n'
+    bn_net = NET.replace('layer { name: "relu"', batch_norm + 'layer { name: "relu"', 1)
+    assert '"bn"' in bn_net
+    sp = config.parse_text(
+        f'net_param {{ {bn_net} }} test_iter: 1 test_interval: 100 base_lr: 0.1 '
+        'lr_policy: "fixed" max_iter: 3 test_initialization: false '
+        f'snapshot_prefix: "{tmp_path}/snap" random_seed: 1', pb.SolverParameter())
+    solver = Solver(sp)
+    solver.step(3)
+    train_stats = solver.net.params["bn"]
+    test_stats = solver.test_nets[0].params["bn"]
+    assert float(train_stats[2].data[0]) > 0  # the running statistics were accumulated
+    for mine, theirs in zip(test_stats, train_stats, strict=True):
+        assert np.shares_memory(mine.data, theirs.data)
+    assert solver.test_nets[0].layer_dict["bn"].use_global_stats

@@ -63,7 +63,9 @@ class InnerProductLayer(Layer):
         return [(*shape[: self.axis], n)]
 
     def forward_scratch(self) -> list[dict]:
-        return [self.ws]  # gradient staging only
+        return [self.ws]  # gradient staging only, filled and used within one backward
+
+    train_scratch = forward_scratch
 
     def forward(self, bottoms, tops):
         x = bottoms[0].data.reshape(self.m, -1)
@@ -223,6 +225,11 @@ class EltwiseLayer(Layer):
         self.ws = allocate(ops.eltwise_workspace_shapes(bottom_shapes[0], self.dtype), self.xp)
         return [bottom_shapes[0]]
 
+    def forward_scratch(self) -> list[dict]:
+        return [self.ws]  # the MAX argmax is kept outside it
+
+    train_scratch = forward_scratch
+
     def forward(self, bottoms, tops):
         xs = [b.data for b in bottoms]
         y = tops[0].data
@@ -261,6 +268,8 @@ class SoftmaxLayer(Layer):
 
     def forward_scratch(self) -> list[dict]:
         return [self.ws]
+
+    train_scratch = forward_scratch
 
     def forward(self, bottoms, tops):
         ops.softmax_forward(bottoms[0].data, tops[0].data, axis=self.axis, ws=self.ws)

@@ -24,6 +24,9 @@ class ReLULayer(NeuronLayer):
         self.ws = allocate(ops.relu_workspace_shapes(bottom_shapes[0]), self.xp)
         return [bottom_shapes[0]]
 
+    def train_scratch(self):
+        return [self.ws]  # filled and used within one call: the graph shares it
+
     def forward(self, bottoms, tops):
         ops.relu_forward(bottoms[0].data, tops[0].data, negative_slope=self.slope, ws=self.ws)
 

@@ -89,6 +89,11 @@ class BatchNormLayer(Layer):
             self.ws = allocate(ops.batch_norm_workspace_shapes(self.view, self.dtype), self.xp)
         return [shape]
 
+    def train_scratch(self):
+        """Backward's (N, C, S) temporary holds nothing between calls: the graph shares it
+        with other layers' scratch."""
+        return [(self.ws, ["tmp"])]
+
     def forward(self, bottoms, tops):
         x = view_as(bottoms[0].data, self.view)
         y = view_as(tops[0].data, self.view)
@@ -189,7 +194,7 @@ class ScaleLayer(_BroadcastLayer):
         return bottoms[1] if self.two_bottoms else self.blobs[0]
 
     def forward(self, bottoms, tops):
-        if tops[0] is bottoms[0]:
+        if tops[0] is bottoms[0] and self.need_backward:  # (a net that predicts skips it)
             if self.bottom_copy is None or self.bottom_copy.shape != bottoms[0].shape:
                 self.bottom_copy = self.empty(bottoms[0].shape)
             self.xp.copyto(self.bottom_copy, bottoms[0].data)

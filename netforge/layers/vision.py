@@ -157,6 +157,12 @@ class ConvolutionLayer(Layer):
         which is all that reuse_col needs them for): a memory plan may share them."""
         return [ws for parts in self.workspaces for _, _, ws in parts]
 
+    def train_scratch(self) -> list[tuple[dict, list[str]]]:
+        """What holds nothing from one call to the next, forward or backward: all but the
+        columns, which backward reuses (reuse_col). Shared between layers by the graph."""
+        return [(ws, [name for name in ws if name != "col"])
+                for parts in self.workspaces for _, _, ws in parts]
+
     def forward(self, bottoms, tops):
         w = self.blobs[0].data
         b = self.blobs[1].data if self.bias_term else None
@@ -222,6 +228,9 @@ class DeconvolutionLayer(ConvolutionLayer):
 
     def _bottom_channels(self) -> int:
         return self.blobs[0].shape[0]
+
+    def train_scratch(self) -> list:
+        return []  # the deconvolution kernels' workspaces are not audited for sharing
 
     def _top_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return deconv.deconv_output_shape(shape, self.blobs[0].shape, **self._geometry())
@@ -368,8 +377,10 @@ class PoolingLayer(Layer):
         return {"kernel": self.kernel, "stride": self.stride, "pad": self.pad}
 
     def forward_scratch(self) -> list[dict]:
-        # Pure scratch; the argmax and samples are kept outside it.
+        # Pure scratch in forward and backward alike; the argmax and samples live outside.
         return [ws for _, _, ws in self.parts]
+
+    train_scratch = forward_scratch
 
     def _run_parts(self, kernel, *arrays) -> None:
         """``kernel(*slices, ws=...)`` on each batch slice of ``arrays`` (None passes)."""

@@ -2,8 +2,8 @@
 
 numpy runs its elementwise kernels (pooling, im2col, transposes, bias adds) on one core,
 while OpenBLAS splits each GEMM over its own threads, which then spin between GEMMs. On a
-2-core machine a LeNet step thus used the second core only inside GEMMs (measured: 19.5 ms
-on 1 thread, 16.8 ms on 2, while a 32-image step takes 9.2 ms on one thread). Layers that
+2-core machine a LeNet step thus used the second core only inside GEMMs (measured, quiet:
+16.6 ms on 1 thread, 13.8 ms on 2, while a 32-image step takes 9.2 ms on one). Layers that
 process images independently (convolution, pooling, inner product) instead split the batch
 into ``parts()`` slices and ``run`` one task per slice on this pool, each slice with its own
 workspace, its GEMMs single-threaded: every core then does all kinds of work. numpy releases
@@ -20,13 +20,15 @@ loaded machine a late worker costs nothing but the parallelism.
     split(n, count)    the (lo, hi) ranges
     run(tasks)         run independent tasks in parallel
 
-Opt-in: the number of parts is ``NETFORGE_NUM_THREADS`` (unset, 0 or 1: off, and OpenBLAS
-threads its GEMMs as usual). Measured on the shared 2-core machine (load 2-2.5 from other
-jobs), a LeNet step took 12-20 ms either way, with no consistent winner between this pool
-and OpenBLAS's threads, so it stays off until a quiet machine shows a gain; under heavier
-load (5) OpenBLAS's 2 threads collapsed (medians 10x the 1-thread time) while the pool
-degrades to about the 1-thread time. Without a controllable OpenBLAS (another BLAS, CuPy
-arrays) everything runs unsplit.
+The number of parts is ``NETFORGE_NUM_THREADS`` when set (0 or 1: off), else OpenBLAS's
+thread count (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / the CPUs available) when it is 2 to
+``_DEFAULT_MAX`` (with more cores, OpenBLAS's own threading of large GEMMs is left alone).
+Measured on the 2-core machine, quiet (load < 1.3), 2 parts vs OpenBLAS's 2 threads: LeNet
+step 13.8 -> 12.6 ms, CIFAR-10 quick step 91-116 -> 80-84 ms and predict 41.7 -> 29.7 ms,
+AlexNet and ResNet-50 unchanged (their time is in large GEMMs, which OpenBLAS already
+splits); under heavy load (5 on 2 cores) OpenBLAS's spinning threads collapsed (step medians
+10x the 1-thread time) while this pool degrades to about the 1-thread time. Without a
+controllable OpenBLAS (another BLAS, CuPy arrays) everything runs unsplit.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from collections.abc import Callable, Sequence
 
 import numpy
 
-_MAX_PARTS = 8
+_MAX_PARTS = 8  # at most, whatever NETFORGE_NUM_THREADS says
+_DEFAULT_MAX = 4  # by default, only up to this many cores
 
 
 class _Blas:
@@ -143,7 +146,11 @@ def _setup() -> None:
             return
         blas = _Blas()
         wanted = os.environ.get("NETFORGE_NUM_THREADS", "").strip()
-        parts = min(int(wanted), _MAX_PARTS) if wanted else 1
+        if wanted:
+            parts = min(int(wanted), _MAX_PARTS)
+        else:
+            parts = int(blas.get()) if blas.get is not None else 1
+            parts = parts if parts <= _DEFAULT_MAX else 1
         if blas.set is None:
             parts = 1
         _parts = max(1, parts)

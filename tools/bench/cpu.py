@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/bench/cpu.py [--nets lenet,cifar10_quick,alexnet,resnet50]
         [--modes train,predict] [--threads 2,1] [--rounds 5] [--seconds 1.0] [--no-memory]
-        [--netforge DIR] [--json FILE]
+        [--netforge DIR] [--coretype SkylakeX] [--json FILE]
 
 Rows: a TRAIN step (forward + backward + SGD update with momentum and weight decay: netforge's
 ``Solver.step(1)``, torch's zero_grad/forward/cross_entropy/backward/SGD.step) and predict (a
@@ -27,14 +27,19 @@ processes taking turns on the cores; with more threads it also counts spin-waiti
 
 Memory: each (framework, net, mode) runs alone in a child process, which resets the kernel's
 peak-RSS mark (/proc/self/clear_refs) and reads VmHWM afterwards: the exact peak resident
-memory, not a sample. netforge: peak during build + 3 steps minus the RSS before the build
-(weights, diffs, solver history, activations, workspaces). torch: the child builds the model
-from netforge's net, frees netforge's copy, then measures the peak during the optimizer's
-creation + 3 steps minus the RSS before, plus the parameter bytes (which it already held).
-Both count resident pages only, so memory never touched is not counted for either.
+memory, not a sample. netforge: the peak during 3 steps minus the RSS before the net was
+built (so: weights, diffs, solver history, activations, workspaces; the build's own
+temporaries, freed and trimmed before the steps, are not counted). torch: the child builds
+the model from netforge's net, frees netforge's copy, then takes the peak during 3 steps
+minus the RSS before them, plus the parameter and input bytes (which it already held).
+Both count resident pages only, so memory never touched is not counted for either. Both
+children set glibc's mmap threshold to 64 KiB (``fixed_mmap_threshold``), so that freed
+memory leaves RSS at once instead of being reused unseen.
 
 ``--netforge DIR`` runs another checkout of the package (a copy of ``netforge/`` taken
-before a change) to print the before table in the same session.
+before a change) to print the before table in the same session. ``--coretype`` sets
+OPENBLAS_CORETYPE for numpy's OpenBLAS (an environment may pin an older kernel family, e.g.
+Haswell's AVX2 on an AVX-512 machine; torch picks its own kernels regardless).
 """
 
 from __future__ import annotations
@@ -216,7 +221,21 @@ def time_cases(args) -> None:
 # -- memory (one child per framework and case) ------------------------------------------------
 
 
+def fixed_mmap_threshold() -> None:
+    """Make glibc serve every block of 64 KiB or more with its own mmap and give it back on
+    free (no dynamic threshold): freed arrays then leave RSS at once, and one framework's
+    freed heap cannot hide the other's allocations (torch's child builds netforge's net
+    first, to translate it)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def memory_case(args) -> None:
+    fixed_mmap_threshold()
     import logging
 
     logging.disable(logging.INFO)
@@ -232,8 +251,9 @@ def memory_case(args) -> None:
     if args.framework == "netforge":
         release_freed_memory()
         base = rss_mb()
-        reset_peak_rss()
         step, _ = netforge_case(net_name, mode, batch)
+        release_freed_memory()  # the build's temporaries (fillers) are not the net's
+        reset_peak_rss()
         for _ in range(3):
             step()
         print(json.dumps({"mb": peak_rss_mb() - base}))
@@ -247,10 +267,13 @@ def memory_case(args) -> None:
     release_freed_memory()
     held = sum(t.numel() * t.element_size()
                for t in [*module.parameters(), *inputs.values()]) / 2**20
+    # Created before the window: it imports modules; its momentum buffers come with the
+    # first step, inside the window.
+    optimizer = nets.torch_optimizer(module) if mode == "train" else None
+    release_freed_memory()
     base = rss_mb()
     reset_peak_rss()
     if mode == "train":
-        optimizer = nets.torch_optimizer(module)
         for _ in range(3):
             nets.torch_train_step(module, optimizer, inputs)
     else:
@@ -262,12 +285,16 @@ def memory_case(args) -> None:
 # -- the parent: children, table ------------------------------------------------------------
 
 
-def child(args, extra: list[str], threads: int) -> list[dict]:
+def child(args, extra: list[str], threads: int, other_netforge: bool = True) -> list[dict]:
+    """Run this script as a child with ``extra`` arguments and ``threads`` threads; with
+    ``--netforge`` the child imports that checkout unless ``other_netforge`` is False."""
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
+    if args.coretype:
+        env["OPENBLAS_CORETYPE"] = args.coretype
     paths = [str(ROOT)]
-    if args.netforge:
+    if args.netforge and other_netforge:
         paths.insert(0, str(Path(args.netforge).resolve()))
     env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
     cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(threads),
@@ -290,7 +317,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per round")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-time", action="store_true", help="memory columns only")
     parser.add_argument("--netforge", default=None, help="a folder holding another netforge/")
+    parser.add_argument("--coretype", default=None,
+                        help="OPENBLAS_CORETYPE for the children (default: the environment's)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--child", choices=["time", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--framework", choices=["netforge", "torch"], help=argparse.SUPPRESS)
@@ -304,7 +334,7 @@ def main() -> None:
     thread_counts = [int(t) for t in args.threads.split(",")]
     args.check_threads = thread_counts[0]
     rows = []
-    for threads in thread_counts:
+    for threads in [] if args.no_time else thread_counts:
         rows += child(args, ["--child", "time", "--nets", args.nets, "--modes", args.modes],
                       threads)
     memory = {}
@@ -312,14 +342,18 @@ def main() -> None:
         for net_name in args.nets.split(","):
             for mode in args.modes.split(","):
                 for fw in ("netforge", "torch"):
+                    # torch's figure must not depend on the netforge it translates from
                     result = child(args, ["--child", "memory", "--framework", fw, "--nets",
-                                          net_name, "--modes", mode], thread_counts[0])
+                                          net_name, "--modes", mode], thread_counts[0],
+                                   other_netforge=fw == "netforge")
                     memory[(net_name, mode, fw)] = result[0]["mb"]
     import torch
 
     source = args.netforge or "this checkout"
+    coretype = args.coretype or os.environ.get("OPENBLAS_CORETYPE", "auto")
     print(f"netforge ({source}) vs torch {torch.__version__}, CPU float32; median of "
-          f"{args.rounds} rounds of ~{args.seconds:g} s; peak RSS in MB (see --help)")
+          f"{args.rounds} rounds of ~{args.seconds:g} s; peak RSS in MB (see --help); "
+          f"OPENBLAS_CORETYPE={coretype}")
     header = (f"{'net':<14} {'mode':<8} {'batch':>5} {'thr':>3} {'netforge ms':>11} "
               f"{'torch ms':>9} {'ratio':>6} {'nf cpu':>7} {'th cpu':>7} {'ratio':>6} "
               f"{'nf MB':>7} {'torch MB':>8} {'mem':>5} {'check':>8} {'load':>5}")
@@ -335,6 +369,9 @@ def main() -> None:
               f"{r['nf_cpu_ms']:>7.2f} {r['torch_cpu_ms']:>7.2f} "
               f"{r['nf_cpu_ms'] / r['torch_cpu_ms']:>6.2f} {mem} {r['check']:>8} "
               f"{r['load']:>5.1f}")
+    if args.no_time:
+        for (net_name, mode, fw), mb in memory.items():
+            print(f"{net_name:<14} {mode:<8} {fw:<9} peak {mb:8.1f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"rows": rows, "memory": {"/".join(k): v for k, v in memory.items()}}, indent=1))
