@@ -124,9 +124,9 @@ def netforge_case(net_name: str, mode: str, batch: int):
 
 def torch_case(nf_net, net_name: str, mode: str):
     """(step function, module, inputs) for torch, translated from netforge's net."""
-    from tools.bench import nets
+    from tools.bench import nets, torch_translate
 
-    module = nets.translate(nf_net, training=mode == "train")
+    module = torch_translate.translate(nf_net, training=mode == "train")
     inputs = nets.torch_inputs(nf_net)
     if "label" in inputs:
         inputs["label"] = inputs["label"].long()
@@ -142,13 +142,13 @@ def check_case(net_name: str, mode: str, batch: int) -> str:
     import numpy as np
     import torch
 
-    from tools.bench import nets
+    from tools.bench import nets, torch_translate
 
     if mode == "train":
         solver = nets.make_solver(net_name, batch)
         if any(layer.type == "Dropout" for layer in solver.net.layers):
             return "dropout"
-        module = nets.translate(solver.net, training=True)
+        module = torch_translate.translate(solver.net, training=True)
         inputs = nets.torch_inputs(solver.net)
         inputs["label"] = inputs["label"].long()
         with np.errstate(over="ignore", invalid="ignore"):
@@ -156,7 +156,7 @@ def check_case(net_name: str, mode: str, batch: int) -> str:
         theirs = float(module(inputs)["loss"])
         return f"{abs(ours - theirs) / max(abs(theirs), 1e-12):.0e}"
     net = nets.make_predict_net(net_name, batch)
-    module = nets.translate(net, training=False)
+    module = torch_translate.translate(net, training=False)
     with torch.inference_mode():
         blobs = module(nets.torch_inputs(net))
     net.forward()
@@ -243,7 +243,7 @@ def memory_case(args) -> None:
     import torch
 
     import netforge.solver  # noqa: F401
-    from tools.bench import nets  # noqa: F401
+    from tools.bench import nets, torch_translate  # noqa: F401
 
     torch.set_num_threads(args.threads)
     net_name, mode = args.nets, args.modes
@@ -259,7 +259,7 @@ def memory_case(args) -> None:
         print(json.dumps({"mb": peak_rss_mb() - base}))
         return
     _, nf_net = netforge_case(net_name, mode, batch)
-    module = nets.translate(nf_net, training=mode == "train")
+    module = torch_translate.translate(nf_net, training=mode == "train")
     inputs = nets.torch_inputs(nf_net)
     if "label" in inputs:
         inputs["label"] = inputs["label"].long()

@@ -8,8 +8,8 @@ statistics from tools/bench/zoo.py's builder):
     net runs;
   * onnxruntime: the frozen model exported with netforge's export-onnx, run by an
     InferenceSession (all graph optimisations on);
-  * PyTorch: tools/bench/zoo.py's layer-by-layer translation of the unfolded net, in
-    inference mode.
+  * PyTorch: tools/bench/torch_translate.py's layer-by-layer translation of the unfolded
+    net, in inference mode.
 All three get the same PNG files (256×256) and the same preprocessing (netforge's), so
 "end to end" = decode + preprocess + forward; "forward only" times the net on a batch
 decoded beforehand. Batch 32 and batch 1; a warm-up batch first. Top-1 agreement between the
@@ -55,12 +55,13 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from zoo import build_netforge, translate  # noqa: E402
+from zoo import build_netforge  # noqa: E402
 
 from netforge.frozen import freeze, load_frozen  # noqa: E402
 from netforge.onnx_export import export_onnx  # noqa: E402
 from netforge.predict import Predictor  # noqa: E402
 from netforge.preprocess import Preprocess  # noqa: E402
+from tools.bench.torch_translate import translate  # noqa: E402
 
 
 def make_images(folder: Path, count: int, seed: int = 0) -> list[Path]:

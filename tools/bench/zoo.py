@@ -2,11 +2,10 @@
 
 For each zoo deploy net (configs/zoo/<net>_deploy.prototxt) at a small batch:
   * netforge builds the net (force_backward, random He-scaled weights);
-  * the PyTorch model is a layer-by-layer translation of netforge's compiled plan (Conv,
-    Pooling with Caffe's ceil rounding, LRN, BatchNorm with the stored statistics, Scale,
-    Concat, Eltwise, InnerProduct, ReLU, Dropout, Softmax), holding copies of netforge's
-    weights — so both time the same net. A first pass checks that both give the same outputs
-    and input gradients before anything is timed.
+  * the PyTorch model is tools/bench/torch_translate.py's layer-by-layer translation of
+    netforge's compiled plan in eval mode (BatchNorm with the stored statistics, Dropout the
+    identity), holding copies of netforge's weights — so both time the same net. A first
+    pass checks that both give the same outputs and input gradients before anything is timed.
   * the check runs in float64 (see check_equivalence); the timed runs in float32.
   * one fwd+bwd = forward a random batch, seed every output with a random gradient, backward
     to the input (netforge: net.forward/net.backward; torch: autograd with x.requires_grad).
@@ -44,6 +43,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script: tools.bench.* and netforge importable
+
+from tools.bench.torch_translate import translate  # noqa: E402
+
 ZOO = ROOT / "configs" / "zoo"
 ALL_NETS = ["alexnet", "caffenet", "squeezenet1.1", "googlenet", "resnet50", "densenet121",
             "vgg16"]
@@ -116,157 +119,7 @@ def inputs_for(net, seed: int = 1):
     return x, grads
 
 
-# -- the PyTorch translation ---------------------------------------------------------------
-
-
-def _window(p, field: str, default: int) -> tuple[int, int]:
-    """(h, w) of a kernel/stride/pad field of a Convolution/PoolingParameter."""
-    h, w = getattr(p, f"{field}_h"), getattr(p, f"{field}_w")
-    if p.HasField(f"{field}_h") or p.HasField(f"{field}_w"):
-        return int(h), int(w)
-    values = getattr(p, field if field != "kernel" else "kernel_size")
-    if isinstance(values, int):  # pooling: a single value
-        return (values, values) if values or field != "stride" else (default, default)
-    values = list(values)
-    if not values:
-        return default, default
-    return (values[0], values[-1])
-
-
-def translate(net):
-    """A torch.nn.Module running ``net``'s plan step by step, with copies of its weights."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    from netforge import netforge_pb2 as pb
-
-    class Plan(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-            self.weights = nn.ParameterList()
-            self.buffers_ = []
-
-        def param(self, blob):
-            p = nn.Parameter(torch.from_numpy(blob.data.copy()))
-            self.weights.append(p)
-            return p
-
-        def forward(self, x):
-            blobs = {"data": x}
-            for fn, bottoms, tops in self.ops:
-                outs = fn(*[blobs[b] for b in bottoms])
-                if not isinstance(outs, tuple):
-                    outs = (outs,)
-                blobs.update(zip(tops, outs, strict=True))
-            return blobs
-
-    plan = Plan()
-    for step in net.plan.steps:
-        layer, lp, kind = step.layer, step.layer.param, step.layer.type
-        fn = None
-        if kind == "Input":
-            continue
-        if kind == "Convolution":
-            p = lp.convolution_param
-            weight = plan.param(layer.blobs[0])
-            bias = plan.param(layer.blobs[1]) if p.bias_term else None
-            stride, pad = _window(p, "stride", 1), _window(p, "pad", 0)
-            dilation = (list(p.dilation) or [1])[0]
-
-            def fn(x, w=weight, b=bias, s=stride, pd=pad, d=dilation, g=p.group):
-                return F.conv2d(x, w, b, s, pd, d, g)
-        elif kind == "Pooling":
-            p = lp.pooling_param
-            ceil = p.round_mode == pb.PoolingParameter.CEIL
-            if p.global_pooling:
-                kernel, stride, pad = tuple(step.bottoms[0].shape[2:]), (1, 1), (0, 0)
-            else:
-                kernel = _window(p, "kernel", 0)
-                stride, pad = _window(p, "stride", 1), _window(p, "pad", 0)
-            if p.pool == pb.PoolingParameter.MAX:
-                def fn(x, k=kernel, s=stride, pd=pad, c=ceil):
-                    return F.max_pool2d(x, k, s, pd, ceil_mode=c)
-            else:
-                def fn(x, k=kernel, s=stride, pd=pad, c=ceil):
-                    return F.avg_pool2d(x, k, s, pd, ceil_mode=c, count_include_pad=True)
-        elif kind == "LRN":
-            p = lp.lrn_param
-
-            def fn(x, n=p.local_size, a=p.alpha, b=p.beta, k=p.k):
-                return F.local_response_norm(x, n, a, b, k)
-        elif kind == "BatchNorm":
-            scale = float(layer.blobs[2].data.ravel()[0])
-            factor = 0.0 if scale == 0 else 1.0 / scale
-            mean = torch.from_numpy(layer.blobs[0].data * factor)
-            var = torch.from_numpy(layer.blobs[1].data * factor)
-
-            def fn(x, m=mean, v=var, eps=lp.batch_norm_param.eps):
-                return F.batch_norm(x, m, v, training=False, eps=eps)
-        elif kind == "Scale":
-            gamma = plan.param(layer.blobs[0])
-            beta = plan.param(layer.blobs[1]) if len(layer.blobs) > 1 else None
-
-            def fn(x, g=gamma, b=beta):
-                shape = (1, -1) + (1,) * (x.dim() - 2)
-                y = x * g.view(shape)
-                return y if b is None else y + b.view(shape)
-        elif kind == "InnerProduct":
-            weight = plan.param(layer.blobs[0])
-            bias = plan.param(layer.blobs[1]) if len(layer.blobs) > 1 else None
-            axis = lp.inner_product_param.axis
-
-            def fn(x, w=weight, b=bias, a=axis):
-                return F.linear(x.flatten(a), w, b)
-        elif kind == "ReLU":
-            slope = lp.relu_param.negative_slope
-            in_place = list(lp.bottom) == list(lp.top)
-
-            def fn(x, s=slope, inplace=in_place):
-                if s:
-                    return F.leaky_relu(x, s, inplace=inplace)
-                return F.relu(x, inplace=inplace)
-        elif kind == "Dropout":
-            def fn(x):
-                return x  # TEST phase: identity, as in netforge
-        elif kind == "Softmax":
-            def fn(x, a=lp.softmax_param.axis):
-                return F.softmax(x, dim=a)
-        elif kind == "Concat":
-            def fn(*xs, a=lp.concat_param.axis):
-                return torch.cat(xs, dim=a)
-        elif kind == "Split":
-            copies = len(step.top_names)
-
-            def fn(x, n=copies):
-                return (x,) * n
-        elif kind == "Flatten":
-            def fn(x):
-                return x.flatten(1)
-        elif kind == "Eltwise":
-            p = lp.eltwise_param
-            coeffs = list(p.coeff) or [1.0] * len(step.bottoms)
-
-            def fn(*xs, op=p.operation, c=coeffs):
-                if op == pb.EltwiseParameter.PROD:
-                    out = xs[0]
-                    for x in xs[1:]:
-                        out = out * x
-                    return out
-                if op == pb.EltwiseParameter.MAX:
-                    out = xs[0]
-                    for x in xs[1:]:
-                        out = torch.maximum(out, x)
-                    return out
-                out = c[0] * xs[0] if c[0] != 1 else xs[0]
-                for ci, x in zip(c[1:], xs[1:], strict=True):
-                    out = out + (ci * x if ci != 1 else x)
-                return out
-        if fn is None:
-            raise SystemExit(f'no PyTorch translation for layer type "{kind}" ({layer.name})')
-        plan.ops.append((fn, step.bottom_names, step.top_names))
-    return plan
+# -- PyTorch (the translation is tools/bench/torch_translate.py) ----------------------------
 
 
 def torch_step(model, x, grads):
