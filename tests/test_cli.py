@@ -50,9 +50,18 @@ def mnist_sample(tmp_path_factory):
     return root
 
 
-def _lenet_files(root: Path, caffe_style: bool) -> Path:
-    """LeNet train_test + solver pointing at the sample databases."""
-    net = (ROOT / "configs" / "lenet_train_test.prototxt").read_text()
+def _caffe_lenet_text() -> str:
+    """configs/lenet_train_test.prototxt as Caffe's examples/mnist file has it: the same
+    layers, names and fields, without the demo's crop_size lines."""
+    text = (ROOT / "configs" / "lenet_train_test.prototxt").read_text()
+    kept = [line for line in text.splitlines() if not line.strip().startswith("crop_size:")]
+    assert len(kept) == len(text.splitlines()) - 2
+    return "\n".join(kept) + "\n"
+
+
+def _lenet_files(root: Path) -> Path:
+    """Caffe's LeNet train_test + solver, changed only in paths and solver_mode."""
+    net = _caffe_lenet_text()
     net = net.replace("demo_run/mnist/train", str(root / "db" / "train"))
     net = net.replace("demo_run/mnist/val", str(root / "db" / "val"))
     (root / "lenet_train_test.prototxt").write_text(net)
@@ -68,7 +77,7 @@ def _lenet_files(root: Path, caffe_style: bool) -> Path:
 def test_convert_train_test_end_to_end(mnist_sample):
     root = mnist_sample
     assert (root / "db" / "labels.txt").read_text().split() == [str(d) for d in range(10)]
-    solver = _lenet_files(root, caffe_style=False)
+    solver = _lenet_files(root)
     result = run("train", "--solver", str(solver))
     assert result.returncode == 0, result.stderr[-2000:]
     log = result.stderr
@@ -134,6 +143,32 @@ def parse_log_like_caffe(log: str) -> dict:
                 table.append({"NumIters": iteration})
             table[-1][match.group(3)] = float(match.group(4))
     return rows
+
+
+def test_demo_crop_is_a_no_op_on_caffes_28x28_databases(mnist_sample):
+    """The demo config's crop_size 28 changes nothing on a 28x28 database: its TEST data
+    equals that of Caffe's original file, batch for batch."""
+    from netforge import config
+    from netforge.net import Net
+
+    def test_data(text):
+        text = text.replace("demo_run/mnist/val", str(mnist_sample / "db" / "val"))
+        text = text.replace("demo_run/mnist/train", str(mnist_sample / "db" / "train"))
+        net = Net(config.parse_text(text, pb.NetParameter()), "test")
+        batches = []
+        try:
+            for _ in range(2):
+                net.forward()
+                batches.append(net.blobs["data"].data.copy())
+        finally:
+            net.close()
+        return batches
+
+    demo = test_data((ROOT / "configs" / "lenet_train_test.prototxt").read_text())
+    caffe = test_data(_caffe_lenet_text())
+    assert demo[0].shape == (100, 1, 28, 28)
+    for a, b in zip(demo, caffe, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_convert_refuses_existing_destination(mnist_sample):
