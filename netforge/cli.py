@@ -25,8 +25,11 @@ def main(argv=None) -> None:
         cli.main(args=argv, prog_name="netforge", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `netforge`: the help, as before
         exc.show()
+        sys.exit(2)
+    except click.ClickException as exc:  # bad flags, missing files: the same one line
+        click.echo(f"netforge: error: {_click_message(exc)}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("netforge: interrupted", err=True)
@@ -39,6 +42,15 @@ def main(argv=None) -> None:
     except KeyboardInterrupt:
         click.echo("netforge: interrupted", err=True)
         sys.exit(1)
+
+
+def _click_message(exc: click.ClickException) -> str:
+    """Click's message, with a pointer to the command's --help for a usage error."""
+    message = exc.format_message()
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return message
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -212,7 +224,8 @@ def train(solver, weights, snapshot, gpu, sigint_effect, sighup_effect, level, s
                      signals=signals)
     bar = None
     try:
-        weight_list = weights.split(",") if weights else list(solver_param.weights)
+        # --weights, else the solver file's weights fields; each may list W1,W2,...
+        weight_list = [weights] if weights else list(solver_param.weights)
         if snapshot is None:
             for path in (w for item in weight_list for w in item.split(",") if w):
                 logging.getLogger("netforge").info("Finetuning from %s", path)

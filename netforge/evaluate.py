@@ -11,6 +11,17 @@ from netforge.backend import to_host
 log = logging.getLogger("netforge")
 
 
+def add_outputs(net, totals: dict) -> dict[str, np.ndarray]:
+    """Add each output of the last forward (as float64, flattened) into ``totals``; return
+    this batch's values. Averaging them over the batches is Caffe's test score."""
+    batch = {}
+    for name in net.outputs:
+        values = np.array(to_host(net.blobs[name].data), dtype=np.float64).ravel()
+        totals[name] = totals[name] + values if name in totals else values
+        batch[name] = values
+    return batch
+
+
 def run_test(net, iterations: int, progress=None) -> dict[str, float | list]:
     """Mean of every output over ``iterations`` forward passes; logs as ``caffe test`` does.
 
@@ -22,9 +33,7 @@ def run_test(net, iterations: int, progress=None) -> dict[str, float | list]:
     last = len(net.plan.steps) - 1
     for i in range(iterations):
         loss += net.forward_range(0, last)
-        for name in net.outputs:
-            values = np.array(to_host(net.blobs[name].data), dtype=np.float64).ravel()
-            totals[name] = totals[name] + values if name in totals else values
+        for name, values in add_outputs(net, totals).items():
             for v in values:
                 log.info("Batch %d, %s = %.6g", i, name, v)
         if progress is not None:

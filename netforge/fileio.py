@@ -6,6 +6,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from netforge.errors import RunError
+
 
 def resolve_file(path, *base_dirs) -> Path:
     """``path`` as given if it exists (Caffe resolves against the working directory), else
@@ -21,18 +23,23 @@ def resolve_file(path, *base_dirs) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    Any OS failure (no such folder, no permission, disk full) becomes a ``RunError`` naming
+    ``path``, so the CLI reports one line instead of a traceback."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb+") as handle:  # flush to disk before the rename makes it visible
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise RunError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

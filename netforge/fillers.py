@@ -46,7 +46,7 @@ def _gaussian(f, shape, rng):
 
 def _positive_unitball(f, shape, rng):
     values = rng.uniform(0.0, 1.0, size=shape)
-    rows = values.reshape(shape[0], -1)
+    rows = values.reshape(shape[0] if shape else 1, -1)  # a 0-D blob is one row, as in Caffe
     rows /= rows.sum(axis=1, keepdims=True)
     return values
 
@@ -83,10 +83,16 @@ FILLERS = {
 }
 
 
-def fill(filler_param, shape, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
-    """A host array of ``shape`` initialised as ``filler_param`` (a FillerParameter) says."""
+def check_filler(filler_param) -> None:
+    """ConfigError when ``filler_param.type`` names no known filler."""
     kind = filler_param.type
     if kind not in FILLERS:
         raise ConfigError(f'unknown filler type "{kind}"; known fillers: {", ".join(FILLERS)}')
+
+
+def fill(filler_param, shape, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
+    """A host array of ``shape`` initialised as ``filler_param`` (a FillerParameter) says."""
+    check_filler(filler_param)
     shape = tuple(int(d) for d in shape)
-    return np.asarray(FILLERS[kind](filler_param, shape, rng), dtype=dtype).reshape(shape)
+    values = FILLERS[filler_param.type](filler_param, shape, rng)
+    return np.asarray(values, dtype=dtype).reshape(shape)

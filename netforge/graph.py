@@ -213,21 +213,24 @@ def _reshape_step(step: LayerStep) -> None:
         return
     layer = step.layer
     shapes = layer.reshape([b.shape for b in step.bottoms])
-    if len(shapes) != len(step.tops):
-        raise GraphError(
-            f"{layer.label} produced {len(shapes)} top shape(s) for {len(step.tops)} tops"
-        )
+    _check_top_count(layer, shapes, len(step.tops))
     for j, (top, shape) in enumerate(zip(step.tops, shapes, strict=True)):
         shape = tuple(int(d) for d in shape)
         if j < len(step.bottoms) and top is step.bottoms[j]:  # in place: the bottom's shape
-            if shape != top.shape:
-                raise ShapeError(
-                    f'{layer.label}: in-place top "{step.top_names[j]}" would change shape '
-                    f"{top.shape} -> {shape}"
-                )
+            _check_in_place_shape(layer, step.top_names[j], top.shape, shape)
             continue
         top.reshape(shape)
     _share_tops(layer, step.bottoms, step.tops)
+
+
+def _check_top_count(layer: Layer, top_shapes, n_tops: int) -> None:
+    if len(top_shapes) != n_tops:
+        raise GraphError(f"{layer.label} produced {len(top_shapes)} top shape(s) for {n_tops} tops")
+
+
+def _check_in_place_shape(layer: Layer, name: str, old: tuple, new: tuple) -> None:
+    if new != old:
+        raise ShapeError(f'{layer.label}: in-place top "{name}" would change shape {old} -> {new}')
 
 
 def _check_arity(layer: Layer, n_bottom: int, n_top: int) -> None:
@@ -286,10 +289,7 @@ def compile_net(net: pb.NetParameter, ctx: LayerContext) -> Plan:
         bottom_shapes = [b.shape for b in bottoms]
         layer.setup(bottom_shapes)
         top_shapes = layer.reshape(bottom_shapes)
-        if len(top_shapes) != len(top_names):
-            raise GraphError(
-                f"{layer.label} produced {len(top_shapes)} top shape(s) for {len(top_names)} tops"
-            )
+        _check_top_count(layer, top_shapes, len(top_names))
 
         tops = []
         for j, name in enumerate(top_names):
@@ -299,11 +299,7 @@ def compile_net(net: pb.NetParameter, ctx: LayerContext) -> Plan:
                     raise GraphError(
                         f'{layer.label} cannot compute in place (top "{name}" is also its bottom)'
                     )
-                if shape != bottoms[j].shape:
-                    raise ShapeError(
-                        f'{layer.label}: in-place top "{name}" would change shape '
-                        f"{bottoms[j].shape} -> {shape}"
-                    )
+                _check_in_place_shape(layer, name, bottoms[j].shape, shape)
                 top = bottoms[j]
             elif name in blobs:
                 raise GraphError(

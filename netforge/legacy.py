@@ -328,16 +328,13 @@ def upgrade_v0_layer(connection: pb.V1LayerParameter, source: str = "net"
             setattr(target(name, {"lrn": "lrn_param"}), name, getattr(v0, name))
     if v0.HasField("source"):
         target("source", sources).source = v0.source
-    if v0.HasField("scale"):
-        out.transform_param.scale = v0.scale
-    if v0.HasField("meanfile"):
-        out.transform_param.mean_file = v0.meanfile
     if v0.HasField("batchsize"):
         target("batchsize", batches).batch_size = v0.batchsize
-    if v0.HasField("cropsize"):
-        out.transform_param.crop_size = v0.cropsize
-    if v0.HasField("mirror"):
-        out.transform_param.mirror = v0.mirror
+    # Preprocessing settings of any data layer go to transform_param.
+    for v0_field, new_field in (("scale", "scale"), ("meanfile", "mean_file"),
+                                ("cropsize", "crop_size"), ("mirror", "mirror")):
+        if v0.HasField(v0_field):
+            setattr(out.transform_param, new_field, getattr(v0, v0_field))
     if v0.HasField("rand_skip"):
         target("rand_skip", {"data": "data_param", "images": "image_data_param"}).rand_skip = (
             v0.rand_skip

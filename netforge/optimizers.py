@@ -19,6 +19,7 @@ class UpdateRule:
     """Base: owns the history blobs (``history``: one list of arrays per history slot)."""
 
     slots = 1  # history arrays per parameter (Caffe stores all of slot 0, then slot 1)
+    scratch_buffers = 1  # shared scratch arrays a rule needs for one parameter's update
 
     def __init__(self, solver_param, params):
         self.sp = solver_param
@@ -26,12 +27,16 @@ class UpdateRule:
         xp = params[0].blob.xp if params else None
         self.history = [[xp.zeros_like(p.blob.data) for p in params] for _ in range(self.slots)]
         # Scratch for one parameter's update at a time: every parameter's ``temp`` is a view
-        # of one buffer as large as the largest (a copy per parameter doubled the weights'
+        # of one buffer as large as the largest parameter (a copy per parameter doubled the weights'
         # memory: 244 MB for AlexNet).
         largest = max((p.blob.count for p in params), default=0)
         dtype = params[0].blob.data.dtype if params else None
-        shared = xp.zeros(largest, dtype=dtype) if params else None
-        self.temp = [shared[:p.blob.count].reshape(p.blob.shape) for p in params]
+        views = []
+        for _ in range(self.scratch_buffers):
+            shared = xp.zeros(largest, dtype=dtype) if params else None
+            views.append([shared[:p.blob.count].reshape(p.blob.shape) for p in params])
+        self.temp = views[0]
+        self.temp2 = views[1] if len(views) > 1 else []  # Nesterov and AdaDelta need two
         self._check()
 
     def _check(self) -> None:
@@ -51,7 +56,11 @@ class UpdateRule:
         threshold = self.sp.clip_gradients
         if threshold < 0:
             return
-        sumsq = sum(float((p.blob.diff * p.blob.diff).sum()) for p in self.params if p.lr_mult)
+        sumsq = 0.0
+        for i, p in enumerate(self.params):
+            if p.lr_mult:
+                p.blob.xp.multiply(p.blob.diff, p.blob.diff, out=self.temp[i])
+                sumsq += float(self.temp[i].sum())
         norm = math.sqrt(sumsq)
         if norm > threshold:
             factor = threshold / norm
@@ -70,15 +79,15 @@ class UpdateRule:
         if not decay:
             return
         kind = self.sp.regularization_type
+        xp = p.blob.xp
         if kind == "L2":
-            p.blob.diff += decay * p.blob.data  # small temp; avoided below where it matters
+            xp.multiply(p.blob.data, decay, out=self.temp[i])
         elif kind == "L1":
-            xp = p.blob.xp
             xp.sign(p.blob.data, out=self.temp[i])
             self.temp[i] *= decay
-            p.blob.diff += self.temp[i]
         else:
             raise ConfigError(f'unknown regularization_type "{kind}" (use "L2" or "L1")')
+        p.blob.diff += self.temp[i]
 
     def compute_update(self, i: int, p, local_rate: float, iteration: int) -> None:
         raise NotImplementedError
@@ -86,15 +95,6 @@ class UpdateRule:
 
 class SGD(UpdateRule):
     """v = momentum·v + lr·g; diff = v (the rate lives inside the momentum buffer)."""
-
-    def regularize(self, i, p):
-        decay = self.sp.weight_decay * p.decay_mult
-        if decay and self.sp.regularization_type == "L2":
-            xp = p.blob.xp
-            xp.multiply(p.blob.data, decay, out=self.temp[i])
-            p.blob.diff += self.temp[i]
-        else:
-            super().regularize(i, p)
 
     def compute_update(self, i, p, local_rate, iteration):
         # Five passes over the parameter's size (memory-bound for AlexNet's 61M weights);
@@ -109,13 +109,18 @@ class SGD(UpdateRule):
 class Nesterov(SGD):
     """v' = momentum·v + lr·g; diff = (1+momentum)·v' − momentum·v."""
 
+    scratch_buffers = 2
+
     def compute_update(self, i, p, local_rate, iteration):
-        v, prev, m = self.history[0][i], self.temp[i], self.sp.momentum
-        prev[...] = v
+        xp, g, m = p.blob.xp, p.blob.diff, self.sp.momentum
+        v, prev, t = self.history[0][i], self.temp[i], self.temp2[i]
+        xp.copyto(prev, v)
         v *= m
-        v += local_rate * p.blob.diff
-        p.blob.diff[...] = (1 + m) * v
-        p.blob.diff -= m * prev
+        xp.multiply(g, local_rate, out=t)
+        v += t
+        xp.multiply(v, 1 + m, out=g)
+        prev *= m
+        g -= prev
 
 
 class AdaGrad(SGD):
@@ -129,10 +134,7 @@ class AdaGrad(SGD):
         xp, h, t, g = p.blob.xp, self.history[0][i], self.temp[i], p.blob.diff
         xp.multiply(g, g, out=t)
         h += t
-        xp.sqrt(h, out=t)
-        t += self.sp.delta
-        xp.divide(g, t, out=g)
-        g *= local_rate
+        _divide_by_root(xp, g, h, t, self.sp.delta, local_rate)
 
 
 class RMSProp(SGD):
@@ -150,30 +152,32 @@ class RMSProp(SGD):
         t *= 1 - d
         h *= d
         h += t
-        xp.sqrt(h, out=t)
-        t += self.sp.delta
-        xp.divide(g, t, out=g)
-        g *= local_rate
+        _divide_by_root(xp, g, h, t, self.sp.delta, local_rate)
 
 
 class AdaDelta(SGD):
     """h = m·h + (1−m)g²; u = g·√((h2+δ)/(h+δ)); h2 = m·h2 + (1−m)u²; diff = lr·u."""
 
     slots = 2
+    scratch_buffers = 2
 
     def compute_update(self, i, p, local_rate, iteration):
-        xp, g, t, m, delta = p.blob.xp, p.blob.diff, self.temp[i], self.sp.momentum, self.sp.delta
+        xp, g, m, delta = p.blob.xp, p.blob.diff, self.sp.momentum, self.sp.delta
+        t, t2 = self.temp[i], self.temp2[i]
         h, h2 = self.history[0][i], self.history[1][i]
         xp.multiply(g, g, out=t)
         h *= m
-        h += (1 - m) * t
+        t *= 1 - m
+        h += t
         xp.add(h2, delta, out=t)
-        t /= h + delta
+        xp.add(h, delta, out=t2)
+        t /= t2
         xp.sqrt(t, out=t)
         g *= t
         xp.multiply(g, g, out=t)
         h2 *= m
-        h2 += (1 - m) * t
+        t *= 1 - m
+        h2 += t
         g *= local_rate
 
 
@@ -189,7 +193,8 @@ class Adam(SGD):
         step = iteration + 1
         correction = math.sqrt(1 - b2**step) / (1 - b1**step)
         m *= b1
-        m += (1 - b1) * g
+        xp.multiply(g, 1 - b1, out=t)
+        m += t
         xp.multiply(g, g, out=t)
         t *= 1 - b2
         v *= b2
@@ -198,6 +203,14 @@ class Adam(SGD):
         t += self.sp.delta
         xp.divide(m, t, out=g)
         g *= local_rate * correction
+
+
+def _divide_by_root(xp, g, h, t, delta, local_rate) -> None:
+    """g = local_rate · g / (√h + delta), with ``t`` as scratch (AdaGrad, RMSProp)."""
+    xp.sqrt(h, out=t)
+    t += delta
+    xp.divide(g, t, out=g)
+    g *= local_rate
 
 
 RULES = {"SGD": SGD, "Nesterov": Nesterov, "AdaGrad": AdaGrad, "RMSProp": RMSProp,

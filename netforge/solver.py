@@ -18,6 +18,7 @@ from netforge import config, divergence, lr_policies
 from netforge import netforge_pb2 as pb
 from netforge.backend import to_host
 from netforge.errors import ConfigError
+from netforge.evaluate import add_outputs
 from netforge.metrics import MetricsWriter, metrics_path
 from netforge.net import Net
 from netforge.optimizers import make_update_rule
@@ -292,9 +293,7 @@ class Solver:
                 log.info("Test interrupted.")
                 return {}
             loss += net.forward_range(0, last)
-            for name in net.outputs:
-                value = np.array(to_host(net.blobs[name].data), dtype=np.float64).ravel()
-                totals[name] = totals[name] + value if name in totals else value
+            add_outputs(net, totals)
         if sp.test_compute_loss:
             log.info("Test loss: %s", _fmt(loss / n_iter))
         means = {name: total / n_iter for name, total in totals.items()}

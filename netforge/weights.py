@@ -14,16 +14,12 @@ import numpy as np
 
 from netforge import backend, config
 from netforge import netforge_pb2 as pb
+from netforge.data.hdf5 import is_hdf5_file
 from netforge.data.records import array_to_blobproto, blobproto_to_array
 from netforge.errors import ConfigError, DataError, ShapeError
 from netforge.fileio import atomic_path, atomic_write_bytes
 
 log = logging.getLogger("netforge")
-
-
-def is_hdf5(path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
 def read_caffemodel(path) -> pb.NetParameter:
@@ -98,7 +94,7 @@ def copy_into(net, path) -> None:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such weights file")
-    if is_hdf5(path):
+    if is_hdf5_file(path):
         _copy_from_hdf5(net, path)
         return
     source = read_caffemodel(path)
@@ -123,30 +119,41 @@ def _copy_from_hdf5(net, path) -> None:
         handle = h5py.File(path, "r")
     except OSError as exc:
         raise DataError(f"{path}: damaged HDF5 weights file ({exc})") from None
+    with handle:
+        group = handle.get("data")
+        if not isinstance(group, h5py.Group):
+            raise DataError(f'{path}: no "data" group; not a Caffe HDF5 weights file')
+        try:
+            _copy_hdf5_group(net, group, path)
+        except (OSError, ValueError, TypeError) as exc:  # unreadable or non-numeric datasets
+            raise DataError(f"{path}: damaged HDF5 weights file ({exc})") from None
+
+
+def _copy_hdf5_group(net, group, path) -> None:
+    import h5py
+
     owned = {(name, k) for name, k, _ in _owned_params(net)}
     layers = net.layer_dict
-    with handle:
-        if "data" not in handle:
-            raise DataError(f'{path}: no "data" group; not a Caffe HDF5 weights file')
-        group = handle["data"]
-        for name in group:
-            target = layers.get(name)
-            if target is None:
-                log.info("Ignoring source layer %s", name)
-                continue
-            stored = group[name]
-            if len(stored) > len(target.blobs):
-                raise _blob_count_error(path, name, len(stored), len(target.blobs))
-            for k, blob in enumerate(target.blobs):
-                key = str(k)
-                if key not in stored:
-                    if (name, k) in owned:
-                        raise _blob_count_error(path, name, len(stored), len(target.blobs))
-                    continue  # a shared (non-owner) param: Caffe does not store it
-                values = np.asarray(stored[key])
-                if values.shape != tuple(blob.shape):
-                    raise _shape_mismatch(path, name, k, str(values.shape), blob.shape)
-                blob.data[...] = blob.xp.asarray(values.astype(blob.dtype))
+    for name in group:
+        target = layers.get(name)
+        if target is None:
+            log.info("Ignoring source layer %s", name)
+            continue
+        stored = group[name]
+        if not isinstance(stored, h5py.Group):
+            raise DataError(f'{path}: "data/{name}" is not a group of param datasets')
+        if len(stored) > len(target.blobs):
+            raise _blob_count_error(path, name, len(stored), len(target.blobs))
+        for k, blob in enumerate(target.blobs):
+            key = str(k)
+            if key not in stored:
+                if (name, k) in owned:
+                    raise _blob_count_error(path, name, len(stored), len(target.blobs))
+                continue  # a shared (non-owner) param: Caffe does not store it
+            values = np.asarray(stored[key])
+            if values.shape != tuple(blob.shape):
+                raise _shape_mismatch(path, name, k, str(values.shape), blob.shape)
+            blob.data[...] = blob.xp.asarray(values.astype(blob.dtype))
 
 
 def net_to_proto(net, write_diff: bool = False) -> pb.NetParameter:

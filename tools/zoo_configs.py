@@ -95,6 +95,11 @@ def filler(kind, **values):
     return pairs
 
 
+def weight_bias_fillers(weight, bias):
+    """``weight_filler`` (a ``filler(...)``) and a constant ``bias_filler`` of ``bias``."""
+    return [("weight_filler", weight), ("bias_filler", filler("constant", value=bias))]
+
+
 def input_layer(n, c, h, w):
     return ntbt("data", "Input", [], "data", [
         ("", Inline(f"input_param {{ shape: {{ dim: {n} dim: {c} dim: {h} dim: {w} }} }}"))])
@@ -184,8 +189,7 @@ def alex_conv(name, bottom, spec, train, params=True, bias_override=None):
     if stride is not None:
         param.append(("stride", stride))
     if train:
-        param += [("weight_filler", filler("gaussian", std=std)),
-                  ("bias_filler", filler("constant", value=bias))]
+        param += weight_bias_fillers(filler("gaussian", std=std), bias)
     return ntbt(name, "Convolution", bottom, name, lr_params() if params else [],
                 [("convolution_param", param)])
 
@@ -193,8 +197,7 @@ def alex_conv(name, bottom, spec, train, params=True, bias_override=None):
 def alex_fc(name, bottom, num, std, bias, train, params=True):
     param = [("num_output", num)]
     if train:
-        param += [("weight_filler", filler("gaussian", std=std)),
-                  ("bias_filler", filler("constant", value=bias))]
+        param += weight_bias_fillers(filler("gaussian", std=std), bias)
     return ntbt(name, "InnerProduct", bottom, name, lr_params() if params else [],
                 [("inner_product_param", param)])
 
@@ -267,14 +270,12 @@ def g_conv(name, bottom, num, kernel, pad=None, stride=None, bias="0.2"):
     param.append(("kernel_size", kernel))
     if stride is not None:
         param.append(("stride", stride))
-    param += [("weight_filler", filler("xavier")),
-              ("bias_filler", filler("constant", value=bias))]
+    param += weight_bias_fillers(filler("xavier"), bias)
     return ntbt(name, "Convolution", bottom, name, lr_params(), [("convolution_param", param)])
 
 
 def g_fc(name, bottom, num, bias):
-    param = [("num_output", num), ("weight_filler", filler("xavier")),
-             ("bias_filler", filler("constant", value=bias))]
+    param = [("num_output", num), *weight_bias_fillers(filler("xavier"), bias)]
     return ntbt(name, "InnerProduct", bottom, name, lr_params(),
                 [("inner_product_param", param)])
 
@@ -504,8 +505,7 @@ def resnet50(train: bool) -> str:
         ("kernel_size", 7), ("stride", 1), ("pool", Raw("AVE"))])]))
     fc_param = [("num_output", 1000)]
     if train:
-        fc_param += [("weight_filler", filler("msra")),
-                     ("bias_filler", filler("constant", value=0))]
+        fc_param += weight_bias_fillers(filler("msra"), 0)
     layers.append(btnt("pool5", "fc1000", "fc1000", "InnerProduct",
                        lr_params() if train else [], [("inner_product_param", fc_param)]))
     if train:
@@ -651,8 +651,7 @@ def densenet121(train: bool) -> str:
     layers.append(pool("pool5", "conv5_blk/bn", "pool5", "AVE", global_pool=True))
     fc_param = [("num_output", 1000), ("kernel_size", 1)]
     if train:
-        fc_param += [("weight_filler", filler("msra")),
-                     ("bias_filler", filler("constant", value=0))]
+        fc_param += weight_bias_fillers(filler("msra"), 0)
     layers.append(ntbt("fc6", "Convolution", "pool5", "fc6", [("convolution_param", fc_param)]))
     if train:
         layers += [

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge.data.hdf5 import Hdf5PartsWriter, hdf5_sources, iter_hdf5_rows
+from netforge.data.hdf5 import Hdf5PartsWriter, hdf5_sources, inspect_hdf5, iter_hdf5_rows
 from netforge.data.image_list import (
     check_resize,
     load_image,
@@ -393,21 +393,15 @@ def _lmdb_mean(db_path: Path, progress, workers: int) -> np.ndarray:
 
 
 def _hdf5_mean(db_path: Path, progress) -> np.ndarray:
-    import h5py
-
     files = hdf5_sources(db_path)
-    total = 0
-    for path in files:
-        try:
-            with h5py.File(path, "r") as handle:
-                total += int(handle["data"].shape[0]) if "data" in handle else 0
-        except OSError as exc:
-            raise DataError(f"{path} is not a readable HDF5 file (damaged?): {exc}") from None
+    total = sum(inspect_hdf5(path, ["data"]).rows for path in files)
     acc = _MeanAccumulator()
     for path, block in iter_hdf5_rows(files, "data"):
         if block.ndim != 4:
             raise DataError(f'{path}: dataset "data" is {block.ndim - 1}-D per row; a mean '
                             "needs C×H×W images")
+        if not np.issubdtype(block.dtype, np.number):
+            raise DataError(f'{path}: dataset "data" holds {block.dtype} values, not numbers')
         acc.add(block, str(path))
         if progress is not None:
             progress(acc.count, total)

@@ -118,6 +118,8 @@ def load_hdf5(path, names, dtype) -> dict[str, np.ndarray]:
             return {name: np.asarray(handle[name][...], dtype=dtype) for name in names}
     except (OSError, KeyError) as exc:
         raise DataError(f"{path}: cannot read (damaged HDF5 file?): {exc}") from None
+    except (ValueError, TypeError) as exc:  # text datasets, groups where datasets belong
+        raise DataError(f"{path}: datasets {list(names)} must be numeric arrays: {exc}") from None
 
 
 def iter_hdf5_rows(files, name: str = "data", chunk: int = 256):
@@ -195,8 +197,8 @@ class Hdf5Appender:
 
     def append(self, arrays: dict[str, np.ndarray]) -> None:
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = _h5py().File(self.path, "w")
             except OSError as exc:
                 raise DataError(f"cannot create HDF5 file {self.path}: {exc}") from None

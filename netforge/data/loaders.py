@@ -30,6 +30,14 @@ def _size(shape) -> str:
     return "×".join(str(int(d)) for d in shape)
 
 
+def _fits_first(loader, shape) -> bool:
+    """Whether an image of ``shape`` fills a batch row as the first record's did: the same
+    size, or one the transformer crops to the same output."""
+    return shape == loader.first_shape or (
+        loader.transformer.output_shape(shape) == loader.shapes["data"]
+    )
+
+
 class BatchLoader:
     """Base: batch geometry, per-batch generators, resumable stream state.
 
@@ -130,9 +138,7 @@ class DatumLoader(BatchLoader):
         def one(i: int) -> None:
             key, value = records[i]
             image, label = self._decode(key, value)
-            if image.shape != self.first_shape and (
-                self.transformer.output_shape(image.shape) != self.shapes["data"]
-            ):
+            if not _fits_first(self, image.shape):
                 raise DataError(
                     f"{self.label}: record {key.decode('utf-8', 'replace')!r} of {self.source} "
                     f"is {_size(image.shape)} but the first record is {_size(self.first_shape)}; "
@@ -205,9 +211,7 @@ class ImageListLoader(BatchLoader):
         def one(i: int) -> None:
             rel, label = entries[i]
             image = self._load(rel)
-            if image.shape != self.first_shape and (
-                self.transformer.output_shape(image.shape) != self.shapes["data"]
-            ):
+            if not _fits_first(self, image.shape):
                 raise DataError(
                     f"{self.label}: image {self._path(rel)} is {_size(image.shape)} but the "
                     f"first image is {_size(self.first_shape)}; set new_height/new_width "

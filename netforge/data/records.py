@@ -214,12 +214,16 @@ def load_mean_file(path) -> np.ndarray:
         raise DataError(f"mean file {path} does not exist")
     if path.suffix == ".npy":
         try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"mean file {path} is damaged or not a .npy array: {exc}") from None
-        array = np.asarray(array, dtype=np.float32)
+            array = np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
+        except (OSError, ValueError, TypeError) as exc:
+            raise DataError(
+                f"mean file {path} is damaged or not a numeric .npy array: {exc}"
+            ) from None
     else:
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"mean file {path} cannot be read: {exc}") from None
         blob = pb.BlobProto()
         try:
             blob.ParseFromString(raw)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from netforge.blob import Blob
-from netforge.errors import ShapeError, layer_label
+from netforge.errors import ConfigError, ShapeError, layer_label
 from netforge.fileio import resolve_file
 from netforge.fillers import fill
 
@@ -97,7 +97,10 @@ class Layer:
     def add_param(self, shape, filler_param) -> Blob:
         """Create a parameter blob initialised by ``filler_param`` (a FillerParameter)."""
         blob = Blob(shape, self.dtype, self.xp)
-        values = fill(filler_param, shape, self.ctx.rng, self.dtype)
+        try:
+            values = fill(filler_param, shape, self.ctx.rng, self.dtype)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.label}: {exc}") from None
         blob.data[...] = self.xp.asarray(values)
         self.blobs.append(blob)
         self.param_propagate_down.append(True)

@@ -176,23 +176,16 @@ class ConcatLayer(Layer):
                     f'bottom "{self.param.bottom[j]}" has shape {shape}, which does not match '
                     f'bottom "{self.param.bottom[0]}" {first} outside axis {self.axis}'
                 )
-        sizes = [shape[self.axis] for shape in bottom_shapes]
-        self.bounds = [sum(sizes[:j]) for j in range(len(sizes) + 1)]
-        return [(*first[: self.axis], sum(sizes), *first[self.axis + 1 :])]
-
-    def _slices(self, j):
-        return (slice(None),) * self.axis + (slice(self.bounds[j], self.bounds[j + 1]),)
+        self.widths = [shape[self.axis] for shape in bottom_shapes]
+        return [(*first[: self.axis], sum(self.widths), *first[self.axis + 1 :])]
 
     def forward(self, bottoms, tops):
-        y = tops[0].data
-        for j, bottom in enumerate(bottoms):
-            y[self._slices(j)] = bottom.data
+        ops.concat_forward([b.data for b in bottoms], tops[0].data, axis=self.axis)
 
     def backward(self, tops, propagate_down, bottoms):
-        dy = tops[0].diff
-        for j, bottom in enumerate(bottoms):
-            if propagate_down[j]:
-                bottom.diff[...] = dy[self._slices(j)]
+        ops.concat_backward(tops[0].diff,
+                            [b.diff if propagate_down[j] else None for j, b in enumerate(bottoms)],
+                            axis=self.axis, widths=self.widths)
 
 
 @register("Eltwise")

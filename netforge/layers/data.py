@@ -20,7 +20,7 @@ from netforge.data.prefetch import Prefetcher
 from netforge.data.records import load_mean_file
 from netforge.data.transformer import Transformer
 from netforge.errors import ConfigError, DataError
-from netforge.fillers import fill
+from netforge.fillers import check_filler, fill
 from netforge.layers.base import Layer
 from netforge.layers.registry import register
 
@@ -101,6 +101,11 @@ class DummyDataLayer(Layer):
             )
         fillers = list(p.data_filler) or [pb.FillerParameter(type="constant", value=0)]
         self.fillers = _per_top(fillers, num_tops, "data_filler entries", self.label)
+        for filler in self.fillers:
+            try:
+                check_filler(filler)
+            except ConfigError as exc:
+                raise ConfigError(f"{self.label}: {exc}") from None
         self.refill = [f.type != "constant" for f in self.fillers]
         self._filled: list[object] = [None] * num_tops
 
@@ -114,8 +119,6 @@ class DummyDataLayer(Layer):
                 values = fill(self.fillers[i], top.shape, self.ctx.rng, top.dtype)
                 _copy_to_top(top.data, values)
                 self._filled[i] = top.data
-
-
 
 
 # -- prefetching readers --------------------------------------------------------------------------
@@ -200,10 +203,7 @@ def _make_transformer(layer: Layer, tp: pb.TransformationParameter) -> Transform
     if tp.mean_file:
         if len(tp.mean_value):
             raise ConfigError(f"{layer.label}: give mean_file or mean_value, not both")
-        try:
-            mean = load_mean_file(layer.resolve_path(tp.mean_file))
-        except DataError as exc:
-            raise DataError(f"{layer.label}: {exc}") from None
+        mean = _with_label(layer, lambda: load_mean_file(layer.resolve_path(tp.mean_file)))
     elif len(tp.mean_value):
         mean = list(tp.mean_value)
     return Transformer(scale=tp.scale, mean=mean, crop_size=tp.crop_size, mirror=tp.mirror,

@@ -38,7 +38,8 @@ class ReLULayer(NeuronLayer):
 
 
 class _SmoothNeuronLayer(NeuronLayer):
-    """Sigmoid/TanH: backward from the top data; a scratch array for the in-place case."""
+    """Sigmoid/TanH/BNLL: backward from the top data (so in place needs no copy of x);
+    one scratch array."""
 
     def reshape(self, bottom_shapes):
         self.ws = allocate(ops.tmp_workspace_shapes(bottom_shapes[0], self.dtype), self.xp)
@@ -230,12 +231,8 @@ class AbsValLayer(_BottomKeepingLayer):
 
 
 @register("BNLL")
-class BNLLLayer(NeuronLayer):
+class BNLLLayer(_SmoothNeuronLayer):
     """y = log(1 + exp(x)), the binomial normal log-likelihood, computed stably."""
-
-    def reshape(self, bottom_shapes):
-        self.ws = allocate(ops.tmp_workspace_shapes(bottom_shapes[0], self.dtype), self.xp)
-        return [bottom_shapes[0]]
 
     def forward(self, bottoms, tops):
         ops.bnll_forward(bottoms[0].data, tops[0].data, ws=self.ws)

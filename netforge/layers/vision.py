@@ -54,6 +54,12 @@ def _conv_window(p, label: str) -> tuple[tuple[int, int], ...]:
     return kernel, pad, stride, dilation
 
 
+def _conv_output_hw(shape: tuple[int, ...], kernel, pad, stride, dilation) -> tuple[int, int]:
+    """(OH, OW) of a convolution window over the (N, C, H, W) ``shape``."""
+    return tuple(ops.conv_output_size(shape[2 + i], kernel[i], pad[i], stride[i], dilation[i])
+                 for i in (0, 1))
+
+
 def _four_d(layer: Layer, shape: tuple[int, ...], j: int = 0) -> None:
     if len(shape) != 4:
         raise layer.shape_error(f'bottom "{layer.param.bottom[j]}" must be 4-D (N, C, H, W), '
@@ -103,10 +109,7 @@ class ConvolutionLayer(Layer):
         return self.blobs[0].shape[1] * self.group
 
     def _top_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        oh = ops.conv_output_size(shape[2], self.kernel[0], self.pad[0], self.stride[0],
-                                  self.dilation[0])
-        ow = ops.conv_output_size(shape[3], self.kernel[1], self.pad[1], self.stride[1],
-                                  self.dilation[1])
+        oh, ow = _conv_output_hw(shape, self.kernel, self.pad, self.stride, self.dilation)
         return (shape[0], self.blobs[0].shape[0], oh, ow)
 
     def _workspace_spec(self, shape: tuple[int, ...]):
@@ -271,10 +274,7 @@ class Im2colLayer(Layer):
     def reshape(self, bottom_shapes):
         shape = bottom_shapes[0]
         _four_d(self, shape)
-        oh = ops.conv_output_size(shape[2], self.kernel[0], self.pad[0], self.stride[0],
-                                  self.dilation[0])
-        ow = ops.conv_output_size(shape[3], self.kernel[1], self.pad[1], self.stride[1],
-                                  self.dilation[1])
+        oh, ow = _conv_output_hw(shape, self.kernel, self.pad, self.stride, self.dilation)
         if oh <= 0 or ow <= 0:
             raise self.shape_error(f"input {shape} is smaller than the kernel {self.kernel}")
         return [(shape[0], shape[1] * self.kernel[0] * self.kernel[1], oh, ow)]
@@ -335,9 +335,7 @@ class PoolingLayer(Layer):
 
     def reshape(self, bottom_shapes):
         shape = bottom_shapes[0]
-        if len(shape) != 4:
-            raise self.shape_error(f'bottom "{self.param.bottom[0]}" must be 4-D (N, C, H, W), '
-                                   f"got shape {shape}")
+        _four_d(self, shape)
         if self.global_pooling:
             self.kernel = (shape[2], shape[3])
         oh = ops.pool_output_size(shape[2], self.kernel[0], self.pad[0], self.stride[0],

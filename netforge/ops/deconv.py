@@ -24,8 +24,15 @@ from __future__ import annotations
 
 import numpy
 
-from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, pair, view_as
-from netforge.ops.vision import IntPair, conv_backward, conv_forward, conv_workspace_shapes
+from netforge.ops._xp import Array, WorkspaceSpec, pair, view_as
+from netforge.ops.vision import (
+    IntPair,
+    add_bias_gradient,
+    add_channel_bias,
+    conv_backward,
+    conv_forward,
+    conv_workspace_shapes,
+)
 
 
 def deconv_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int = 1) -> int:
@@ -68,14 +75,12 @@ def deconv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: Int
         y: (N, C_out, OH, OW) output, assigned.
         ws: workspace from ``deconv_workspace_shapes``.
     """
-    xp = get_array_module(x)
     # The convolution's data gradient reads only the shape of its input argument (it never
     # needs the input's values without a weight gradient), so y stands in for it.
     conv_backward(x, y, w, dx=y, dw=None, db=None, stride=stride, pad=pad, dilation=dilation,
                   group=group, ws=ws)
     if b is not None:
-        y3 = view_as(y, (y.shape[0], y.shape[1], y.shape[2] * y.shape[3]))
-        xp.add(y3, b[:, None], out=y3)
+        add_channel_bias(y, b)
 
 
 def deconv_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Array | None,
@@ -92,12 +97,10 @@ def deconv_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Arra
         db: (C_out,), accumulated.
         ws: workspace from ``deconv_workspace_shapes``.
     """
-    xp = get_array_module(dy)
     geo = {"stride": stride, "pad": pad, "dilation": dilation, "group": group}
     if db is not None:
         dy3 = view_as(dy, (dy.shape[0], dy.shape[1], dy.shape[2] * dy.shape[3]))
-        xp.sum(dy3, axis=(0, 2), out=ws["deconv_db"])
-        xp.add(db, ws["deconv_db"], out=db)
+        add_bias_gradient(dy3, db, ws["deconv_db"])
     if dx is not None:
         conv_forward(dy, w, None, dx, ws=ws, **geo)
     if dw is not None:

@@ -34,6 +34,7 @@ of length OH, OW, H*W or kh*kw (no batch or channel axis) are created per call.
 
 from __future__ import annotations
 
+from math import prod
 from typing import NamedTuple
 
 import numpy
@@ -114,13 +115,6 @@ def _window_origin(xp, geo: _PoolGeom, dtype) -> Array:
     return rows[:, None] * geo.w + cols[None, :]
 
 
-def _size(shape: tuple[int, ...]) -> int:
-    count = 1
-    for d in shape:
-        count *= int(d)
-    return count
-
-
 def _align(nbytes: int) -> int:
     return -(-nbytes // 64) * 64
 
@@ -185,7 +179,7 @@ def _plane_bytes(geo: _PoolGeom, itemsize: int) -> list[int]:
     pl = _planar(geo)
     sd = _score_dtype(geo).itemsize
     count = len(pl.planes) * pl.length + pl.tail
-    ny = _size((geo.n, geo.c, geo.oh, geo.ow))
+    ny = prod((geo.n, geo.c, geo.oh, geo.ow))
     return [count * itemsize, pl.length * itemsize, pl.length * itemsize, pl.length * sd,
             pl.length * sd, ny * numpy.dtype(numpy.intp).itemsize]
 
@@ -195,7 +189,7 @@ def _pool_scratch_spec(x_shape, y_shape, kernel, stride, pad, dtype,
     geo = _pool_geom(x_shape, y_shape, kernel, stride, pad)
     itemsize = 8 if dtype is None else numpy.dtype(dtype).itemsize
     if geo.is_global:
-        nbytes = _align(_size(x_shape))  # backward's bool mask
+        nbytes = _align(int(prod(x_shape)))  # backward's bool mask
     else:
         nbytes = sum(_align(b) for b in _plane_bytes(geo, itemsize))
     return {"scratch": ((nbytes,), numpy.dtype(numpy.uint8)),
@@ -618,15 +612,20 @@ def stochastic_pool_forward_test(x: Array, y: Array, *, kernel: IntPair, stride:
     """y (N, C, OH, OW), assigned: sum(x^2) / (FLT_MIN + sum(x)) over each window."""
     xp = get_array_module(x)
     geo = _no_pad_geom(x.shape, y.shape, kernel, stride)
-    offsets = list(_offsets(geo))
+    _weighted_average(xp, x, y, list(_offsets(geo)), ws)
+
+
+def _weighted_average(xp, x: Array, out: Array, offsets, ws: dict) -> None:
+    """out (N, C, OH, OW) = sum(x^2) / (FLT_MIN + sum(x)) over each window, leaving that
+    denominator in ws["total"] (``ws["tmp"]`` is scratch)."""
     total, tmp = ws["total"], ws["tmp"]
     _window_sums(xp, x, total, offsets, start=_FLT_MIN)
-    y.fill(0)
+    out.fill(0)
     for _, _, ro, co, hs, ws_ in offsets:
-        xs, ys, ms = x[:, :, hs, ws_], y[:, :, ro, co], tmp[:, :, ro, co]
-        xp.multiply(xs, xs, out=ms)
-        xp.add(ys, ms, out=ys)
-    xp.divide(y, total, out=y)
+        xs, os_, ts = x[:, :, hs, ws_], out[:, :, ro, co], tmp[:, :, ro, co]
+        xp.multiply(xs, xs, out=ts)
+        xp.add(os_, ts, out=os_)
+    xp.divide(out, total, out=out)
 
 
 def stochastic_pool_backward_test(dy: Array, x: Array, dx: Array, *, kernel: IntPair,
@@ -642,13 +641,7 @@ def stochastic_pool_backward_test(dy: Array, x: Array, dx: Array, *, kernel: Int
     geo = _no_pad_geom(x.shape, dy.shape, kernel, stride)
     offsets = list(_offsets(geo))
     total, weighted, scaled, tmp = ws["total"], ws["weighted"], ws["running"], ws["tmp"]
-    _window_sums(xp, x, total, offsets, start=_FLT_MIN)
-    weighted.fill(0)
-    for _, _, ro, co, hs, ws_ in offsets:
-        xs, ys, ts = x[:, :, hs, ws_], weighted[:, :, ro, co], tmp[:, :, ro, co]
-        xp.multiply(xs, xs, out=ts)
-        xp.add(ys, ts, out=ys)
-    xp.divide(weighted, total, out=weighted)
+    _weighted_average(xp, x, weighted, offsets, ws)  # y, recomputed; S left in total
     xp.divide(dy, total, out=scaled)
     dx.fill(0)
     for _, _, ro, co, hs, ws_ in offsets:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy
 
 from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, view_as
-from netforge.ops.neuron import sigmoid_forward
+from netforge.ops.neuron import sigmoid_backward, sigmoid_forward, tanh_backward
 
 # --------------------------------------------------------------------------- shared helpers
 
@@ -50,24 +50,40 @@ def _gate_blocks(a: Array, hidden: int) -> tuple[Array, Array, Array, Array]:
     return tuple(a[:, k * hidden:(k + 1) * hidden] for k in range(4))
 
 
-def _times_sigmoid_grad(xp, d: Array, y: Array, tmp: Array) -> None:
+def _times_sigmoid_grad(d: Array, y: Array, tmp: Array) -> None:
     """d *= y·(1 − y): the chain rule through a sigmoid whose output is y."""
-    xp.subtract(1, y, out=tmp)
-    xp.multiply(tmp, y, out=tmp)
-    xp.multiply(d, tmp, out=d)
+    sigmoid_backward(d, y, d, ws={"tmp": tmp})
 
 
-def _times_tanh_grad(xp, d: Array, y: Array, tmp: Array) -> None:
+def _times_tanh_grad(d: Array, y: Array, tmp: Array) -> None:
     """d *= 1 − y²: the chain rule through a tanh whose output is y."""
-    xp.multiply(y, y, out=tmp)
-    xp.subtract(1, tmp, out=tmp)
-    xp.multiply(d, tmp, out=d)
+    tanh_backward(d, y, d, ws={"tmp": tmp})
 
 
 def _add_matmul(xp, a: Array, b: Array, out: Array, stage: Array) -> None:
     """out += a @ b (numpy's matmul has no accumulate form, so stage the product)."""
     xp.matmul(a, b, out=stage)
     xp.add(out, stage, out=out)
+
+
+def _add_column_sums(xp, a: Array, out: Array, stage: Array) -> None:
+    """out += a (rows, G) summed over its rows (staged, like ``_add_matmul``)."""
+    xp.sum(a, axis=0, out=stage)
+    xp.add(out, stage, out=out)
+
+
+def _add_recurrent_input(xp, h_prev: Array, cont_t: Array, w_h: Array, h_conted_t: Array,
+                         step: Array, pre_t: Array) -> None:
+    """pre_t += w_h·(cont_t·h_prev), keeping cont_t·h_prev in h_conted_t for the backward."""
+    xp.multiply(h_prev, cont_t, out=h_conted_t)
+    xp.matmul(h_conted_t, w_h.T, out=step)
+    xp.add(pre_t, step, out=pre_t)
+
+
+def _recurrent_grad(xp, dpre_t: Array, w_h: Array, cont_t: Array, dh_prev: Array) -> None:
+    """dh_prev = cont_t·(dpre_t·w_h): the gradient reaching h_{t-1} through the recurrence."""
+    xp.matmul(dpre_t, w_h, out=dh_prev)
+    xp.multiply(dh_prev, cont_t, out=dh_prev)
 
 
 def _project_inputs(xp, x: Array, w_x: Array, b: Array, x_static: Array | None,
@@ -94,8 +110,7 @@ def _inputs_backward(xp, dpre: Array, x: Array, prev_conted: Array, w_x: Array,
     if dw_x is not None:
         _add_matmul(xp, dpre2.T, view_as(x, (t * n, d)), dw_x, ws["dw_x"])
     if db is not None:
-        xp.sum(dpre2, axis=0, out=ws["db"])
-        xp.add(db, ws["db"], out=db)
+        _add_column_sums(xp, dpre2, db, ws["db"])
     if dw_h is not None:
         # The recurrent GEMM of step t read cont_t·h_{t-1}, stored as prev_conted[t].
         h = prev_conted.shape[2]
@@ -179,17 +194,17 @@ def _cell_backward(xp, acts: Array, cont: Array, c_conted: Array, tanh_c: Array,
     # Everything reaching c_t: directly, and through h_t = o·tanh(c_t).
     dc_total = tmp
     xp.multiply(dh, o, out=dc_total)
-    _times_tanh_grad(xp, dc_total, tanh_c, tmp2)
+    _times_tanh_grad(dc_total, tanh_c, tmp2)
     xp.add(dc_total, dc, out=dc_total)
 
     xp.multiply(dc_total, g, out=di)
-    _times_sigmoid_grad(xp, di, i, tmp2)
+    _times_sigmoid_grad(di, i, tmp2)
     xp.multiply(dc_total, c_conted, out=df)
-    _times_sigmoid_grad(xp, df, f, tmp2)
+    _times_sigmoid_grad(df, f, tmp2)
     xp.multiply(dh, tanh_c, out=do)
-    _times_sigmoid_grad(xp, do, o, tmp2)
+    _times_sigmoid_grad(do, o, tmp2)
     xp.multiply(dc_total, i, out=dg)
-    _times_tanh_grad(xp, dg, g, tmp2)
+    _times_tanh_grad(dg, g, tmp2)
     xp.multiply(dc_total, f, out=dc_prev)
     xp.multiply(dc_prev, cont, out=dc_prev)
 
@@ -263,9 +278,7 @@ def lstm_forward(x: Array, cont: Array, h0: Array, c0: Array, w_x: Array, b: Arr
     for t in range(x.shape[0]):
         h_prev, c_prev = (h0, c0) if t == 0 else (h[t - 1], c[t - 1])
         cont_t = cont[t][:, None]
-        xp.multiply(h_prev, cont_t, out=h_conted[t])
-        xp.matmul(h_conted[t], w_h.T, out=step)
-        xp.add(gates[t], step, out=gates[t])
+        _add_recurrent_input(xp, h_prev, cont_t, w_h, h_conted[t], step, gates[t])
         _cell_forward(xp, gates[t], c_prev, cont_t, c_conted[t], c[t], tanh_c[t], h[t])
 
 
@@ -296,8 +309,7 @@ def lstm_backward(dh: Array, x: Array, cont: Array, w_x: Array, w_h: Array, *,
         _cell_backward(xp, gates[t], cont_t, c_conted[t], tanh_c[t], dh_t, dc, dgates[t], dc,
                        ws["tmp"], ws["tmp2"])
         if t > 0 or dh0 is not None:
-            xp.matmul(dgates[t], w_h, out=dh_rec)
-            xp.multiply(dh_rec, cont_t, out=dh_rec)
+            _recurrent_grad(xp, dgates[t], w_h, cont_t, dh_rec)
     if dh0 is not None:
         xp.copyto(dh0, dh_rec)
     if dc0 is not None:
@@ -353,9 +365,7 @@ def rnn_forward(x: Array, cont: Array, h0: Array, w_x: Array, b: Array, w_h: Arr
     _project_inputs(xp, x, w_x, b, x_static, w_static, hs, ws.get("static_pre"))
     for t in range(x.shape[0]):
         h_prev = h0 if t == 0 else hs[t - 1]
-        xp.multiply(h_prev, cont[t][:, None], out=h_conted[t])
-        xp.matmul(h_conted[t], w_h.T, out=step)
-        xp.add(hs[t], step, out=hs[t])
+        _add_recurrent_input(xp, h_prev, cont[t][:, None], w_h, h_conted[t], step, hs[t])
         xp.tanh(hs[t], out=hs[t])
     # The output layer has no recurrence: one GEMM over all steps.
     t_n = x.shape[0] * x.shape[1]
@@ -389,21 +399,19 @@ def rnn_backward(do: Array, x: Array, cont: Array, w_x: Array, w_h: Array,
     do_pre2, hs2, dpre2 = view_as(do_pre, rows), view_as(hs, rows), view_as(dpre, rows)
     # Through o = tanh(w_o·h + b_o), for all steps at once.
     xp.copyto(do_pre, do)
-    _times_tanh_grad(xp, do_pre, ws["o"], dpre)  # dpre is free scratch until the GEMM below
+    _times_tanh_grad(do_pre, ws["o"], dpre)  # dpre is free scratch until the GEMM below
     if dw_o is not None:
         _add_matmul(xp, do_pre2.T, hs2, dw_o, ws["dw_o"])
     if db_o is not None:
-        xp.sum(do_pre2, axis=0, out=ws["db_o"])
-        xp.add(db_o, ws["db_o"], out=db_o)
+        _add_column_sums(xp, do_pre2, db_o, ws["db_o"])
     xp.matmul(do_pre2, w_o, out=dpre2)  # gradient of each h_t from its own output
     # Through the recurrence, last step first.
     _start_from(xp, dh_rec, dh_last)
     for t in reversed(range(steps)):
         xp.add(dpre[t], dh_rec, out=dpre[t])
-        _times_tanh_grad(xp, dpre[t], hs[t], tmp)
+        _times_tanh_grad(dpre[t], hs[t], tmp)
         if t > 0 or dh0 is not None:
-            xp.matmul(dpre[t], w_h, out=dh_rec)
-            xp.multiply(dh_rec, cont[t][:, None], out=dh_rec)
+            _recurrent_grad(xp, dpre[t], w_h, cont[t][:, None], dh_rec)
     if dh0 is not None:
         xp.copyto(dh0, dh_rec)
     _inputs_backward(xp, dpre, x, ws["prev_conted"], w_x, x_static, w_static, dx=dx,

@@ -12,6 +12,8 @@ Shapes: x (N, C, H, W), w (O, C/group, kh, kw), y (N, O, OH, OW). ``kernel``, ``
     conv_workspace_shapes(x_shape, w_shape, *, stride, pad, dilation, group, dtype) -> spec
     conv_forward(x, w, b, y, *, stride, pad, dilation, group, ws)
     conv_backward(dy, x, w, *, dx, dw, db, stride, pad, dilation, group, ws, reuse_col=False)
+    add_channel_bias(y, b)                                       y (N, C, H, W) += b[c]
+    add_bias_gradient(dy3, db, stage)                            db += Σ_{n,l} dy3[n, c, l]
 
 Deconvolution (``netforge.ops.deconv``) is built from these convolution kernels. Pooling lives
 in ``netforge.ops.pooling``; its output size is here, beside convolution's.
@@ -365,8 +367,7 @@ def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPa
         xp.matmul(view_as(w, (g, og, cg)), view_as(x, (geo.n, g, cg, lp)),
                   out=view_as(y, (geo.n, g, og, lp)))
         if b is not None:
-            y3 = view_as(y, (geo.n, geo.o, lp))
-            xp.add(y3, b[:, None], out=y3)
+            add_channel_bias(y, b)
         return
     w_g = view_as(w, (g, og, geo.k))
     for lo, hi, sub in _chunks(geo):
@@ -378,6 +379,20 @@ def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPa
             xp.copyto(y3, _top_as_nol(sub, ws))
         else:
             xp.add(_top_as_nol(sub, ws), b[:, None], out=y3)
+
+
+def add_channel_bias(y: Array, b: Array) -> None:
+    """y (N, C, H, W) += b[c], in place."""
+    xp = get_array_module(y)
+    y3 = view_as(y, (y.shape[0], y.shape[1], y.shape[2] * y.shape[3]))
+    xp.add(y3, b[:, None], out=y3)
+
+
+def add_bias_gradient(dy3: Array, db: Array, stage: Array) -> None:
+    """db (C,) += the sum of dy3 (N, C, L) over N and L, staged in ``stage`` (C,)."""
+    xp = get_array_module(dy3)
+    xp.sum(dy3, axis=(0, 2), out=stage)
+    xp.add(db, stage, out=db)
 
 
 def conv_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Array | None,
@@ -408,7 +423,7 @@ def conv_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Array 
         return
     if dw is None and dx is None:
         if db is not None:
-            _bias_gradient_by_sum(xp, dy3, db, ws)
+            add_bias_gradient(dy3, db, ws["db"])
         return
     reuse_col = reuse_col and geo.nb >= geo.n
     for lo, hi, sub in _chunks(geo):
@@ -419,11 +434,6 @@ def conv_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Array 
             _weight_gradient(xp, dw, sub, ws)
         if dx is not None:
             _data_gradient(xp, w, dx[lo:hi], sub, ws)
-
-
-def _bias_gradient_by_sum(xp, dy3: Array, db: Array, ws: dict) -> None:
-    xp.sum(dy3, axis=(0, 2), out=ws["db"])
-    xp.add(db, ws["db"], out=db)
 
 
 def _load_top(xp, dy3: Array, db: Array | None, geo: _ConvGeom, ws: dict) -> None:
@@ -467,7 +477,7 @@ def _pointwise_backward(xp, dy3: Array, x: Array, w: Array, dx: Array | None,
     n, g, og, cg, lp = geo.n, geo.g, geo.o // geo.g, geo.c // geo.g, geo.lp
     dy4 = dy3.reshape(n, g, og, lp)
     if db is not None:
-        _bias_gradient_by_sum(xp, dy3, db, ws)
+        add_bias_gradient(dy3, db, ws["db"])
     if dx is not None:
         xp.matmul(view_as(w, (g, og, cg)).transpose(0, 2, 1), dy4,
                   out=view_as(dx, (n, g, cg, lp)))

@@ -8,23 +8,11 @@ import pytest
 
 from netforge.gradient_check import build_single_layer, check_gradients, run_forward
 from tests.layers import reference as ref
+from tests.layers.inputs import TableInputs
 
 RNG = np.random.default_rng(1701)
-
-
-def distinct(*shape):
-    """Values spread apart, so max-pool windows and ReLU signs have no near-ties."""
-    count = int(np.prod(shape))
-    values = RNG.permutation(count).astype(np.float64) / count * 4 - 2 + 0.01
-    return values.reshape(shape)
-
-
-def normal(*shape):
-    return RNG.standard_normal(shape)
-
-
-def labels(n, classes, *extra):
-    return RNG.integers(0, classes, size=(n, *extra)).astype(np.float64)
+_INPUTS = TableInputs(RNG)
+distinct, normal, labels = _INPUTS.distinct, _INPUTS.normal, _INPUTS.labels
 
 
 def _params(step):

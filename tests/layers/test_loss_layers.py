@@ -13,16 +13,11 @@ from netforge import Net, config
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, DataError, ShapeError
 from netforge.gradient_check import build_single_layer, check_gradients, run_forward
+from tests.layers.inputs import TableInputs
 
 RNG = np.random.default_rng(1701)
-
-
-def normal(*shape):
-    return RNG.standard_normal(shape)
-
-
-def labels(n, classes, *extra):
-    return RNG.integers(0, classes, size=(n, *extra)).astype(np.float64)
+_INPUTS = TableInputs(RNG)
+normal, labels = _INPUTS.normal, _INPUTS.labels
 
 
 def away_from(values, points, gap=0.05):

@@ -11,28 +11,16 @@ import pytest
 
 from netforge.errors import ConfigError, GraphError, ShapeError
 from netforge.gradient_check import build_single_layer, check_gradients, run_forward
+from tests.layers.inputs import TableInputs
 
 RNG = np.random.default_rng(4242)
+_INPUTS = TableInputs(RNG)
+distinct, normal, positive = _INPUTS.distinct, _INPUTS.normal, _INPUTS.positive
 
 
 def f32(v):
     """A prototxt float as the layer sees it (proto floats are single precision)."""
     return float(np.float32(v))
-
-
-def distinct(*shape):
-    """Values spread apart (no near-ties, none within 1e-3 of 0, ±0.5, 0.75)."""
-    count = int(np.prod(shape))
-    values = RNG.permutation(count).astype(np.float64) / count * 4 - 2 + 0.01
-    return values.reshape(shape)
-
-
-def normal(*shape):
-    return RNG.standard_normal(shape)
-
-
-def positive(*shape):
-    return RNG.uniform(0.5, 2.0, size=shape)
 
 
 def _channel(p, ndim):

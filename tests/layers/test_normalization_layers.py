@@ -11,23 +11,18 @@ import pytest
 
 from netforge.errors import ConfigError, ShapeError
 from netforge.gradient_check import build_single_layer, check_gradients, run_forward
+from tests.layers.inputs import TableInputs
 from tests.ops.gradcheck import assert_gradient
 
 RNG = np.random.default_rng(9090)
+_INPUTS = TableInputs(RNG)
+normal, positive = _INPUTS.normal, _INPUTS.positive
 EPS = float(np.float32(1e-5))  # BatchNorm's default eps as the float proto field holds it
 MVN_EPS = float(np.float32(1e-9))
 
 
 def f32(v):
     return float(np.float32(v))
-
-
-def normal(*shape):
-    return RNG.standard_normal(shape)
-
-
-def positive(*shape):
-    return RNG.uniform(0.5, 2.0, size=shape)
 
 
 # --------------------------------------------------------------------------- references

@@ -11,15 +11,14 @@ import netforge
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, GraphError, ShapeError
 from netforge.gradient_check import build_single_layer, check_gradients, run_forward
+from tests.layers.inputs import TableInputs
 from tests.ops.test_recurrent import naive_lstm, naive_lstm_unit, naive_rnn
 
 RNG = np.random.default_rng(1701)
+_INPUTS = TableInputs(RNG)
+normal = _INPUTS.normal
 T, N, D, H, DS = 3, 2, 3, 4, 2
 FILLERS = 'weight_filler { type: "gaussian" std: 0.6 } bias_filler { type: "gaussian" std: 0.5 }'
-
-
-def normal(*shape):
-    return RNG.standard_normal(shape)
 
 
 def layer_text(kind, *, static=False, expose=False, num_output=H):

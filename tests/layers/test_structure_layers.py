@@ -8,19 +8,11 @@ import pytest
 
 from netforge.errors import ConfigError, DataError, GraphError, ShapeError
 from netforge.gradient_check import build_single_layer, check_gradients, run_forward
+from tests.layers.inputs import TableInputs
 
 RNG = np.random.default_rng(1701)
-
-
-def normal(*shape):
-    return RNG.standard_normal(shape)
-
-
-def distinct(*shape):
-    """Values spread apart (no ties, none near 0), for ArgMax and ASUM."""
-    count = int(np.prod(shape))
-    values = RNG.permutation(count).astype(np.float64) / count * 4 - 2 + 0.01
-    return values.reshape(shape)
+_INPUTS = TableInputs(RNG)
+normal, distinct = _INPUTS.normal, _INPUTS.distinct
 
 
 def layer(kind, bottoms, tops, params=""):

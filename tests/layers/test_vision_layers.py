@@ -8,20 +8,13 @@ import pytest
 
 from netforge.errors import ConfigError, ShapeError
 from netforge.gradient_check import build_single_layer, check_gradients, run_forward
+from tests.layers.inputs import TableInputs
 from tests.ops import naive
 
 RNG = np.random.default_rng(4242)
+_INPUTS = TableInputs(RNG)
+normal, distinct = _INPUTS.normal, _INPUTS.distinct
 SEED = 1701  # run_forward reseeds a layer's ``rng`` with this before every forward
-
-
-def normal(*shape):
-    return RNG.standard_normal(shape)
-
-
-def distinct(*shape):
-    """Values spread apart, so that max windows have no near-ties."""
-    count = int(np.prod(shape))
-    return (RNG.permutation(count).astype(np.float64) / count * 4 - 2 + 0.01).reshape(shape)
 
 
 def positive(*shape):
