@@ -3,25 +3,54 @@
 The pycaffe-shaped API: ``Net``, ``Classifier``, ``io`` (Transformer, load_image, ...),
 ``Layer`` (base for Python layers), ``get_solver``, ``set_mode_cpu/gpu``, ``set_device``;
 and for deployment ``load_frozen`` (a model written by ``netforge freeze``).
+
+The face is lazy (PEP 562): ``import netforge`` loads nothing but this file and the version,
+and each name below imports its module on first use, so ``import netforge.ops`` costs numpy
+alone and the command line starts fast.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from netforge import io  # noqa: E402
-from netforge.backend import set_device, set_mode_cpu, set_mode_gpu  # noqa: E402
-from netforge.classifier import Classifier  # noqa: E402
-from netforge.frozen import load_frozen  # noqa: E402
-from netforge.layers import layer_types as _layer_types  # noqa: E402
-from netforge.layers.python_layer import UserLayer as Layer  # noqa: E402
-from netforge.net import Net  # noqa: E402
-from netforge.solver import Solver, get_solver  # noqa: E402
+import importlib
+
+from netforge.version import __version__
 
 TRAIN, TEST = "train", "test"
+
+# public name -> (module, attribute); attribute None means the module itself
+_EXPORTS = {
+    "Net": ("netforge.net", "Net"),
+    "Solver": ("netforge.train.solver", "Solver"),
+    "get_solver": ("netforge.train.solver", "get_solver"),
+    "Classifier": ("netforge.deploy.classifier", "Classifier"),
+    "load_frozen": ("netforge.deploy.frozen", "load_frozen"),
+    "io": ("netforge.deploy.caffe_io", None),
+    "Layer": ("netforge.layers.python_layer", "UserLayer"),
+    "set_mode_cpu": ("netforge.backend", "set_mode_cpu"),
+    "set_mode_gpu": ("netforge.backend", "set_mode_gpu"),
+    "set_device": ("netforge.backend", "set_device"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'netforge' has no attribute {name!r}")
+    module_name, attribute = _EXPORTS[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
 def layer_type_list() -> list[str]:
     """The registered layer type strings, sorted (pycaffe's ``caffe.layer_type_list``)."""
-    return sorted(_layer_types())
+    from netforge.layers import layer_types
+
+    return sorted(layer_types())
 
 
 __all__ = ["Net", "Classifier", "Layer", "Solver", "get_solver", "load_frozen", "io",

@@ -1,3 +1,3 @@
-from netforge.cli import main
+from netforge.cli.main import main
 
 main()

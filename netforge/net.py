@@ -16,7 +16,7 @@ import numpy as np
 from netforge import backend, config, weights
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, ShapeError
-from netforge.graph import Plan, compile_net
+from netforge.graph.compile import Plan, compile_net
 from netforge.layers.base import LayerContext
 
 log = logging.getLogger("netforge")

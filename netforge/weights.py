@@ -17,7 +17,7 @@ from netforge import netforge_pb2 as pb
 from netforge.data.hdf5 import is_hdf5_file
 from netforge.data.records import array_to_blobproto, blobproto_to_array
 from netforge.errors import ConfigError, DataError, ShapeError
-from netforge.fileio import atomic_path, atomic_write_bytes
+from netforge.files import atomic_path, atomic_write_bytes
 
 log = logging.getLogger("netforge")
 

@@ -10,16 +10,16 @@ import pytest
 
 from netforge import __version__
 from netforge import netforge_pb2 as pb
-from netforge.errors import ConfigError, DataError
-from netforge.frozen import (
+from netforge.deploy.frozen import (
     fold_batch_norm,
     freeze,
     is_frozen_file,
     load_frozen,
     remove_dropout,
 )
+from netforge.deploy.preprocess import Preprocess
+from netforge.errors import ConfigError, DataError
 from netforge.net import Net
-from netforge.preprocess import Preprocess
 
 # Conv→BN→Scale→ReLU blocks with a residual Eltwise, as ResNet writes them: BatchNorm and
 # Scale in place, plus one BatchNorm with its own top and a conv whose output is also read

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from netforge import config, graph
+from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.errors import GraphError, ShapeError
+from netforge.graph import compile as graph
 from netforge.layers.base import LayerContext
 
 

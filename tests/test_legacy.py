@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from netforge import config, legacy
+from netforge import config
 from netforge import netforge_pb2 as pb
+from netforge.config import legacy
 from netforge.errors import ConfigError
 from netforge.net import Net
 

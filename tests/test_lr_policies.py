@@ -4,9 +4,10 @@ import math
 
 import pytest
 
-from netforge import config, lr_policies
+from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError
+from netforge.train import lr_policies
 
 
 def _param(text):

@@ -192,7 +192,7 @@ def test_training_with_shared_scratch_is_bit_identical_to_private_scratch(monkey
     # the columns that backward reuses stay private
     assert not np.shares_memory(conv1.workspaces[0][0][2]["col"],
                                 conv2.workspaces[0][0][2]["col"])
-    from netforge import memory_plan
+    from netforge.graph import memory_plan
 
     monkeypatch.setattr(memory_plan, "share_scratch", lambda plan, method="": (0, 0))
     private = _train_net()

@@ -18,11 +18,11 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from netforge import netforge_pb2 as pb  # noqa: E402
+from netforge.deploy.frozen import freeze  # noqa: E402
+from netforge.deploy.onnx_export import export_onnx  # noqa: E402
+from netforge.deploy.preprocess import Preprocess  # noqa: E402
 from netforge.errors import ConfigError  # noqa: E402
-from netforge.frozen import freeze  # noqa: E402
 from netforge.net import Net  # noqa: E402
-from netforge.onnx_export import export_onnx  # noqa: E402
-from netforge.preprocess import Preprocess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

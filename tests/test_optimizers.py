@@ -15,8 +15,8 @@ from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.blob import Blob
 from netforge.errors import ConfigError
-from netforge.graph import LearnableParam
-from netforge.optimizers import make_update_rule
+from netforge.graph.compile import LearnableParam
+from netforge.train.update_rules import make_update_rule
 
 RNG = np.random.default_rng(4)
 A = [RNG.uniform(0.5, 2.0, size=(3, 4)), RNG.uniform(0.5, 2.0, size=(4,))]

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from netforge.frozen import freeze
+from netforge.deploy.frozen import freeze
+from netforge.deploy.predict import Predictor, find_images, open_model
+from netforge.deploy.preprocess import Preprocess
 from netforge.net import Net
-from netforge.predict import Predictor, find_images, open_model
-from netforge.preprocess import Preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 

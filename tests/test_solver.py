@@ -7,7 +7,7 @@ import pytest
 
 from netforge import config
 from netforge import netforge_pb2 as pb
-from netforge.solver import Solver
+from netforge.train.solver import Solver
 from netforge.weights import read_caffemodel
 
 NET = """

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from netforge import config, summary
+from netforge import config
 from netforge import netforge_pb2 as pb
-from netforge.cli import main
+from netforge.cli.main import main
+from netforge.inspect import summary
 from netforge.net import Net
 
 ROOT = Path(__file__).resolve().parents[1]

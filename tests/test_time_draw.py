@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from netforge import draw
 from netforge import netforge_pb2 as pb
 from netforge.config import parse_text
+from netforge.inspect import draw
+from netforge.inspect.timing import format_table, time_net
 from netforge.net import Net
-from netforge.timing import format_table, time_net
 
 ROOT = Path(__file__).resolve().parents[1]
 

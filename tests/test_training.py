@@ -19,9 +19,9 @@ from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.data.convert import convert_images
 from netforge.errors import DataError, DivergenceError
-from netforge.metrics import read_metrics
 from netforge.net import Net
-from netforge.solver import Solver
+from netforge.train.metrics import read_metrics
+from netforge.train.solver import Solver
 from tests.test_solver import NET
 
 
@@ -123,7 +123,7 @@ def test_metrics_file_records_train_and_test_and_survives_resume(tmp_path):
 
 def test_plot_draws_metrics_and_logs(tmp_path):
     pytest.importorskip("matplotlib")
-    from netforge.plot import plot_curves, read_log
+    from netforge.inspect.plot import plot_curves, read_log
 
     solver = _test_solver(tmp_path)
     solver.solve()

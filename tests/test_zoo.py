@@ -13,8 +13,8 @@ import pytest
 
 from netforge import config
 from netforge import netforge_pb2 as pb
+from netforge.inspect.summary import set_batch_size
 from netforge.net import Net
-from netforge.summary import set_batch_size
 
 ZOO = Path(__file__).resolve().parents[1] / "configs" / "zoo"
 

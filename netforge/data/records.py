@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from netforge import netforge_pb2 as pb
 from netforge.errors import DataError
-from netforge.fileio import atomic_write_bytes
+from netforge.files import atomic_write_bytes
 
 
 # -- Datum ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 
 from netforge.blob import Blob
 from netforge.errors import ConfigError, ShapeError, layer_label
-from netforge.fileio import resolve_file
+from netforge.files import resolve_file
 from netforge.fillers import fill
 
 

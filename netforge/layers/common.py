@@ -9,9 +9,9 @@ from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError
 from netforge.layers.base import Layer
 from netforge.layers.registry import register
-from netforge.ops import _parallel as parallel
+from netforge.ops import batch_split as parallel
 from netforge.ops import common as ops
-from netforge.ops._xp import allocate
+from netforge.ops.xp import allocate
 
 
 def canonical_axis(axis: int, ndim: int, label: str) -> int:
@@ -55,7 +55,7 @@ class InnerProductLayer(Layer):
         self.ws = allocate(ops.linear_workspace_shapes(self.blobs[0].shape,
                                                        transpose=self.transpose,
                                                        dtype=self.dtype), self.xp)
-        # Slices for the cores (netforge.ops._parallel): of the batch rows for y and dx, of
+        # Slices for the cores (netforge.ops.batch_split): of the batch rows for y and dx, of
         # the outputs for dw (so that every slice writes its own rows of dw, no partial sums).
         count = parallel.parts(self.xp)
         self.row_parts = parallel.split(self.m, count)

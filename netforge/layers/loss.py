@@ -17,7 +17,7 @@ from netforge.layers.base import Layer, LossLayer
 from netforge.layers.common import canonical_axis
 from netforge.layers.registry import register
 from netforge.ops import loss as ops
-from netforge.ops._xp import allocate
+from netforge.ops.xp import allocate
 
 _NORMALIZATION = {
     pb.LossParameter.FULL: "FULL",

@@ -10,7 +10,7 @@ from netforge.errors import ConfigError
 from netforge.layers.base import NeuronLayer
 from netforge.layers.registry import register
 from netforge.ops import neuron as ops
-from netforge.ops._xp import allocate, view_as
+from netforge.ops.xp import allocate, view_as
 
 
 @register("ReLU")

@@ -16,7 +16,7 @@ from netforge.layers.base import Layer
 from netforge.layers.common import canonical_axis
 from netforge.layers.registry import register
 from netforge.ops import normalization as ops
-from netforge.ops._xp import allocate, view_as
+from netforge.ops.xp import allocate, view_as
 
 log = logging.getLogger("netforge")
 

@@ -36,7 +36,7 @@ from netforge.errors import ConfigError
 from netforge.layers.base import Layer
 from netforge.layers.registry import register
 from netforge.ops import recurrent as ops
-from netforge.ops._xp import allocate, view_as
+from netforge.ops.xp import allocate, view_as
 
 log = logging.getLogger("netforge")
 

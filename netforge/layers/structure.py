@@ -10,7 +10,7 @@ from netforge.layers.common import canonical_axis
 from netforge.layers.registry import register
 from netforge.ops import common as common_ops
 from netforge.ops import structure as ops
-from netforge.ops._xp import allocate
+from netforge.ops.xp import allocate
 
 
 @register("Slice")

@@ -10,10 +10,10 @@ from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError
 from netforge.layers.base import Layer
 from netforge.layers.registry import register
-from netforge.ops import _parallel as parallel
+from netforge.ops import batch_split as parallel
 from netforge.ops import crop, deconv, pooling, spp
 from netforge.ops import vision as ops
-from netforge.ops._xp import allocate
+from netforge.ops.xp import allocate
 
 
 def _spatial(param, name: str, stem: str, default: int, label: str) -> tuple[int, int]:
@@ -139,7 +139,7 @@ class ConvolutionLayer(Layer):
 
     def _batch_parts(self, shape: tuple[int, ...]) -> list[tuple[int, int, dict]]:
         """(first image, end, workspace) per slice of the batch that runs on its own core
-        (``netforge.ops._parallel``); one slice, the whole batch, when that is off."""
+        (``netforge.ops.batch_split``); one slice, the whole batch, when that is off."""
         count = parallel.parts(self.xp) if self.type == "Convolution" else 1
         parts = []
         for lo, hi in parallel.split(shape[0], count):
@@ -349,7 +349,7 @@ class PoolingLayer(Layer):
             self.argmax = self.xp.empty(top, dtype=self.xp.int32)
         elif self.stochastic:
             self.sample = self.xp.empty(top, dtype=self.xp.int32)  # TRAIN's sampled pixels
-        # MAX and AVE run each slice of the batch on its own core (netforge.ops._parallel),
+        # MAX and AVE run each slice of the batch on its own core (netforge.ops.batch_split),
         # with its own workspace; STOCHASTIC draws in one sequence, unsplit.
         count = 1 if self.stochastic else parallel.parts(self.xp)
         self.parts = [(lo, hi, allocate(self._workspace_spec((hi - lo, *shape[1:]),

@@ -18,7 +18,7 @@
 Outputs and bottom gradients are assigned; parameter gradients (dw, db) accumulate (+=).
 Entries of ``dxs`` may be None (gradient not wanted). Caffe's Slice layer is concat run
 backwards: its forward is ``concat_backward`` and its backward ``concat_forward``.
-``ws`` follows ``netforge.ops._xp``: without it these kernels allocate scratch per call.
+``ws`` follows ``netforge.ops.xp``: without it these kernels allocate scratch per call.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy
 
-from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
+from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
 
 # --------------------------------------------------------------------------- linear
 

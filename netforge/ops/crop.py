@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from netforge.ops._xp import Array, get_array_module
+from netforge.ops.xp import Array, get_array_module
 
 
 def crop_window(x_shape: Sequence[int], ref_shape: Sequence[int], axis: int,

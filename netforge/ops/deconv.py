@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy
 
-from netforge.ops._xp import Array, WorkspaceSpec, pair, view_as
 from netforge.ops.vision import (
     IntPair,
     add_bias_gradient,
@@ -33,6 +32,7 @@ from netforge.ops.vision import (
     conv_forward,
     conv_workspace_shapes,
 )
+from netforge.ops.xp import Array, WorkspaceSpec, pair, view_as
 
 
 def deconv_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int = 1) -> int:

@@ -35,7 +35,7 @@ ignored raises ValueError (Caffe only checks it in debug builds).
 
 Normalization (Caffe's LossParameter): "FULL" divides by outer * inner, "VALID" by the
 number of non-ignored labels, "BATCH_SIZE" by outer, "NONE" by 1; the divisor is clamped to
-at least 1. ``ws`` follows ``netforge.ops._xp`` (label-sized index arrays, plus the
+at least 1. ``ws`` follows ``netforge.ops.xp`` (label-sized index arrays, plus the
 (outer, C, inner) bool ``ge`` for accuracy); without it scratch is allocated per call.
 """
 
@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import numpy
 
-from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
 from netforge.ops.common import _around, softmax_forward
+from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
 
 # Caffe clamps the picked probability at FLT_MIN before the log, for every Dtype.
 _FLT_MIN = float(numpy.finfo(numpy.float32).tiny)

@@ -33,7 +33,7 @@ backward, ``dx is dy`` (the diffs are shared too) while the data argument is the
 Where a backward needs the bottom data ``x`` and the layer runs in place, the layer passes a
 copy of x taken before forward overwrote it (Caffe's PReLU keeps ``bottom_memory_``).
 
-Outputs are assigned. ``ws`` follows ``netforge.ops._xp``: without it these kernels allocate
+Outputs are assigned. ``ws`` follows ``netforge.ops.xp``: without it these kernels allocate
 their scratch per call.
 """
 
@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy
 
-from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, scratch
 from netforge.ops.normalization import channel_sums
+from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch
 
 
 def relu_workspace_shapes(shape: tuple[int, ...], dtype: numpy.dtype = numpy.float32, *,

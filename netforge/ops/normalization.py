@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy
 
-from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, scratch
+from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch
 
 # --------------------------------------------------------------------------- reductions
 

@@ -39,8 +39,8 @@ from typing import NamedTuple
 
 import numpy
 
-from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, pair, view_as
 from netforge.ops.vision import IntPair, _stop, _valid_range, pool_output_size
+from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, pair, view_as
 
 __all__ = ["pool_output_size", "max_pool_workspace_shapes", "max_pool_forward",
            "max_pool_backward", "ave_pool_workspace_shapes", "ave_pool_forward",

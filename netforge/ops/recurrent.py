@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import numpy
 
-from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, view_as
 from netforge.ops.neuron import sigmoid_backward, sigmoid_forward, tanh_backward
+from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, view_as
 
 # --------------------------------------------------------------------------- shared helpers
 

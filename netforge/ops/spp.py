@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy
 
 from netforge.ops import pooling
-from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, view_as
+from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, view_as
 
 METHODS = ("MAX", "AVE", "STOCHASTIC")
 

@@ -19,7 +19,7 @@ Caffe's Slice is concat run backwards: its kernels are ``concat_backward`` (forw
 parameter gradients (dw, db) accumulate. Index inputs (BatchReindex, Embed) arrive as floats
 and are truncated to integers as Caffe's ``static_cast<int>`` does; an index outside its
 range raises ValueError (Caffe checks BatchReindex always and Embed only in debug builds).
-``ws`` follows ``netforge.ops._xp``.
+``ws`` follows ``netforge.ops.xp``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from math import prod
 
 import numpy
 
-from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
+from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
 
 REDUCTIONS = ("SUM", "ASUM", "SUMSQ", "MEAN")
 

@@ -20,7 +20,7 @@ in ``netforge.ops.pooling``; its output size is here, beside convolution's.
 
 Outputs and bottom gradients (``y``, ``dx``) are assigned; parameter gradients (``dw``,
 ``db``) are accumulated (``+=``), as Caffe does for ``iter_size`` and shared params. Scratch
-memory comes from ``ws`` (see ``netforge.ops._xp``); nothing proportional to the data is
+memory comes from ``ws`` (see ``netforge.ops.xp``); nothing proportional to the data is
 allocated per call.
 
 Convolution: one GEMM over the whole batch, ``w (G, O/G, K) @ col (G, K, N*OH*OW)`` with
@@ -48,7 +48,7 @@ from typing import NamedTuple
 
 import numpy
 
-from netforge.ops._xp import Array, WorkspaceSpec, get_array_module, pair, view_as
+from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, pair, view_as
 
 IntPair = int | tuple[int, int]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from netforge.cli import main
+from netforge.cli.main import main
 from netforge.data.records import load_mean_file
 
 

@@ -404,7 +404,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 
 def test_solver_resume_with_data_layer_is_bit_exact(caffe_db, tmp_path):
     from netforge import config
-    from netforge.solver import Solver
+    from netforge.train.solver import Solver
 
     path, _, _ = caffe_db
 

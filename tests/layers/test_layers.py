@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from netforge.gradient_check import build_single_layer, check_gradients, run_forward
+from netforge.inspect.gradient_check import build_single_layer, check_gradients, run_forward
 from tests.layers import reference as ref
 from tests.layers.inputs import TableInputs
 

@@ -12,7 +12,7 @@ import pytest
 from netforge import Net, config
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, DataError, ShapeError
-from netforge.gradient_check import build_single_layer, check_gradients, run_forward
+from netforge.inspect.gradient_check import build_single_layer, check_gradients, run_forward
 from tests.layers.inputs import TableInputs
 
 RNG = np.random.default_rng(1701)

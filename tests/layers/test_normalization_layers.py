@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from netforge.errors import ConfigError, ShapeError
-from netforge.gradient_check import build_single_layer, check_gradients, run_forward
+from netforge.inspect.gradient_check import build_single_layer, check_gradients, run_forward
 from tests.layers.inputs import TableInputs
 from tests.ops.gradcheck import assert_gradient
 

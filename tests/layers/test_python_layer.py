@@ -11,7 +11,7 @@ import pytest
 
 from netforge import Net
 from netforge.errors import ConfigError
-from netforge.gradient_check import check_gradients
+from netforge.inspect.gradient_check import check_gradients
 
 # y = w[c] * x² per channel, w a learnable blob (initialised from param_str); written as a
 # pycaffe user would, without deriving from any netforge class.

@@ -10,7 +10,7 @@ import pytest
 import netforge
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, GraphError, ShapeError
-from netforge.gradient_check import build_single_layer, check_gradients, run_forward
+from netforge.inspect.gradient_check import build_single_layer, check_gradients, run_forward
 from tests.layers.inputs import TableInputs
 from tests.ops.test_recurrent import naive_lstm, naive_lstm_unit, naive_rnn
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from netforge.errors import ConfigError, DataError, GraphError, ShapeError
-from netforge.gradient_check import build_single_layer, check_gradients, run_forward
+from netforge.inspect.gradient_check import build_single_layer, check_gradients, run_forward
 from tests.layers.inputs import TableInputs
 
 RNG = np.random.default_rng(1701)

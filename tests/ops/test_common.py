@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from netforge.ops._xp import allocate
 from netforge.ops.common import (
     concat_backward,
     concat_forward,
@@ -23,6 +22,7 @@ from netforge.ops.common import (
     softmax_forward,
     softmax_workspace_shapes,
 )
+from netforge.ops.xp import allocate
 from tests.ops import naive
 from tests.ops.alloc import assert_batch_independent
 from tests.ops.gradcheck import assert_gradient, top_weights

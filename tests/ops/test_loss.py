@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from netforge.ops import loss as ops
-from netforge.ops._xp import allocate
 from netforge.ops.loss import (
     accuracy,
     loss_workspace_shapes,
     softmax_loss_backward,
     softmax_loss_forward,
 )
+from netforge.ops.xp import allocate
 from tests.ops import naive
 from tests.ops.alloc import assert_batch_independent
 from tests.ops.gradcheck import assert_gradient

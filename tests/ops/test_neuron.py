@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from netforge.ops._xp import allocate
 from netforge.ops.neuron import (
     absval_backward,
     absval_forward,
@@ -37,6 +36,7 @@ from netforge.ops.neuron import (
     tanh_forward,
     tmp_workspace_shapes,
 )
+from netforge.ops.xp import allocate
 from tests.ops.alloc import assert_batch_independent
 from tests.ops.gradcheck import assert_gradient, top_weights
 

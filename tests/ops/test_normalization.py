@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from netforge.ops._xp import allocate
 from netforge.ops.normalization import (
     ACROSS_CHANNELS,
     WITHIN_CHANNEL,
@@ -30,6 +29,7 @@ from netforge.ops.normalization import (
     scale_backward,
     scale_forward,
 )
+from netforge.ops.xp import allocate
 from tests.ops.alloc import assert_batch_independent
 from tests.ops.gradcheck import assert_gradient, top_weights
 

@@ -1,4 +1,4 @@
-"""netforge.ops._parallel: the batch-parallel pool, and layers run in batch slices giving the
+"""netforge.ops.batch_split: the batch-parallel pool, and layers run in batch slices giving the
 results of the unsplit layers."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.net import Net
-from netforge.ops import _parallel as parallel
+from netforge.ops import batch_split as parallel
 
 
 @pytest.fixture

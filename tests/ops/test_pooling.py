@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from netforge.ops import spp
-from netforge.ops._xp import allocate
 from netforge.ops.pooling import (
     ave_pool_backward,
     ave_pool_forward,
@@ -22,6 +21,7 @@ from netforge.ops.pooling import (
     stochastic_pool_forward_train,
     stochastic_pool_workspace_shapes,
 )
+from netforge.ops.xp import allocate
 from tests.ops import naive
 from tests.ops.alloc import assert_batch_independent
 from tests.ops.gradcheck import assert_gradient, top_weights

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from netforge.ops._xp import allocate
 from netforge.ops.recurrent import (
     lstm_backward,
     lstm_forward,
@@ -18,6 +17,7 @@ from netforge.ops.recurrent import (
     rnn_forward,
     rnn_workspace_shapes,
 )
+from netforge.ops.xp import allocate
 from tests.ops.alloc import assert_batch_independent
 from tests.ops.gradcheck import assert_gradient, top_weights
 

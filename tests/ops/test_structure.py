@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from netforge.ops import structure as ops
-from netforge.ops._xp import allocate
+from netforge.ops.xp import allocate
 from tests.ops.gradcheck import assert_gradient, top_weights
 
 # caffe.proto: "suppose input is a 2D blob with shape 2 x 8 ..." -> (dims, axis, num_axes, top)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from netforge.ops import deconv, vision
-from netforge.ops._xp import allocate
 from netforge.ops.vision import (
     col2im,
     conv_backward,
@@ -15,6 +14,7 @@ from netforge.ops.vision import (
     conv_workspace_shapes,
     im2col,
 )
+from netforge.ops.xp import allocate
 from tests.ops import naive
 from tests.ops.alloc import assert_batch_independent
 from tests.ops.gradcheck import assert_gradient, top_weights

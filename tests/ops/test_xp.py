@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from netforge.ops._xp import allocate, get_array_module, pair, scratch, view_as
+from netforge.ops.xp import allocate, get_array_module, pair, scratch, view_as
 
 
 def test_get_array_module_is_numpy_for_cpu_inputs_and_never_imports_cupy():

@@ -242,7 +242,7 @@ def memory_case(args) -> None:
     import numpy  # noqa: F401  (imports outside the measured window)
     import torch
 
-    import netforge.solver  # noqa: F401
+    import netforge.train.solver  # noqa: F401
     from tools.bench import nets, torch_translate  # noqa: F401
 
     torch.set_num_threads(args.threads)

@@ -150,7 +150,7 @@ def alexnet_rate(batch: int, steps: int) -> tuple[float, str]:
     from netforge import config
     from netforge import netforge_pb2 as pb
     from netforge.layers import layer_types
-    from netforge.solver import Solver
+    from netforge.train.solver import Solver
 
     text = ALEXNET.replace("@N@", str(batch))
     what = "AlexNet (bvlc_alexnet train_val layers)"

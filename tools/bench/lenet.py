@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def netforge_solver(threads: int):
     from netforge import config
     from netforge import netforge_pb2 as pb
-    from netforge.solver import Solver
+    from netforge.train.solver import Solver
 
     deploy = config.load_net_param(ROOT / "configs" / "lenet.prototxt")
     net = pb.NetParameter(name="LeNet")

@@ -70,7 +70,7 @@ def train_param(name: str, batch: int):
 
 def deploy_param(name: str, batch: int):
     from netforge import config
-    from netforge.summary import set_batch_size
+    from netforge.inspect.summary import set_batch_size
 
     param = config.load_net_param(ROOT / NETS[name].deploy)
     set_batch_size(param, batch)
@@ -80,7 +80,7 @@ def deploy_param(name: str, batch: int):
 def make_solver(name: str, batch: int, seed: int = 1):
     """A netforge SGD solver (momentum, L2 decay) on the TRAIN net of ``name``."""
     from netforge import netforge_pb2 as pb
-    from netforge.solver import Solver
+    from netforge.train.solver import Solver
 
     sp = pb.SolverParameter(lr_policy="fixed", max_iter=10**9, random_seed=seed, **SOLVER)
     sp.train_net_param.CopyFrom(train_param(name, batch))

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from netforge.ops._xp import allocate, pair
 from netforge.ops.vision import (
     conv_backward,
     conv_forward,
     conv_output_size,
     conv_workspace_shapes,
 )
+from netforge.ops.xp import allocate, pair
 
 # (name, x shape, w shape, pad, stride, need dx)
 CASES = [

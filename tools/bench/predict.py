@@ -57,10 +57,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from zoo import build_netforge  # noqa: E402
 
-from netforge.frozen import freeze, load_frozen  # noqa: E402
-from netforge.onnx_export import export_onnx  # noqa: E402
-from netforge.predict import Predictor  # noqa: E402
-from netforge.preprocess import Preprocess  # noqa: E402
+from netforge.deploy.frozen import freeze, load_frozen  # noqa: E402
+from netforge.deploy.onnx_export import export_onnx  # noqa: E402
+from netforge.deploy.predict import Predictor  # noqa: E402
+from netforge.deploy.preprocess import Preprocess  # noqa: E402
 from tools.bench.torch_translate import translate  # noqa: E402
 
 

@@ -66,8 +66,8 @@ def build_netforge(name: str, batch: int, seed: int = 0, dtype: str = "float32")
     import numpy as np
 
     from netforge import config
+    from netforge.inspect.summary import set_batch_size
     from netforge.net import Net
-    from netforge.summary import set_batch_size
 
     param = config.load_net_param(ZOO / f"{name}_deploy.prototxt")
     set_batch_size(param, batch)

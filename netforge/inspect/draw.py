@@ -16,7 +16,7 @@ from pathlib import Path
 from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, NetforgeError, RunError
-from netforge.fileio import atomic_path, atomic_write_bytes
+from netforge.files import atomic_path, atomic_write_bytes
 
 RENDERED_FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
 _COLORS = {"Convolution": "#FF5050", "Deconvolution": "#FF5050", "Pooling": "#FF9900",

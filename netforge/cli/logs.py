@@ -21,7 +21,7 @@ class _StatusAwareHandler(logging.StreamHandler):
     """Erases the progress status line (if one is drawn) before a record, redraws it after."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from netforge.progress import StatusLine
+        from netforge.cli.progress import StatusLine
 
         status = StatusLine.active
         if status is not None and status.stream is self.stream:

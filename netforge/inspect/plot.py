@@ -54,7 +54,7 @@ def read_records(path) -> list[dict]:
     with open(path, encoding="utf-8", errors="replace") as handle:
         first = handle.readline().lstrip()
     if first.startswith("{"):
-        from netforge.metrics import read_metrics
+        from netforge.train.metrics import read_metrics
 
         return read_metrics(path)
     records = read_log(path)

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge import backend, config, divergence, weights
+from netforge import backend, config, weights
 from netforge import netforge_pb2 as pb
 from netforge.data.records import array_to_blobproto, blobproto_to_array
 from netforge.errors import DataError, DivergenceError, ShapeError
-from netforge.fileio import atomic_path, atomic_write_bytes
-from netforge.lr_policies import multistep_current_step
+from netforge.files import atomic_path, atomic_write_bytes
+from netforge.train import divergence
+from netforge.train.lr_policies import multistep_current_step
 
 log = logging.getLogger("netforge")
 

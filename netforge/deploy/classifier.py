@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from netforge import io
+from netforge.deploy import caffe_io as io
 from netforge.errors import ConfigError
 from netforge.net import Net
 

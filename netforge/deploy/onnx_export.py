@@ -18,11 +18,12 @@ import json
 
 import numpy as np
 
-from netforge import __version__, backend
+from netforge import backend
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError
-from netforge.fileio import atomic_write_bytes
+from netforge.files import atomic_write_bytes
 from netforge.net import Net
+from netforge.version import __version__
 
 OPSET = 17
 SUPPORTED = ("Input", "Convolution", "Deconvolution", "InnerProduct", "Pooling", "ReLU",

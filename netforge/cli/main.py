@@ -13,8 +13,8 @@ import traceback
 
 import click
 
-from netforge import __version__
 from netforge.errors import ConfigError, DeviceError, NetforgeError
+from netforge.version import __version__
 
 _DEBUG = {"on": os.environ.get("NETFORGE_DEBUG", "") not in ("", "0")}
 
@@ -59,7 +59,7 @@ def _click_message(exc: click.ClickException) -> str:
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors in the log.")
 def cli(debug: bool, quiet: bool) -> None:
     """Caffe-compatible nets and solvers, trained from the command line."""
-    from netforge import logs
+    from netforge.cli import logs
 
     _DEBUG["on"] = _DEBUG["on"] or debug
     logs.configure(logging.WARNING if quiet else logging.INFO)
@@ -212,8 +212,8 @@ def _make_bar_callback(label: str):
 def train(solver, weights, snapshot, gpu, sigint_effect, sighup_effect, level, stage):
     """Train the net of a solver file (with testing and snapshots)."""
     from netforge import config
-    from netforge.progress import TrainingBar
-    from netforge.solver import SignalRequests, Solver
+    from netforge.cli.progress import TrainingBar
+    from netforge.train.solver import SignalRequests, Solver
 
     if weights and snapshot:
         raise ConfigError("give either --weights (finetune) or --snapshot (resume), not both")
@@ -253,7 +253,7 @@ def train(solver, weights, snapshot, gpu, sigint_effect, sighup_effect, level, s
               help="Image to write (.png, .svg, .pdf).")
 def plot(inputs, output):
     """Draw train loss, test outputs and lr from metrics files (.jsonl) or training logs."""
-    from netforge.plot import plot_curves
+    from netforge.inspect.plot import plot_curves
 
     click.echo(f"wrote {plot_curves(inputs, output)}")
 
@@ -271,8 +271,8 @@ def plot(inputs, output):
 @click.option("--stage", default="", help="Comma-separated NetState stages.")
 def test(model, weights, iterations, gpu, level, stage):
     """Score a trained model: mean of each net output over N batches."""
-    from netforge.evaluate import run_test
     from netforge.net import Net
+    from netforge.train.evaluate import run_test
 
     _select_device(gpu)
     net = Net(model, "test", weights=weights, level=level,
@@ -298,7 +298,7 @@ def test(model, weights, iterations, gpu, level, stage):
 @click.option("--stage", default="", help="Comma-separated NetState stages.")
 def summary(net, phase, batch, level, stage):
     """Per layer: type, top shapes, parameter count and FLOPs; totals."""
-    from netforge.summary import format_table, summary_of_file
+    from netforge.inspect.summary import format_table, summary_of_file
 
     name, rows = summary_of_file(net, phase=phase.upper(), batch=batch, level=level,
                                  stages=[s for s in stage.split(",") if s])
@@ -362,8 +362,8 @@ def _preprocessing(mean_file, mean_values, scale, raw_scale, channel_order, imag
 def freeze(model, weights, output, mean_file, mean_values, scale, raw_scale, channel_order,
            image_dims, labels_file, fold_bn, drop_dropout, overwrite):
     """Write one self-contained file: deploy net, weights, preprocessing and labels."""
-    from netforge import frozen
-    from netforge.preprocess import with_options
+    from netforge.deploy import frozen
+    from netforge.deploy.preprocess import with_options
 
     settings = with_options(None, **_preprocessing(mean_file, mean_values, scale, raw_scale,
                                                    channel_order, image_dims))
@@ -408,7 +408,7 @@ def predict(model, inputs, weights, mean_file, mean_values, scale, raw_scale, ch
     """
     import time
 
-    from netforge import predict as prediction
+    from netforge.deploy import predict as prediction
     from netforge.errors import DataError, RunError
 
     _select_device(gpu)
@@ -459,8 +459,8 @@ def predict(model, inputs, weights, mean_file, mean_values, scale, raw_scale, ch
 @click.option("--stage", default="", help="Comma-separated NetState stages.")
 def time_command(model, weights, iterations, phase, gpu, level, stage):
     """Benchmark a net as `caffe time`: per-layer forward and backward ms, and totals."""
+    from netforge.inspect.timing import format_table, time_net
     from netforge.net import Net
-    from netforge.timing import format_table, time_net
 
     _select_device(gpu)
     net = Net(model, phase.upper(), weights=weights, level=level,
@@ -481,7 +481,7 @@ def time_command(model, weights, iterations, phase, gpu, level, stage):
               default="ALL", show_default=True, help="Which phase's layers to draw.")
 def draw(net, output, rankdir, phase):
     """Draw a net: OUTPUT .dot (always), or .svg/.png/.pdf through Graphviz's `dot`."""
-    from netforge.draw import draw_net_to_file
+    from netforge.inspect.draw import draw_net_to_file
 
     click.echo(f"wrote {draw_net_to_file(net, output, rankdir=rankdir, phase=phase)}")
 
@@ -495,10 +495,10 @@ def draw(net, output, rankdir, phase):
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def export_onnx(model, weights, output, overwrite):
     """Export a deploy net with its weights (or a frozen model) as ONNX (opset 17)."""
-    from netforge import frozen
+    from netforge.deploy import frozen
+    from netforge.deploy.onnx_export import export_onnx as write_onnx
+    from netforge.deploy.onnx_export import frozen_metadata
     from netforge.net import Net
-    from netforge.onnx_export import export_onnx as write_onnx
-    from netforge.onnx_export import frozen_metadata
 
     if os.path.exists(output) and not overwrite:
         raise ConfigError(f"{output} already exists; pass --overwrite to replace it")

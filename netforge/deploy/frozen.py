@@ -25,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge import __version__, config
+from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.data.records import array_to_blobproto, blobproto_to_array
+from netforge.deploy.preprocess import Preprocess
 from netforge.errors import ConfigError, DataError, RunError, ShapeError
-from netforge.fileio import atomic_write_bytes
+from netforge.files import atomic_write_bytes
 from netforge.net import Net
-from netforge.preprocess import Preprocess
+from netforge.version import __version__
 from netforge.weights import blob_shape_matches
 
 log = logging.getLogger("netforge")

@@ -15,7 +15,7 @@ import numpy as np
 
 from netforge import config
 from netforge import netforge_pb2 as pb
-from netforge.graph import compile_net
+from netforge.graph.compile import compile_net
 from netforge.layers.base import LayerContext
 
 

@@ -14,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge import config, divergence, lr_policies
+from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.backend import to_host
 from netforge.errors import ConfigError
-from netforge.evaluate import add_outputs
-from netforge.metrics import MetricsWriter, metrics_path
 from netforge.net import Net
-from netforge.optimizers import make_update_rule
-from netforge.snapshot import SnapshotWriter, restore_state
+from netforge.train import divergence, lr_policies
+from netforge.train.evaluate import add_outputs
+from netforge.train.metrics import MetricsWriter, metrics_path
+from netforge.train.snapshots import SnapshotWriter, restore_state
+from netforge.train.update_rules import make_update_rule
 
 log = logging.getLogger("netforge")
 

@@ -16,7 +16,7 @@ import math
 import time
 from pathlib import Path
 
-from netforge.fileio import atomic_write_bytes
+from netforge.files import atomic_write_bytes
 
 
 def metrics_path(prefix: Path) -> Path:

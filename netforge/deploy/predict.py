@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge import backend, frozen
+from netforge import backend
 from netforge.data.image_list import is_image_file
+from netforge.deploy import frozen
+from netforge.deploy.preprocess import Preprocess, with_options
 from netforge.errors import ConfigError, DataError
 from netforge.net import Net
-from netforge.preprocess import Preprocess, with_options
 
 
 @dataclass

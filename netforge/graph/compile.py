@@ -18,13 +18,13 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from netforge import memory_plan
 from netforge import netforge_pb2 as pb
 from netforge.blob import Blob, shape_string
 from netforge.errors import GraphError, ShapeError
+from netforge.graph import memory_plan
+from netforge.graph.memory_plan import MemoryPlan
 from netforge.layers import layer_class
 from netforge.layers.base import Layer, LayerContext
-from netforge.memory_plan import MemoryPlan
 
 log = logging.getLogger("netforge")
 

@@ -23,8 +23,8 @@ from netforge import netforge_pb2 as pb
 from netforge.data.image_list import load_image as load_chw
 from netforge.data.image_list import resize_bilinear
 from netforge.data.records import array_to_blobproto, blobproto_to_array, load_mean_file
+from netforge.deploy.caffe_io import crop_boxes
 from netforge.errors import ConfigError, ShapeError
-from netforge.io import crop_boxes
 
 CHANNEL_ORDERS = ("bgr", "rgb")
 

@@ -1,0 +1,1 @@
+"""Deployment: frozen models, preprocessing, predict, the Classifier, pycaffe's io, ONNX."""

@@ -1,0 +1,1 @@
+"""Looking at nets: summary, timing, drawing, training curves, gradient checks."""
