@@ -220,7 +220,7 @@ def test_a_plain_caffemodel_is_not_a_frozen_model(resnet_files):
 def test_training_nets_with_data_layers_cannot_be_frozen(tmp_path):
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     with pytest.raises(ConfigError, match="self-contained"):
         freeze(root / "configs" / "lenet_train_test.prototxt", tmp_path / "w", tmp_path / "o.nf",
                Preprocess())

@@ -16,7 +16,7 @@ from PIL import Image
 from netforge import netforge_pb2 as pb
 from netforge.weights import read_caffemodel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args, cwd=None):

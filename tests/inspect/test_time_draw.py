@@ -19,7 +19,7 @@ from netforge.inspect import draw
 from netforge.inspect.timing import format_table, time_net
 from netforge.net import Net
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Constant data through an InnerProduct into a Euclidean loss: every number is known.
 # ip = 3 inputs of 1 times weights 0.5 = 1.5; loss = sum((1.5 - 1)^2) / (2 * N=2) = 0.125.

@@ -22,7 +22,7 @@ from netforge.errors import DataError, DivergenceError
 from netforge.net import Net
 from netforge.train.metrics import read_metrics
 from netforge.train.solver import Solver
-from tests.test_solver import NET
+from tests.train.test_solver import NET
 
 
 def _solver(tmp_path, text: str, net: str = NET, seed: int = 7, **kwargs) -> Solver:

@@ -24,7 +24,7 @@ from netforge.deploy.preprocess import Preprocess  # noqa: E402
 from netforge.errors import ConfigError  # noqa: E402
 from netforge.net import Net  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Spatial sizes: 23 -conv s2-> 12 -max 3/2 (ceil: 6, floor would give 5)-> 6;
 # AVE 3/2 pad 1 -> 4 (ceil, with a window reaching past the padding); AVE 2/2 pad 1 -> 4.

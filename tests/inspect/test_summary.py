@@ -11,7 +11,7 @@ from netforge.cli.main import main
 from netforge.inspect import summary
 from netforge.net import Net
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LENET = ROOT / "configs" / "lenet.prototxt"
 
 

@@ -22,7 +22,7 @@ from netforge.deploy.predict import Predictor, find_images, open_model
 from netforge.deploy.preprocess import Preprocess
 from netforge.net import Net
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 GREY_NET = """
 name: "tiny_grey"
