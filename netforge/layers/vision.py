@@ -12,6 +12,7 @@ from netforge.layers.base import Layer
 from netforge.layers.registry import register
 from netforge.ops import batch_split as parallel
 from netforge.ops import crop, deconv, pooling, spp
+from netforge.ops import stochastic_pooling as stochastic
 from netforge.ops import vision as ops
 from netforge.ops.xp import allocate
 
@@ -365,9 +366,9 @@ class PoolingLayer(Layer):
                                                      index_dtype=self.xp.int32,
                                                      dtype=self.dtype, **window)
         if self.stochastic:
-            return pooling.stochastic_pool_workspace_shapes(shape, top, dtype=self.dtype,
-                                                            index_dtype=self.xp.int32,
-                                                            **window)
+            return stochastic.stochastic_pool_workspace_shapes(shape, top, dtype=self.dtype,
+                                                               index_dtype=self.xp.int32,
+                                                               **window)
         return pooling.ave_pool_workspace_shapes(shape, top, pad=self.pad, dtype=self.dtype,
                                                  **window)
 
@@ -401,9 +402,9 @@ class PoolingLayer(Layer):
         elif self.stochastic:
             window = {"kernel": self.kernel, "stride": self.stride, "ws": self.ws}
             if self.phase == "TRAIN":
-                pooling.stochastic_pool_forward_train(x, y, self.sample, rng=self.rng, **window)
+                stochastic.stochastic_pool_forward_train(x, y, self.sample, rng=self.rng, **window)
             else:
-                pooling.stochastic_pool_forward_test(x, y, **window)
+                stochastic.stochastic_pool_forward_test(x, y, **window)
         else:
             self._run_parts(pooling.ave_pool_forward, x, y)
 
@@ -416,9 +417,9 @@ class PoolingLayer(Layer):
         elif self.stochastic:
             window = {"kernel": self.kernel, "stride": self.stride, "ws": self.ws}
             if self.phase == "TRAIN":
-                pooling.stochastic_pool_backward_train(dy, self.sample, dx, **window)
+                stochastic.stochastic_pool_backward_train(dy, self.sample, dx, **window)
             else:
-                pooling.stochastic_pool_backward_test(dy, bottoms[0].data, dx, **window)
+                stochastic.stochastic_pool_backward_test(dy, bottoms[0].data, dx, **window)
         else:
             self._run_parts(pooling.ave_pool_backward, dy, dx)
 

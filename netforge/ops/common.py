@@ -72,7 +72,7 @@ def linear_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Arra
 # --------------------------------------------------------------------------- softmax
 
 
-def _around(shape: Sequence[int], axis: int) -> tuple[int, int, int]:
+def outer_channels_inner(shape: Sequence[int], axis: int) -> tuple[int, int, int]:
     """(outer, channels, inner) sizes of ``shape`` around ``axis``."""
     outer = inner = 1
     for d in shape[:axis]:
@@ -85,14 +85,14 @@ def _around(shape: Sequence[int], axis: int) -> tuple[int, int, int]:
 def softmax_workspace_shapes(shape: tuple[int, ...], axis: int = 1,
                              dtype: numpy.dtype = numpy.float32) -> WorkspaceSpec:
     """``scale`` (outer, 1, inner): the per-position max, sum or dot product."""
-    outer, _, inner = _around(shape, axis)
+    outer, _, inner = outer_channels_inner(shape, axis)
     return {"scale": ((outer, 1, inner), numpy.dtype(dtype))}
 
 
 def softmax_forward(x: Array, y: Array, *, axis: int = 1, ws: dict | None = None) -> None:
     """y = exp(x - max) / sum(exp(x - max)) along ``axis``; any shape, y may be x."""
     xp = get_array_module(x)
-    outer, c, inner = _around(x.shape, axis)
+    outer, c, inner = outer_channels_inner(x.shape, axis)
     x3, y3 = view_as(x, (outer, c, inner)), view_as(y, (outer, c, inner))
     s = scratch(ws, "scale", (outer, 1, inner), x.dtype, xp)
     xp.max(x3, axis=1, keepdims=True, out=s)
@@ -107,7 +107,7 @@ def softmax_backward(y: Array, dy: Array, dx: Array, *, axis: int = 1,
                      ws: dict | None = None) -> None:
     """dx = y * (dy - sum(dy * y) along axis), from the top data y; dx may be dy."""
     xp = get_array_module(dy)
-    outer, c, inner = _around(y.shape, axis)
+    outer, c, inner = outer_channels_inner(y.shape, axis)
     y3, dy3, dx3 = (view_as(a, (outer, c, inner)) for a in (y, dy, dx))
     s = scratch(ws, "scale", (outer, 1, inner), y.dtype, xp)
     _dot_channels(xp, dy3, y3, s)

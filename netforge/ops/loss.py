@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import numpy
 
-from netforge.ops.common import _around, softmax_forward
+from netforge.ops.common import outer_channels_inner, softmax_forward
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
 
 # Caffe clamps the picked probability at FLT_MIN before the log, for every Dtype.
@@ -54,7 +54,7 @@ _MODES = ("FULL", "VALID", "BATCH_SIZE", "NONE")
 def loss_workspace_shapes(x_shape: tuple[int, ...], axis: int = 1,
                           dtype: numpy.dtype = numpy.float32) -> WorkspaceSpec:
     """Scratch for the loss and accuracy kernels on scores of shape ``x_shape``."""
-    outer, c, inner = _around(x_shape, axis)
+    outer, c, inner = outer_channels_inner(x_shape, axis)
     dt, ip = numpy.dtype(dtype), numpy.dtype(numpy.intp)
     return {"scale": ((outer, 1, inner), dt), "label": ((outer, inner), ip),
             "index": ((outer, inner), ip), "picked": ((outer, inner), dt),
@@ -134,7 +134,7 @@ def softmax_loss_forward(x: Array, label: Array, prob: Array, *, axis: int = 1,
     """
     xp = get_array_module(x)
     softmax_forward(x, prob, axis=axis, ws=ws)
-    outer, c, inner = _around(x.shape, axis)
+    outer, c, inner = outer_channels_inner(x.shape, axis)
     lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
     idx = _flat_index(xp, lab, outer, c, inner, ws)
     picked = scratch(ws, "picked", (outer, inner), prob.dtype, xp)
@@ -156,7 +156,7 @@ def softmax_loss_backward(prob: Array, label: Array, dx: Array, *, axis: int = 1
         loss_weight: the top's diff (the layer's loss weight), as Caffe seeds it.
     """
     xp = get_array_module(prob)
-    outer, c, inner = _around(prob.shape, axis)
+    outer, c, inner = outer_channels_inner(prob.shape, axis)
     lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
     idx = _flat_index(xp, lab, outer, c, inner, ws)
     scale = float(loss_weight) / _normalizer(normalization, outer, inner, count)
@@ -190,7 +190,7 @@ def accuracy(x: Array, label: Array, *, top_k: int = 1, axis: int = 1,
         a class absent from the labels), or None when ``per_class`` is False.
     """
     xp = get_array_module(x)
-    outer, c, inner = _around(x.shape, axis)
+    outer, c, inner = outer_channels_inner(x.shape, axis)
     lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
     idx = _flat_index(xp, lab, outer, c, inner, ws)
     score = scratch(ws, "picked", (outer, inner), x.dtype, xp)
@@ -369,7 +369,7 @@ def multinomial_logistic_backward(prob: Array, label: Array, dx: Array, *,
 def infogain_workspace_shapes(x_shape: tuple[int, ...], axis: int = 1,
                               dtype: numpy.dtype = numpy.float32) -> WorkspaceSpec:
     """The loss scratch plus log-probabilities, the gathered rows of H and H's row sums."""
-    outer, c, inner = _around(x_shape, axis)
+    outer, c, inner = outer_channels_inner(x_shape, axis)
     dt = numpy.dtype(dtype)
     spec = loss_workspace_shapes(x_shape, axis, dtype)
     spec.update({"logp": ((outer, c, inner), dt), "rows": ((outer, inner, c), dt),
@@ -405,7 +405,7 @@ def infogain_forward(x: Array, label: Array, h: Array, prob: Array, *, axis: int
     """
     xp = get_array_module(x)
     softmax_forward(x, prob, axis=axis, ws=ws)
-    outer, c, inner = _around(x.shape, axis)
+    outer, c, inner = outer_channels_inner(x.shape, axis)
     _, _, count, rows = _infogain_rows(xp, label, h, outer, c, inner, ignore_label, ws)
     logp = scratch(ws, "logp", (outer, c, inner), x.dtype, xp)
     xp.maximum(view_as(prob, (outer, c, inner)), LOG_THRESHOLD, out=logp)
@@ -420,7 +420,7 @@ def infogain_backward(prob: Array, label: Array, h: Array, dx: Array, *, axis: i
     """dx[l] = (prob[l] · Σ_k H[label, k] − H[label, l]) · loss_weight / normalizer, zero at
     ignored positions."""
     xp = get_array_module(prob)
-    outer, c, inner = _around(prob.shape, axis)
+    outer, c, inner = outer_channels_inner(prob.shape, axis)
     lab, mask, count, rows = _infogain_rows(xp, label, h, outer, c, inner, ignore_label, ws)
     rowsum = scratch(ws, "rowsum", (c,), h.dtype, xp)
     xp.sum(view_as(h, (c, c)), axis=1, out=rowsum)

@@ -1,4 +1,5 @@
-"""Caffe pooling kernels (MAX, AVE, STOCHASTIC), forward beside backward.
+"""Caffe pooling kernels MAX and AVE, forward beside backward, and the window geometry
+they share with STOCHASTIC pooling (``netforge.ops.stochastic_pooling``).
 
 Shapes: x (N, C, H, W), y (N, C, OH, OW) with OH, OW from
 ``netforge.ops.vision.pool_output_size`` (re-exported here). ``kernel``, ``stride``, ``pad``
@@ -10,12 +11,9 @@ take an int or an ``(h, w)`` pair; global pooling is kernel = (H, W), stride 1, 
     ave_pool_workspace_shapes(x_shape, y_shape, *, kernel, stride, pad, dtype) -> spec
     ave_pool_forward(x, y, *, kernel, stride, pad, ws)
     ave_pool_backward(dy, dx, *, kernel, stride, pad, ws)
-    stochastic_pool_workspace_shapes(x_shape, y_shape, *, kernel, stride, dtype,
-                                     index_dtype) -> spec
-    stochastic_pool_forward_train(x, y, index, *, kernel, stride, rng, ws)
-    stochastic_pool_backward_train(dy, index, dx, *, kernel, stride, ws)
-    stochastic_pool_forward_test(x, y, *, kernel, stride, ws)
-    stochastic_pool_backward_test(dy, x, dx, *, kernel, stride, ws)
+    pool_geometry(x_shape, y_shape, kernel, stride, pad) -> PoolGeometry
+    window_offsets(geometry)   kernel offsets with their clipped output/input slices
+    window_origin(xp, geometry, dtype)   flat index of each window's top-left corner
 
 Caffe's rules: window (oh, ow) starts at (oh*sh - ph, ow*sw - pw); MAX ignores padding and
 keeps the first maximum in row-major window order (strict ``>``); AVE sums only real pixels
@@ -39,21 +37,20 @@ from typing import NamedTuple
 
 import numpy
 
-from netforge.ops.vision import IntPair, _stop, _valid_range, pool_output_size
+from netforge.ops.vision import IntPair, pool_output_size, slice_stop, valid_output_range
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, pair, view_as
 
 __all__ = ["pool_output_size", "max_pool_workspace_shapes", "max_pool_forward",
            "max_pool_backward", "ave_pool_workspace_shapes", "ave_pool_forward",
-           "ave_pool_backward", "stochastic_pool_workspace_shapes",
-           "stochastic_pool_forward_train", "stochastic_pool_backward_train",
-           "stochastic_pool_forward_test", "stochastic_pool_backward_test"]
+           "ave_pool_backward", "PoolGeometry", "pool_geometry", "window_offsets",
+           "window_origin"]
 
 # Caffe initialises a max-pool window to -FLT_MAX (whatever the Dtype) and keeps an index of
 # -1 until a value beats it; padding never takes part.
 _NEG_FLT_MAX = -float(numpy.finfo(numpy.float32).max)
 
 
-class _PoolGeom(NamedTuple):
+class PoolGeometry(NamedTuple):
     n: int
     c: int
     h: int
@@ -73,8 +70,8 @@ class _PoolGeom(NamedTuple):
         return self.tiled and self.oh == 1 and self.ow == 1
 
 
-def _pool_geom(x_shape: tuple[int, ...], y_shape: tuple[int, ...], kernel: IntPair,
-               stride: IntPair, pad: IntPair) -> _PoolGeom:
+def pool_geometry(x_shape: tuple[int, ...], y_shape: tuple[int, ...], kernel: IntPair,
+                  stride: IntPair, pad: IntPair) -> PoolGeometry:
     n, c, h, w = x_shape
     oh, ow = y_shape[2], y_shape[3]
     (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride), pair(pad)
@@ -82,10 +79,10 @@ def _pool_geom(x_shape: tuple[int, ...], y_shape: tuple[int, ...], kernel: IntPa
         raise ValueError(f"pooling: pad {(ph, pw)} must be smaller than kernel {(kh, kw)}")
     tiled = (ph == 0 and pw == 0 and oh * kh == h and ow * kw == w
              and (sh == kh or oh == 1) and (sw == kw or ow == 1))
-    return _PoolGeom(n, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw, tiled)
+    return PoolGeometry(n, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw, tiled)
 
 
-def _offsets(geo: _PoolGeom):
+def window_offsets(geo: PoolGeometry):
     """Kernel offsets (i, j) in Caffe's row-major window order, with their clipped ranges.
 
     Yields (i, j, out_rows, out_cols, in_rows, in_cols): slices of the outputs whose window
@@ -93,19 +90,19 @@ def _offsets(geo: _PoolGeom):
     Offsets that fall in the padding for every output are skipped.
     """
     for i in range(geo.kh):
-        oh0, oh1, h0 = _valid_range(i - geo.ph, geo.sh, geo.oh, geo.h)
+        oh0, oh1, h0 = valid_output_range(i - geo.ph, geo.sh, geo.oh, geo.h)
         if oh1 == oh0:
             continue
-        hs = slice(h0, _stop(h0, oh1 - oh0, geo.sh), geo.sh)
+        hs = slice(h0, slice_stop(h0, oh1 - oh0, geo.sh), geo.sh)
         for j in range(geo.kw):
-            ow0, ow1, w0 = _valid_range(j - geo.pw, geo.sw, geo.ow, geo.w)
+            ow0, ow1, w0 = valid_output_range(j - geo.pw, geo.sw, geo.ow, geo.w)
             if ow1 == ow0:
                 continue
-            ws_ = slice(w0, _stop(w0, ow1 - ow0, geo.sw), geo.sw)
+            ws_ = slice(w0, slice_stop(w0, ow1 - ow0, geo.sw), geo.sw)
             yield i, j, slice(oh0, oh1), slice(ow0, ow1), hs, ws_
 
 
-def _window_origin(xp, geo: _PoolGeom, dtype) -> Array:
+def window_origin(xp, geo: PoolGeometry, dtype) -> Array:
     """(OH, OW) flat index h*W + w of each window's top-left corner (may lie in the pad).
 
     Small (no batch or channel axis), so computing it per call is cheap.
@@ -151,15 +148,15 @@ class _Planar(NamedTuple):
         return self.tail == 0
 
 
-def _planar(geo: _PoolGeom) -> _Planar:
+def _planar(geo: PoolGeometry) -> _Planar:
     hq = geo.oh + (geo.kh - 1) // geo.sh
     wq = geo.ow + (geo.kw - 1) // geo.sw
     nph, npw = min(geo.sh, geo.kh), min(geo.sw, geo.kw)  # phases no window reads are skipped
     planes = []
     for a in range(nph):
-        t0, t1, r0 = _valid_range(a - geo.ph, geo.sh, hq, geo.h)
+        t0, t1, r0 = valid_output_range(a - geo.ph, geo.sh, hq, geo.h)
         for b in range(npw):
-            u0, u1, c0 = _valid_range(b - geo.pw, geo.sw, wq, geo.w)
+            u0, u1, c0 = valid_output_range(b - geo.pw, geo.sw, wq, geo.w)
             planes.append((t0, t1, r0, u0, u1, c0))
     taps = tuple(((i % geo.sh) * npw + j % geo.sw, (i // geo.sh) * wq + j // geo.sw)
                  for i in range(geo.kh) for j in range(geo.kw))
@@ -167,13 +164,13 @@ def _planar(geo: _PoolGeom) -> _Planar:
     return _Planar(geo.n * geo.c, hq, wq, tuple(planes), taps, tail)
 
 
-def _score_dtype(geo: _PoolGeom):
+def _score_dtype(geo: PoolGeometry):
     """Smallest unsigned type holding kh*kw + 1 window positions (0 = no maximum)."""
     k = geo.kh * geo.kw
     return numpy.dtype(numpy.uint8 if k < 255 else numpy.uint16 if k < 65535 else numpy.uint32)
 
 
-def _plane_bytes(geo: _PoolGeom, itemsize: int) -> list[int]:
+def _plane_bytes(geo: PoolGeometry, itemsize: int) -> list[int]:
     """Byte sizes of the carved arrays: planes, buf, prod, score, flag, rel (intp: numpy's
     ``take`` converts any other index type into a new array)."""
     pl = _planar(geo)
@@ -186,7 +183,7 @@ def _plane_bytes(geo: _PoolGeom, itemsize: int) -> list[int]:
 
 def _pool_scratch_spec(x_shape, y_shape, kernel, stride, pad, dtype,
                        index_dtype) -> WorkspaceSpec:
-    geo = _pool_geom(x_shape, y_shape, kernel, stride, pad)
+    geo = pool_geometry(x_shape, y_shape, kernel, stride, pad)
     itemsize = 8 if dtype is None else numpy.dtype(dtype).itemsize
     if geo.is_global:
         nbytes = _align(int(prod(x_shape)))  # backward's bool mask
@@ -196,7 +193,7 @@ def _pool_scratch_spec(x_shape, y_shape, kernel, stride, pad, dtype,
             "index": ((y_shape[2], y_shape[3]), numpy.dtype(index_dtype))}
 
 
-def _carve_planar(ws: dict, geo: _PoolGeom, dtype) -> tuple[Array, ...]:
+def _carve_planar(ws: dict, geo: PoolGeometry, dtype) -> tuple[Array, ...]:
     """(planes (flat), buf, prod, score, flag (flat), rel (N*C, OH, OW)) from ws["scratch"]."""
     pl = _planar(geo)
     dt, idt, sd = numpy.dtype(dtype), numpy.dtype(numpy.intp), _score_dtype(geo)
@@ -224,7 +221,7 @@ def _plane_grid(flat: Array, pl: _Planar, p: int) -> Array:
     return flat[p * pl.length:(p + 1) * pl.length].reshape(pl.nc, pl.hq, pl.wq)
 
 
-def _split(xp, x: Array, flat: Array, geo: _PoolGeom, pl: _Planar, fill: float) -> None:
+def _split(xp, x: Array, flat: Array, geo: PoolGeometry, pl: _Planar, fill: float) -> None:
     """Copy x (N, C, H, W) into the planes; pad and overhang positions get ``fill``."""
     x3 = view_as(x, (pl.nc, geo.h, geo.w))
     for p, (t0, t1, r0, u0, u1, c0) in enumerate(pl.planes):
@@ -232,8 +229,9 @@ def _split(xp, x: Array, flat: Array, geo: _PoolGeom, pl: _Planar, fill: float) 
         if t1 <= t0 or u1 <= u0:
             grid.fill(fill)
             continue
-        xp.copyto(grid[:, t0:t1, u0:u1],
-                  x3[:, r0:_stop(r0, t1 - t0, geo.sh):geo.sh, c0:_stop(c0, u1 - u0, geo.sw):geo.sw])
+        rows = slice(r0, slice_stop(r0, t1 - t0, geo.sh), geo.sh)
+        cols = slice(c0, slice_stop(c0, u1 - u0, geo.sw), geo.sw)
+        xp.copyto(grid[:, t0:t1, u0:u1], x3[:, rows, cols])
         if t0 > 0:
             grid[:, :t0].fill(fill)
         if t1 < pl.hq:
@@ -246,7 +244,7 @@ def _split(xp, x: Array, flat: Array, geo: _PoolGeom, pl: _Planar, fill: float) 
         flat[len(pl.planes) * pl.length:].fill(fill)
 
 
-def _fold(xp, flat: Array, dx: Array, geo: _PoolGeom, pl: _Planar) -> None:
+def _fold(xp, flat: Array, dx: Array, geo: PoolGeometry, pl: _Planar) -> None:
     """dx (N, C, H, W), assigned: each real pixel's entry of the planes; pixels that no window
     reads (strides larger than the kernel, rows past the last window) get 0."""
     dx3 = view_as(dx, (pl.nc, geo.h, geo.w))
@@ -256,18 +254,18 @@ def _fold(xp, flat: Array, dx: Array, geo: _PoolGeom, pl: _Planar) -> None:
         dx3.fill(0)
     for p, (t0, t1, r0, u0, u1, c0) in enumerate(pl.planes):
         if t1 > t0 and u1 > u0:
-            xp.copyto(dx3[:, r0:_stop(r0, t1 - t0, geo.sh):geo.sh,
-                          c0:_stop(c0, u1 - u0, geo.sw):geo.sw],
+            xp.copyto(dx3[:, r0:slice_stop(r0, t1 - t0, geo.sh):geo.sh,
+                          c0:slice_stop(c0, u1 - u0, geo.sw):geo.sw],
                       _plane_grid(flat, pl, p)[:, t0:t1, u0:u1])
 
 
-def _output_buffer(buf: Array, y: Array, geo: _PoolGeom, pl: _Planar) -> Array:
+def _output_buffer(buf: Array, y: Array, geo: PoolGeometry, pl: _Planar) -> Array:
     """The flat (N*C*HQ*WQ) buffer that per-offset results go to: y itself when it has no
     junk rows or columns, else the workspace buffer."""
     return view_as(y, (pl.length,)) if pl.direct else buf
 
 
-def _valid(flat: Array, geo: _PoolGeom, pl: _Planar) -> Array:
+def _valid(flat: Array, geo: PoolGeometry, pl: _Planar) -> Array:
     """The (N*C, OH, OW) valid part of a flat output-shaped buffer."""
     return flat.reshape(pl.nc, pl.hq, pl.wq)[:, :geo.oh, :geo.ow]
 
@@ -312,7 +310,7 @@ def max_pool_forward(x: Array, y: Array, argmax: Array | None, *, kernel: IntPai
     10-30x slower, measured).
     """
     xp = get_array_module(x)
-    geo = _pool_geom(x.shape, y.shape, kernel, stride, pad)
+    geo = pool_geometry(x.shape, y.shape, kernel, stride, pad)
     if geo.is_global:
         x3 = view_as(x, (geo.n, geo.c, geo.h * geo.w))
         if argmax is not None:
@@ -345,7 +343,7 @@ def max_pool_forward(x: Array, y: Array, argmax: Array | None, *, kernel: IntPai
     xp.copyto(rel, _valid(score, geo, pl))
     xp.take(xp.asarray(table), rel, out=arg3, mode="clip")
     origin = ws["index"]
-    origin[...] = _window_origin(xp, geo, origin.dtype)
+    origin[...] = window_origin(xp, geo, origin.dtype)
     xp.add(arg3, origin, out=arg3, casting="unsafe")
     xp.maximum(arg3, -1, out=arg3)
 
@@ -360,7 +358,7 @@ def max_pool_backward(dy: Array, argmax: Array, dx: Array, *, kernel: IntPair,
     image, each offset's dx pixels are written once, straight from a compare of argmax.
     """
     xp = get_array_module(dy)
-    geo = _pool_geom(dx.shape, dy.shape, kernel, stride, pad)
+    geo = pool_geometry(dx.shape, dy.shape, kernel, stride, pad)
     if geo.is_global:
         # One compare against 0..H*W-1 marks every argmax; the product places dy there.
         hw = geo.h * geo.w
@@ -374,7 +372,7 @@ def max_pool_backward(dy: Array, argmax: Array, dx: Array, *, kernel: IntPair,
     if geo.tiled:
         # Disjoint windows: every dx pixel is written exactly once, straight from one compare
         # of argmax per offset (no planes: measured faster for these, 2x2/2 on LeNet).
-        index, origin = ws["index"], _window_origin(xp, geo, ws["index"].dtype)
+        index, origin = ws["index"], window_origin(xp, geo, ws["index"].dtype)
         eq = flag.view(numpy.uint8)[:dy.size].view(bool).reshape(dy.shape)
         dx6 = view_as(dx, (geo.n, geo.c, geo.oh, geo.kh, geo.ow, geo.kw))
         for i in range(geo.kh):
@@ -387,7 +385,7 @@ def max_pool_backward(dy: Array, argmax: Array, dx: Array, *, kernel: IntPair,
     # Window position k of each argmax: rel = argmax - origin + 1 (0 for argmax -1), then
     # score = count - k through a table over rel (zero for anything else).
     origin = ws["index"]
-    origin[...] = _window_origin(xp, geo, origin.dtype)
+    origin[...] = window_origin(xp, geo, origin.dtype)
     origin -= 1
     arg3 = view_as(argmax, (pl.nc, geo.oh, geo.ow))
     xp.subtract(arg3, origin, out=rel, casting="unsafe")
@@ -425,7 +423,7 @@ def max_pool_backward(dy: Array, argmax: Array, dx: Array, *, kernel: IntPair,
 # --------------------------------------------------------------------------- AVE
 
 
-def _ave_scale(xp, geo: _PoolGeom, dtype) -> Array:
+def _ave_scale(xp, geo: PoolGeometry, dtype) -> Array:
     """(OH, OW) 1/window size, the window clipped to the padded extent [-p, H+p) (Caffe).
 
     Without padding, ceil mode with stride > kernel can place a last window wholly past the
@@ -458,7 +456,7 @@ def ave_pool_forward(x: Array, y: Array, *, kernel: IntPair, stride: IntPair,
     windows count their padding as zeros and ceil-mode overhang beyond the padding not at all.
     """
     xp = get_array_module(x)
-    geo = _pool_geom(x.shape, y.shape, kernel, stride, pad)
+    geo = pool_geometry(x.shape, y.shape, kernel, stride, pad)
     if geo.is_global:  # one reduction over a contiguous axis
         xp.sum(view_as(x, (geo.n, geo.c, geo.h * geo.w)), axis=2,
                out=view_as(y, (geo.n, geo.c)))
@@ -486,7 +484,7 @@ def ave_pool_backward(dy: Array, dx: Array, *, kernel: IntPair, stride: IntPair,
                       pad: IntPair = 0, ws: dict) -> None:
     """dx (N, C, H, W), assigned: dy (N, C, OH, OW) / window size spread over each window."""
     xp = get_array_module(dy)
-    geo = _pool_geom(dx.shape, dy.shape, kernel, stride, pad)
+    geo = pool_geometry(dx.shape, dy.shape, kernel, stride, pad)
     if geo.is_global:
         xp.multiply(view_as(dy, (geo.n, geo.c, 1)), 1.0 / (geo.h * geo.w),
                     out=view_as(dx, (geo.n, geo.c, geo.h * geo.w)))
@@ -510,143 +508,3 @@ def ave_pool_backward(dy: Array, dx: Array, *, kernel: IntPair, stride: IntPair,
         view = _tap(planes, pl, k)
         xp.add(view, buf, out=view)
     _fold(xp, planes, dx, geo, pl)
-
-
-# --------------------------------------------------------------------------- STOCHASTIC
-# Caffe (Zeiler & Fergus 2013), GPU-only there; no padding. The inputs are meant to be
-# non-negative (after a ReLU): a window's values are its sampling weights.
-#
-# TRAIN: per window draw u ~ U[0, 1), then walk the window in row-major order summing values
-# and take the first pixel whose running sum reaches u * (window sum); the output is that
-# pixel's value, and backward routes the gradient to it, exactly as MAX pooling routes to
-# its argmax (so the index uses the argmax format and MAX's backward kernel).
-# TEST: the probability-weighted average sum(x^2) / sum(x), Caffe's denominator starting
-# from FLT_MIN so that an all-zero window gives 0.
-
-_FLT_MIN = float(numpy.finfo(numpy.float32).tiny)
-
-
-def _no_pad_geom(x_shape, y_shape, kernel, stride) -> _PoolGeom:
-    return _pool_geom(x_shape, y_shape, kernel, stride, 0)
-
-
-def stochastic_pool_workspace_shapes(x_shape: tuple[int, ...], y_shape: tuple[int, ...], *,
-                                     kernel: IntPair, stride: IntPair,
-                                     dtype: numpy.dtype = numpy.float32,
-                                     index_dtype: numpy.dtype = numpy.intp) -> WorkspaceSpec:
-    """Scratch for STOCHASTIC pooling (both phases): MAX pooling's workspace (its backward
-    is TRAIN's), plus y-shaped ``total``, ``running``, ``weighted``, ``tmp`` (data dtype)
-    and ``pending``, ``hit`` (bool)."""
-    spec = max_pool_workspace_shapes(x_shape, y_shape, kernel=kernel, stride=stride,
-                                     index_dtype=index_dtype, dtype=dtype)
-    for name in ("total", "running", "weighted", "tmp"):
-        spec[name] = (tuple(y_shape), numpy.dtype(dtype))
-    for name in ("pending", "hit"):
-        spec[name] = (tuple(y_shape), numpy.dtype(bool))
-    return spec
-
-
-def _window_sums(xp, x: Array, total: Array, offsets, start: float) -> None:
-    """total (N, C, OH, OW) = start + the sum of each window's pixels."""
-    total.fill(start)
-    for _, _, ro, co, hs, ws_ in offsets:
-        t = total[:, :, ro, co]
-        xp.add(t, x[:, :, hs, ws_], out=t)
-
-
-def _uniform(xp, rng, out: Array) -> None:
-    """out ~ U[0, 1) from the numpy Generator ``rng`` (drawn on the host for CuPy)."""
-    if xp is numpy and out.dtype in (numpy.float32, numpy.float64):
-        rng.random(out=out, dtype=out.dtype)
-    else:
-        out[...] = xp.asarray(rng.random(out.shape))
-
-
-def stochastic_pool_forward_train(x: Array, y: Array, index: Array, *, kernel: IntPair,
-                                  stride: IntPair, rng, ws: dict) -> None:
-    """Sample one pixel per window with probability proportional to its value.
-
-    Args:
-        x: (N, C, H, W) input, non-negative.
-        y: (N, C, OH, OW) output, assigned the sampled values.
-        index: (N, C, OH, OW) integer array, assigned the flat index h*W + w of each sample
-            (-1 for a window with no pixel, ceil mode with stride > kernel; its y is 0).
-        rng: a ``numpy.random.Generator`` (the layer's seeded generator).
-        ws: workspace from ``stochastic_pool_workspace_shapes``.
-    """
-    xp = get_array_module(x)
-    geo = _no_pad_geom(x.shape, y.shape, kernel, stride)
-    total, running, pending, hit = ws["total"], ws["running"], ws["pending"], ws["hit"]
-    flat, origin = ws["index"], _window_origin(xp, geo, ws["index"].dtype)
-    offsets = list(_offsets(geo))
-    _window_sums(xp, x, total, offsets, start=0)
-    threshold = ws["tmp"]
-    _uniform(xp, rng, threshold)
-    xp.multiply(threshold, total, out=threshold)
-    # One pass over the offsets in Caffe's row-major order; ``pending`` marks the windows
-    # whose running sum has not reached the threshold yet.
-    running.fill(0)
-    pending.fill(True)
-    y.fill(0)
-    index.fill(-1)
-    for i, j, ro, co, hs, ws_ in offsets:
-        xs, rs, ps, hts = x[:, :, hs, ws_], running[:, :, ro, co], pending[:, :, ro, co], \
-            hit[:, :, ro, co]
-        xp.add(rs, xs, out=rs)
-        xp.greater_equal(rs, threshold[:, :, ro, co], out=hts)
-        xp.logical_and(hts, ps, out=hts)  # reached here, first time
-        xp.logical_xor(ps, hts, out=ps)
-        xp.add(origin[ro, co], i * geo.w + j, out=flat[ro, co])
-        xp.copyto(y[:, :, ro, co], xs, where=hts)
-        xp.copyto(index[:, :, ro, co], flat[ro, co], where=hts)
-
-
-def stochastic_pool_backward_train(dy: Array, index: Array, dx: Array, *, kernel: IntPair,
-                                   stride: IntPair, ws: dict) -> None:
-    """dx (N, C, H, W), assigned: each dy added at its window's sampled pixel."""
-    max_pool_backward(dy, index, dx, kernel=kernel, stride=stride, pad=0, ws=ws)
-
-
-def stochastic_pool_forward_test(x: Array, y: Array, *, kernel: IntPair, stride: IntPair,
-                                 ws: dict) -> None:
-    """y (N, C, OH, OW), assigned: sum(x^2) / (FLT_MIN + sum(x)) over each window."""
-    xp = get_array_module(x)
-    geo = _no_pad_geom(x.shape, y.shape, kernel, stride)
-    _weighted_average(xp, x, y, list(_offsets(geo)), ws)
-
-
-def _weighted_average(xp, x: Array, out: Array, offsets, ws: dict) -> None:
-    """out (N, C, OH, OW) = sum(x^2) / (FLT_MIN + sum(x)) over each window, leaving that
-    denominator in ws["total"] (``ws["tmp"]`` is scratch)."""
-    total, tmp = ws["total"], ws["tmp"]
-    _window_sums(xp, x, total, offsets, start=_FLT_MIN)
-    out.fill(0)
-    for _, _, ro, co, hs, ws_ in offsets:
-        xs, os_, ts = x[:, :, hs, ws_], out[:, :, ro, co], tmp[:, :, ro, co]
-        xp.multiply(xs, xs, out=ts)
-        xp.add(os_, ts, out=os_)
-    xp.divide(out, total, out=out)
-
-
-def stochastic_pool_backward_test(dy: Array, x: Array, dx: Array, *, kernel: IntPair,
-                                  stride: IntPair, ws: dict) -> None:
-    """dx (N, C, H, W), assigned: the gradient of ``stochastic_pool_forward_test`` at x.
-
-    With S = FLT_MIN + sum(x) and y = sum(x^2) / S, dy/dx_k = (2 x_k - y) / S. (Caffe
-    leaves TEST-phase backward undefined, routing to stale TRAIN samples; this is the exact
-    derivative of what TEST computes.) y is recomputed from x, so an in-place layer above
-    that changed the top cannot corrupt the gradient.
-    """
-    xp = get_array_module(dy)
-    geo = _no_pad_geom(x.shape, dy.shape, kernel, stride)
-    offsets = list(_offsets(geo))
-    total, weighted, scaled, tmp = ws["total"], ws["weighted"], ws["running"], ws["tmp"]
-    _weighted_average(xp, x, weighted, offsets, ws)  # y, recomputed; S left in total
-    xp.divide(dy, total, out=scaled)
-    dx.fill(0)
-    for _, _, ro, co, hs, ws_ in offsets:
-        xs, d, ts = x[:, :, hs, ws_], dx[:, :, hs, ws_], tmp[:, :, ro, co]
-        xp.multiply(xs, 2, out=ts)
-        xp.subtract(ts, weighted[:, :, ro, co], out=ts)
-        xp.multiply(ts, scaled[:, :, ro, co], out=ts)
-        xp.add(d, ts, out=d)

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy
 
 from netforge.ops import pooling
+from netforge.ops import stochastic_pooling as stochastic
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, view_as
 
 METHODS = ("MAX", "AVE", "STOCHASTIC")
@@ -98,9 +99,9 @@ def spp_workspace_shapes(x_shape: tuple[int, ...], levels: list[SppLevel], metho
                 raise ValueError(f"STOCHASTIC pooling takes no padding, but a {x_shape[2]}x"
                                  f"{x_shape[3]} input needs pad {lv.pad} for {lv.bins}x"
                                  f"{lv.bins} bins")
-            spec = pooling.stochastic_pool_workspace_shapes(x_shape, y_shape, kernel=lv.kernel,
-                                                            stride=lv.stride, dtype=dt,
-                                                            index_dtype=index_dtype)
+            spec = stochastic.stochastic_pool_workspace_shapes(x_shape, y_shape, kernel=lv.kernel,
+                                                               stride=lv.stride, dtype=dt,
+                                                               index_dtype=index_dtype)
         spec["y"] = (y_shape, dt)
         spec["dy"] = (y_shape, dt)
         if method != "AVE":
@@ -137,9 +138,9 @@ def spp_forward(x: Array, y: Array, *, levels: list[SppLevel], method: str, ws: 
         elif method == "AVE":
             pooling.ave_pool_forward(x, level_y, pad=lv.pad, ws=w, **geo)
         elif train:
-            pooling.stochastic_pool_forward_train(x, level_y, w["sample"], rng=rng, ws=w, **geo)
+            stochastic.stochastic_pool_forward_train(x, level_y, w["sample"], rng=rng, ws=w, **geo)
         else:
-            pooling.stochastic_pool_forward_test(x, level_y, ws=w, **geo)
+            stochastic.stochastic_pool_forward_test(x, level_y, ws=w, **geo)
         xp.copyto(part, view_as(level_y, (n, part.shape[1])))
 
 
@@ -161,8 +162,8 @@ def spp_backward(dy: Array, x: Array, dx: Array, *, levels: list[SppLevel], meth
         elif method == "AVE":
             pooling.ave_pool_backward(level_dy, target, pad=lv.pad, ws=w, **geo)
         elif train:
-            pooling.stochastic_pool_backward_train(level_dy, w["sample"], target, ws=w, **geo)
+            stochastic.stochastic_pool_backward_train(level_dy, w["sample"], target, ws=w, **geo)
         else:
-            pooling.stochastic_pool_backward_test(level_dy, x, target, ws=w, **geo)
+            stochastic.stochastic_pool_backward_test(level_dy, x, target, ws=w, **geo)
         if i > 0:
             xp.add(dx, target, out=dx)

@@ -87,7 +87,8 @@ def pool_output_size(size: int, kernel: int, pad: int, stride: int,
     return out
 
 
-def _valid_range(offset: int, stride: int, out_size: int, in_size: int) -> tuple[int, int, int]:
+def valid_output_range(offset: int, stride: int, out_size: int,
+                       in_size: int) -> tuple[int, int, int]:
     """Outputs o in [o0, o1) whose input index o*stride + offset lies in [0, in_size).
 
     Returns (o0, o1, first input index). Lets the offset loops below skip padding instead of
@@ -99,7 +100,7 @@ def _valid_range(offset: int, stride: int, out_size: int, in_size: int) -> tuple
     return o0, o1, o0 * stride + offset
 
 
-def _stop(start: int, count: int, step: int) -> int:
+def slice_stop(start: int, count: int, step: int) -> int:
     """Slice stop for ``count`` elements from ``start`` with ``step`` (never past the last)."""
     return start + (count - 1) * step + 1
 
@@ -126,9 +127,9 @@ def _unfold(src: Array, col7: Array, kernel: tuple[int, int], pad: tuple[int, in
         xp.copyto(col7, view)
         return
     for i in range(kh):
-        oh0, oh1, h0 = _valid_range(i * dh - ph, sh, oh, h)
+        oh0, oh1, h0 = valid_output_range(i * dh - ph, sh, oh, h)
         for j in range(kw):
-            ow0, ow1, w0 = _valid_range(j * dw - pw, sw, ow, w)
+            ow0, ow1, w0 = valid_output_range(j * dw - pw, sw, ow, w)
             slab = col7[:, i, j]
             if oh0 > 0:
                 slab[:, :, :oh0] = 0
@@ -140,8 +141,8 @@ def _unfold(src: Array, col7: Array, kernel: tuple[int, int], pad: tuple[int, in
                 slab[:, :, oh0:oh1, ow1:] = 0
             if oh1 > oh0 and ow1 > ow0:
                 xp.copyto(slab[:, :, oh0:oh1, ow0:ow1],
-                          src[:, :, h0:_stop(h0, oh1 - oh0, sh):sh,
-                              w0:_stop(w0, ow1 - ow0, sw):sw])
+                          src[:, :, h0:slice_stop(h0, oh1 - oh0, sh):sh,
+                              w0:slice_stop(w0, ow1 - ow0, sw):sw])
 
 
 def _fold(col7: Array, dst: Array, kernel: tuple[int, int], pad: tuple[int, int],
@@ -156,11 +157,12 @@ def _fold(col7: Array, dst: Array, kernel: tuple[int, int], pad: tuple[int, int]
     oh, ow = col7.shape[4], col7.shape[5]
     dst[...] = 0
     for i in range(kh):
-        oh0, oh1, h0 = _valid_range(i * dh - ph, sh, oh, h)
+        oh0, oh1, h0 = valid_output_range(i * dh - ph, sh, oh, h)
         for j in range(kw):
-            ow0, ow1, w0 = _valid_range(j * dw - pw, sw, ow, w)
+            ow0, ow1, w0 = valid_output_range(j * dw - pw, sw, ow, w)
             if oh1 > oh0 and ow1 > ow0:
-                d = dst[:, :, h0:_stop(h0, oh1 - oh0, sh):sh, w0:_stop(w0, ow1 - ow0, sw):sw]
+                d = dst[:, :, h0:slice_stop(h0, oh1 - oh0, sh):sh,
+                        w0:slice_stop(w0, ow1 - ow0, sw):sw]
                 xp.add(d, col7[:, i, j, :, oh0:oh1, ow0:ow1], out=d)
 
 

@@ -15,6 +15,8 @@ from netforge.ops.pooling import (
     max_pool_forward,
     max_pool_workspace_shapes,
     pool_output_size,
+)
+from netforge.ops.stochastic_pooling import (
     stochastic_pool_backward_test,
     stochastic_pool_backward_train,
     stochastic_pool_forward_test,
