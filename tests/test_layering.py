@@ -9,7 +9,8 @@ Read with ``ast`` (no module is imported), so imports hidden inside functions, m
     6 train, deploy, inspect   7 serve   8 cli
 
 A package's ``__init__.py`` sits at its package's level. ``netforge/__init__.py`` and
-``netforge/__main__.py`` are the face: exempt from levels, but the face must import lazily
+``netforge/__main__.py`` (and ``netforge/io.py``, pycaffe's name for
+``deploy/caffe_io.py``) are the face: exempt from levels, but the face must import lazily
 (nothing but the version at import time). Private names (``_x``) and private modules are
 never imported from another module.
 """
@@ -35,7 +36,8 @@ LEVELS = {
     "serve": 7,
     "cli": 8,
 }
-FACE = {"netforge", "netforge.__main__"}
+# netforge.io is pycaffe's name for deploy/caffe_io.py: part of the face, like __init__
+FACE = {"netforge", "netforge.__main__", "netforge.io"}
 
 
 def level_of(module: str) -> int | None:
