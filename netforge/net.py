@@ -33,7 +33,7 @@ class Net:
         dtype: float32 (default) or float64 (gradient checks).
         seed: seeds the generator that fills weights and drives Dropout/data augmentation.
         reuse_memory: for nets loaded only to predict: activations never alive together share
-            memory (``netforge.memory_plan``); backward is then refused, and after a forward
+            memory (``netforge.graph.memory_plan``); backward is then refused, and after a forward
             only the outputs, inputs and ``keep_blobs`` hold their values.
     """
 

@@ -3,7 +3,7 @@
 Training logs a line every ``display`` iterations; between them a user on a terminal sees
 ``iter 1234/2000 [#########.....] 61% 52.3 it/s``. The bar is drawn on stderr only when stderr
 is a terminal (log files and pipes get plain lines), redrawn at most a few times a second,
-and erased before each log record is written (see ``netforge.logs``).
+and erased before each log record is written (see ``netforge.cli.logs``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``netforge predict``: classify image files with a frozen model or a deploy net + weights.
 
-Images are decoded and preprocessed (``netforge.preprocess``) one batch ahead on a
+Images are decoded and preprocessed (``netforge.deploy.preprocess``) one batch ahead on a
 background thread while the net runs the current batch; the net's input is sized to the
 batch once, and the last, shorter batch is padded. An image that cannot be read is reported
 through ``on_skip`` and left out.

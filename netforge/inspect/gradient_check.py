@@ -1,14 +1,22 @@
-"""Numerical gradient checks for layers (Caffe's GradientChecker recipe), public so users
-can check their own layers too.
+"""Numerical gradient checks (Caffe's GradientChecker recipe), public so users can check
+their own layers too, and the one central-difference implementation the tests use.
 
 Objective: Σ_k Σ(top_k · R_k) for fixed random R_k. The analytic gradient comes from the
-layer's backward with top diffs R_k; the numeric one from central differences. Agreement is
-judged relative to magnitude: |a − n| ≤ threshold · max(|a|, |n|, 1). Points within
-``kink_range`` of a ``kink`` (ReLU's 0, max-pool ties) are skipped.
+layer's backward with top diffs R_k; the numeric one from float64 central differences
+(``numeric_gradient``). Agreement is judged relative to magnitude (``mismatched``):
+|a − n| ≤ threshold · max(|a|, |n|, 1). Points within ``kink_range`` of a ``kink`` (ReLU's
+0, max-pool ties) are skipped.
+
+    numeric_gradient(objective, wrt, *, step_size, skip)  element by element, NaN where skipped
+    mismatched(analytic, numeric, threshold)     |a − n| > threshold · max(|a|, |n|, 1)
+    directional_error(objective, wrt, direction, expected, *, step_size, at)
+                                                          a whole net along one direction
+    check_gradients(plan, step, ...)                      one layer's bottoms and params
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,20 +93,76 @@ def check_gradients(plan, step, *, check_bottoms=None, step_size: float = 1e-6,
 
     mismatches = []
     for what, blob, analytic in targets:
-        data = blob.data
-        for index in np.ndindex(data.shape):
-            original = data[index]
-            if kink is not None and abs(original - kink) < kink_range:
-                continue
-            data[index] = original + step_size
-            plus = objective()
-            data[index] = original - step_size
-            minus = objective()
-            data[index] = original
-            numeric = (plus - minus) / (2 * step_size)
-            a = float(analytic[index])
-            scale = max(abs(a), abs(numeric), 1.0)
-            if abs(a - numeric) > threshold * scale:
-                mismatches.append(GradientMismatch(what, index, a, numeric))
+        skip = None if kink is None else np.abs(blob.data - kink) < kink_range
+        numeric = numeric_gradient(objective, blob.data, step_size=step_size, skip=skip)
+        bad = mismatched(analytic, numeric, threshold)
+        for index in np.ndindex(bad.shape):  # () for a scalar param
+            if bad[index]:
+                mismatches.append(GradientMismatch(what, index, float(analytic[index]),
+                                                   float(numeric[index])))
     objective()
     return mismatches
+
+
+def numeric_gradient(objective: Callable[[], float], wrt: np.ndarray, *,
+                     step_size: float = 1e-6, skip: np.ndarray | None = None) -> np.ndarray:
+    """d objective() / d wrt by central differences, one element at a time.
+
+    ``wrt`` (float64) is perturbed in place by ±``step_size`` and restored exactly;
+    ``objective`` must read it. Elements where ``skip`` is True are not perturbed and come
+    back as NaN.
+    """
+    if wrt.dtype != np.float64:
+        raise ValueError(f"gradient checks run in float64, got {wrt.dtype}")
+    grad = np.full(wrt.shape, np.nan)
+    for index in np.ndindex(wrt.shape):
+        if skip is not None and skip[index]:
+            continue
+        original = wrt[index]
+        wrt[index] = original + step_size
+        plus = objective()
+        wrt[index] = original - step_size
+        minus = objective()
+        wrt[index] = original
+        grad[index] = (plus - minus) / (2 * step_size)
+    return grad
+
+
+def mismatched(analytic, numeric, threshold: float = 1e-5) -> np.ndarray:
+    """Where |a − n| > threshold · max(|a|, |n|, 1), elementwise (False where either is NaN,
+    as for skipped elements).
+
+    The floor of 1 makes the test absolute for gradients below one, where float64 round-off
+    in the objective dominates the relative error.
+    """
+    a, n = np.asarray(analytic, dtype=np.float64), np.asarray(numeric, dtype=np.float64)
+    scale = np.maximum(np.maximum(np.abs(a), np.abs(n)), 1.0)
+    return np.abs(a - n) > threshold * scale
+
+
+def directional_error(objective: Callable[[], float], wrt: np.ndarray, direction: np.ndarray,
+                      expected: float, *, step_size: float = 1e-7,
+                      at: float | None = None) -> tuple[float, list[float]]:
+    """How well ``expected`` (the analytic Σ grad · direction) matches finite differences of
+    ``objective`` along ``direction``, for checks of a whole net where element-by-element
+    differences would cost one forward per weight.
+
+    Returns (the smallest relative error |expected − e| / |e|, the estimates e): the central
+    difference and the two one-sided ones. A ReLU or max-pool kink within ``step_size`` on
+    one side bends the central difference; the one-sided difference on the other side is
+    then still exact to first order, while a wrong gradient matches none of the three (the
+    kink skipping of the direction check). ``at`` is objective() at the unperturbed point
+    when the caller has it already. ``wrt`` is restored exactly.
+    """
+    if wrt.dtype != np.float64:
+        raise ValueError(f"gradient checks run in float64, got {wrt.dtype}")
+    at_x = objective() if at is None else at
+    saved = wrt.copy()
+    wrt += step_size * direction
+    up = objective()
+    wrt[...] = saved - step_size * direction
+    down = objective()
+    wrt[...] = saved
+    estimates = [(up - down) / (2 * step_size), (up - at_x) / step_size,
+                 (at_x - down) / step_size]
+    return min(abs(expected - e) / abs(e) for e in estimates), estimates

@@ -14,9 +14,12 @@ Shapes: x (N, C, H, W), w (O, C/group, kh, kw), y (N, O, OH, OW). ``kernel``, ``
     conv_backward(dy, x, w, *, dx, dw, db, stride, pad, dilation, group, ws, reuse_col=False)
     add_channel_bias(y, b)                                       y (N, C, H, W) += b[c]
     add_bias_gradient(dy3, db, stage)                            db += Σ_{n,l} dy3[n, c, l]
+    valid_output_range(offset, stride, out_size, in_size)        outputs whose tap is inside
+    slice_stop(start, count, step)                               stop of a strided slice
 
 Deconvolution (``netforge.ops.deconv``) is built from these convolution kernels. Pooling lives
-in ``netforge.ops.pooling``; its output size is here, beside convolution's.
+in ``netforge.ops.pooling`` (MAX, AVE) and ``netforge.ops.stochastic_pooling``; its output
+size and the window arithmetic both share are here, beside convolution's.
 
 Outputs and bottom gradients (``y``, ``dx``) are assigned; parameter gradients (``dw``,
 ``db``) are accumulated (``+=``), as Caffe does for ``iter_size`` and shared params. Scratch

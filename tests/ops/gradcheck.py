@@ -1,9 +1,9 @@
-"""Central-difference gradient checking for the kernel tests.
+"""Gradient checking for the kernel tests: a thin adapter over
+``netforge.inspect.gradient_check`` (float64 central differences, relative tolerance) for
+kernels called as ``forward() -> top`` with the objective sum(top * weights).
 
-The objective is sum(top * weights) for fixed random ``weights``; its gradient with respect
-to an input is what a kernel's backward returns when fed dy = weights. Agreement is judged
-relative to magnitude, |a - n| <= threshold * max(|a|, |n|, 1); elements flagged in ``skip``
-(within a kink of ReLU or a max) are not checked.
+Its gradient with respect to an input is what a kernel's backward returns when fed
+dy = weights. Elements flagged in ``skip`` (within a kink of ReLU or a max) are not checked.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
+from netforge.inspect import gradient_check
 
 
 def top_weights(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -22,18 +24,8 @@ def numeric_gradient(forward: Callable[[], np.ndarray], wrt: np.ndarray, weights
                      *, eps: float = 1e-6, skip: np.ndarray | None = None) -> np.ndarray:
     """d sum(forward() * weights) / d wrt by central differences; ``wrt`` is perturbed in
     place (and restored). Skipped elements come back as NaN."""
-    grad = np.full(wrt.shape, np.nan)
-    for idx in np.ndindex(wrt.shape):
-        if skip is not None and skip[idx]:
-            continue
-        orig = wrt[idx]
-        wrt[idx] = orig + eps
-        plus = float(np.sum(forward() * weights))
-        wrt[idx] = orig - eps
-        minus = float(np.sum(forward() * weights))
-        wrt[idx] = orig
-        grad[idx] = (plus - minus) / (2 * eps)
-    return grad
+    return gradient_check.numeric_gradient(lambda: float(np.sum(forward() * weights)), wrt,
+                                           step_size=eps, skip=skip)
 
 
 def assert_gradient(analytic: np.ndarray, forward: Callable[[], np.ndarray], wrt: np.ndarray,
@@ -45,8 +37,7 @@ def assert_gradient(analytic: np.ndarray, forward: Callable[[], np.ndarray], wrt
     checked = ~np.isnan(numeric)
     assert checked.any(), f"{what}: every element was skipped"
     a, n = np.asarray(analytic)[checked], numeric[checked]
-    scale = np.maximum(np.maximum(np.abs(a), np.abs(n)), 1.0)
-    bad = np.abs(a - n) > threshold * scale
+    bad = gradient_check.mismatched(a, n, threshold)
     if bad.any():
         where = np.argwhere(checked)[bad][:5]
         raise AssertionError(

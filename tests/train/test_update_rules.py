@@ -3,7 +3,7 @@
 Each rule minimises a separable quadratic f(w) = ½ Σ a·(w − t)² for 50 steps with L2 or L1
 decay, lr_mult/decay_mult and a learning rate that changes per step; the reference below is
 written from the formulas in caffe-semantics.md §c, one line per formula, without sharing any
-code with netforge.optimizers.
+code with netforge.train.update_rules.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 For each net (configs/zoo/<net>_deploy.prototxt, random He-scaled weights and BatchNorm
 statistics from tools/bench/zoo.py's builder):
   * netforge: the model is frozen as a user would (`freeze --fold-bn --drop-dropout`, mean
-    values 104/117/123, image dims 256 -> centre crop), then netforge.predict.Predictor runs
+    values 104/117/123, image dims 256 -> centre crop), then netforge.deploy.predict.Predictor runs
     it — the code behind `netforge predict`, decoding the next batch on a thread while the
     net runs;
   * onnxruntime: the frozen model exported with netforge's export-onnx, run by an
