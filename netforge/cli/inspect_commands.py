@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import click
 
-from netforge.cli.options import (
-    bar_callback,
-    gpu_option,
-    netstate_options,
-    select_device,
-    split_stages,
-)
+from netforge.cli import options
 
 
 @click.command()
@@ -30,13 +24,13 @@ def plot(inputs, output):
               default="TEST", show_default=True, help="Which phase's layers to include.")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Batch size for the input/data layers (default: as in the file).")
-@netstate_options
+@options.netstate_options
 def summary(net, phase, batch, level, stage):
     """Per layer: type, top shapes, parameter count and FLOPs; totals."""
     from netforge.inspect.summary import format_table, summary_of_file
 
     name, rows = summary_of_file(net, phase=phase.upper(), batch=batch, level=level,
-                                 stages=split_stages(stage))
+                                 stages=options.split_stages(stage))
     click.echo(format_table(rows, title=f'Net "{name}" ({phase.upper()})'))
 
 
@@ -47,18 +41,18 @@ def summary(net, phase, batch, level, stage):
 @click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False),
               default="TRAIN", show_default=True, help="Phase of the net (Caffe's default).")
-@gpu_option()
-@netstate_options
+@options.gpu_option()
+@options.netstate_options
 def time_command(model, weights, iterations, phase, gpu, level, stage):
     """Benchmark a net as `caffe time`: per-layer forward and backward ms, and totals."""
     from netforge.inspect.timing import format_table, time_net
     from netforge.net import Net
 
-    select_device(gpu)
+    options.select_device(gpu)
     net = Net(model, phase.upper(), weights=weights, level=level,
-              stages=split_stages(stage))
+              stages=options.split_stages(stage))
     try:
-        report = time_net(net, iterations, progress=bar_callback("timing"))
+        report = time_net(net, iterations, progress=options.bar_callback("timing"))
     finally:
         net.close()
     click.echo(format_table(report))
