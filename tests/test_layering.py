@@ -12,7 +12,8 @@ A package's ``__init__.py`` sits at its package's level. ``netforge/__init__.py`
 ``netforge/__main__.py`` (and ``netforge/io.py``, pycaffe's name for
 ``deploy/caffe_io.py``) are the face: exempt from levels, but the face must import lazily
 (nothing but the version at import time). Private names (``_x``) and private modules are
-never imported from another module.
+never imported from another module, and no module reaches a name through the lazy face
+(``from netforge import Net`` would hide an upward import).
 """
 
 from __future__ import annotations
@@ -93,6 +94,13 @@ def violations_in(source: str, importer: str, is_package: bool = False,
         if not target.split(".")[0] == "netforge":
             continue
         where = f"{importer.replace('.', '/')}.py:{line}"
+        if target == "netforge" and importer not in FACE:
+            # the face's lazy names (Net, get_solver, ...) would hide an upward import
+            through_face = [n for n in names if f"netforge.{n}" not in known_modules] or (
+                [] if names else ["netforge"])
+            for name in through_face:
+                problems.append(f"{where}: {importer} imports {name} through the package face "
+                                "(import it from its own module)")
         # "from netforge.ops import vision" names a module; its level is the module's
         candidates = [target] + [f"{target}.{n}" for n in names if f"{target}.{n}" in known_modules]
         for module in candidates:
@@ -203,6 +211,17 @@ def test_checker_accepts_same_and_lower_levels_and_outside_packages():
     assert violations_in(source, "netforge.graph.compile", known_modules=KNOWN) == []
 
 
+def test_checker_flags_names_taken_through_the_lazy_face():
+    problems = violations_in("from netforge import Net, ops\nimport netforge\n",
+                             "netforge.layers.vision", known_modules=KNOWN)
+    assert problems == [
+        "netforge/layers/vision.py:1: netforge.layers.vision imports Net through the package "
+        "face (import it from its own module)",
+        "netforge/layers/vision.py:2: netforge.layers.vision imports netforge through the "
+        "package face (import it from its own module)",
+    ]
+
+
 def test_checker_flags_an_eager_face():
     problems = _face_violations("from netforge.version import __version__\n"
                                 "from netforge.net import Net\n", "netforge")
@@ -214,3 +233,18 @@ def test_checker_flags_an_eager_face():
 def test_levels_of_known_modules(name):
     assert level_of(name) == {"netforge.ops.vision": 1, "netforge.cli": 8,
                               "netforge.version": 0}[name]
+
+
+# --- module size --------------------------------------------------------------------------
+
+MAX_LINES = 650  # "modules of about 600 lines at most"; generated code exempt
+GENERATED = {"netforge.netforge_pb2"}
+
+
+def test_no_module_is_much_over_600_lines():
+    too_long = []
+    for name, path in all_modules().items():
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if name not in GENERATED and lines > MAX_LINES:
+            too_long.append(f"{path.relative_to(PACKAGE_ROOT.parent)}: {lines} lines")
+    assert not too_long, "split these modules by sub-family:\n" + "\n".join(too_long)
