@@ -16,7 +16,7 @@ import numpy as np
 from netforge import backend, config, weights
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, ShapeError
-from netforge.graph.compile import Plan, compile_net
+from netforge.graph.compile import build_plan
 from netforge.layers.base import LayerContext
 
 log = logging.getLogger("netforge")
@@ -51,22 +51,20 @@ class Net:
             base_dirs = (Path(net).resolve().parent, *base_dirs)
         else:
             source = net.name or "net"
-            param = pb.NetParameter()
-            param.CopyFrom(net)
-            config.upgrade_net(param, source)
+            param = net
         state = config.make_state(phase, level, stages)
         # Caffe: the requested phase wins; level and stages from the file are merged in.
         merged = pb.NetState()
         merged.CopyFrom(param.state)
         merged.MergeFrom(state)
         merged.phase = state.phase
-        filtered = config.filter_net(param, merged, source)
         self.source = source
         self.rng = rng if rng is not None else np.random.default_rng(seed)
         self.ctx = LayerContext(phase, np.dtype(dtype), backend.array_module(), self.rng,
                                 tuple(Path(b) for b in base_dirs))
         log.info("Initializing net from parameters (%s, phase %s)", source, phase)
-        self.plan: Plan = compile_net(filtered, self.ctx)
+        # upgrade -> filter by NetState -> the graph passes (netforge.graph.compile)
+        filtered, self.plan = build_plan(param, merged, self.ctx, source)
         self.phase = phase
         self.param = filtered
         self._steps = self.plan.steps

@@ -1,3 +1,5 @@
-"""Graph compile: a filtered NetParameter becomes an execution plan that owns all memory.
+"""Graph compile: a NetParameter becomes an execution plan that owns all memory.
 
-``compile`` runs Caffe's passes in order; ``memory_plan`` shares buffers by liveness."""
+``compile`` runs the named passes in order (``splits``, ``instantiate``, ``wiring``,
+``params``, ``shapes``, ``backward``) into a ``plan.Plan``; ``memory_plan`` shares buffers by
+liveness and the scratch that layers declare."""

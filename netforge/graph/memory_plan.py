@@ -13,9 +13,9 @@ can hold a later blob. ``share_memory(plan, keep)``:
    (its last group dead before this one is written) closest in size, else a new slot; a slot
    is one array as large as its largest group (the greedy-by-size scheme of TFLite's arena
    planner, here by first use so that slots rarely need to grow);
-4. points each group's root blob at its slot and re-runs the aliasing (``share_tops``);
-5. gives layers that declare pure scratch workspaces (``Layer.forward_scratch``) one common
-   arena, as large as the largest, since only one layer runs at a time;
+4. points each group's root blob at its slot and re-runs the aliasing (``Layer.share_tops``);
+5. gives the scratch buffers layers declare (``Layer.scratch_buffers``) one common arena,
+   as large as the largest layer's, since only one layer runs at a time;
 6. replaces every ``diff`` (blobs and parameters) by a read-only zero view: forward never
    writes a gradient.
 
@@ -25,7 +25,7 @@ aliasing them). Every other blob's data is valid only until a later layer reuses
 ``net.blobs["conv1"].data`` after a forward holds some later activation. That is why reuse is
 opt-in (``Net(..., reuse_memory=True, keep_blobs=[...])``), for nets loaded to predict.
 Results never change: every layer reads exactly the values it read without sharing
-(tests/test_memory_plan.py checks outputs bit for bit).
+(tests/graph/test_memory_plan.py checks outputs bit for bit).
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from netforge.graph.shapes import reshare_tops
+from netforge.layers.base import ScratchBuffer
 
 log = logging.getLogger("netforge")
 
@@ -80,9 +83,8 @@ def unsupported_reason(plan) -> str | None:
     return None
 
 
-def share_memory(plan, keep, reshare_tops) -> MemoryPlan | None:
-    """Share activation memory and layer scratch in ``plan`` (see the module docstring);
-    ``reshare_tops(plan)`` re-points aliasing tops at their bottoms' new memory.
+def share_memory(plan, keep) -> MemoryPlan | None:
+    """Share activation memory and layer scratch in ``plan`` (see the module docstring).
 
     Returns the MemoryPlan, or None (and changes nothing) when the plan has a layer whose
     tops change shape during forward. The caller must never run backward afterwards.
@@ -93,7 +95,7 @@ def share_memory(plan, keep, reshare_tops) -> MemoryPlan | None:
         return None
     report = MemoryPlan(frozenset(keep))
     _share_activations(plan, report)
-    reshare_tops(plan)
+    reshare_tops(plan.steps)
     _share_scratch(plan, report)
     _drop_diffs(plan, report)
     log.info("Memory reuse: activations %d -> %d bytes in %d slots, layer scratch %d -> %d "
@@ -201,46 +203,36 @@ def _drop_diffs(plan, report: MemoryPlan) -> None:
 # -- layer scratch -------------------------------------------------------------------------
 
 
-def _scratch_entries(layer, method: str) -> list[tuple[dict, list[str]]]:
-    """(workspace dict, names in it that are scratch) from ``layer.<method>()``, whose items
-    are dicts (all of their arrays) or (dict, names) pairs."""
-    declared = getattr(layer, method, None)
-    if declared is None:
-        return []
-    entries = []
-    for item in declared():
-        ws, names = item if isinstance(item, tuple) else (item, list(item))
-        entries.append((ws, [n for n in names if n in ws]))
-    return entries
+def shareable_scratch(layer, forward_only: bool) -> list[ScratchBuffer]:
+    """The buffers of ``layer.scratch_buffers()`` that may share memory in this kind of
+    net: all of them when no backward runs, else those not kept for backward."""
+    return [buffer for buffer in layer.scratch_buffers()
+            if forward_only or not buffer.kept_for_backward]
 
 
-def share_scratch(plan, method: str = "train_scratch") -> tuple[int, int]:
-    """One arena for the scratch workspaces that layers declare through ``method``: only one
-    layer runs at a time, but one layer's workspaces may be in use together (one per batch
-    slice running on its own core, one per bottom), so within a layer they lie side by side.
-
-    ``train_scratch``: arrays that hold nothing from one call (forward or backward) to the
-    next, safe in any net (Convolution's columns, which its backward reuses, are not among
-    them). ``forward_scratch``: everything a layer's forward needs, for forward-only nets.
-    Returns (bytes before, arena bytes)."""
-    layers = [entries for step in plan.steps
-              if (entries := _scratch_entries(step.layer, method))]
-    sizes = [sum(_aligned(_nbytes(ws[n])) for ws, names in entries for n in names)
-             for entries in layers]
+def share_scratch(plan, forward_only: bool = False) -> tuple[int, int]:
+    """One arena for the scratch buffers that layers declare (``Layer.scratch_buffers``):
+    only one layer runs at a time, but one layer's buffers may be in use together (one per
+    batch slice running on its own core, one per bottom), so within a layer they lie side by
+    side. Every net shares the buffers that hold nothing from one call (forward or backward)
+    to the next; a forward-only net (``forward_only``) also those kept for backward
+    (Convolution's columns). Returns (bytes before, arena bytes)."""
+    layers = [buffers for step in plan.steps
+              if (buffers := shareable_scratch(step.layer, forward_only))]
+    sizes = [sum(_aligned(_nbytes(buffer.array)) for buffer in buffers) for buffers in layers]
     if not sizes or max(sizes) == 0:
         return 0, 0
     xp = plan.steps[0].layer.xp if plan.steps else np
     arena = xp.empty(max(sizes), dtype=np.uint8)
-    for entries in layers:
+    for buffers in layers:
         at = 0
-        for ws, names in entries:
-            for name in names:
-                array = ws[name]
-                nbytes = _nbytes(array)
-                ws[name] = arena[at:at + nbytes].view(array.dtype).reshape(array.shape)
-                at += _aligned(nbytes)
+        for buffer in buffers:
+            array = buffer.array
+            nbytes = _nbytes(array)
+            buffer.place(arena[at:at + nbytes].view(array.dtype).reshape(array.shape))
+            at += _aligned(nbytes)
     return sum(sizes), max(sizes)
 
 
 def _share_scratch(plan, report: MemoryPlan) -> None:
-    report.scratch_bytes_before, report.scratch_bytes = share_scratch(plan, "forward_scratch")
+    report.scratch_bytes_before, report.scratch_bytes = share_scratch(plan, forward_only=True)

@@ -4,7 +4,8 @@ setup (read params, create parameter blobs once) -> reshape (pure shape inferenc
 forward (write tops) -> backward (write bottom diffs, accumulate param diffs).
 
 Arity and in-place safety are declared as class attributes and checked centrally by the
-graph compiler, never inside each layer.
+graph compiler, never inside each layer. What memory a layer lends to the graph's memory plan
+is declared too (``Layer.scratch_buffers``), never found by attribute name.
 """
 
 from __future__ import annotations
@@ -29,6 +30,47 @@ class LayerContext:
     xp: object = np
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng())
     base_dirs: tuple[Path, ...] = ()  # where relative paths in the net file may live
+
+
+@dataclass(frozen=True)
+class ScratchBuffer:
+    """One named array of a layer's workspace that the graph's memory plan may place in
+    memory shared with other layers' scratch (netforge.graph.memory_plan).
+
+    The layer reads it only as ``workspace[name]`` and keeps no other reference to the array,
+    so the plan may replace it (``place``) by a view of the same shape and dtype into shared
+    memory. ``kept_for_backward``: the buffer carries what forward wrote to the backward
+    after it (Convolution's columns), so only a net that never runs backward may share it;
+    otherwise it holds nothing from one call (forward or backward) to the next.
+    """
+
+    workspace: dict
+    name: str
+    kept_for_backward: bool = False
+
+    @property
+    def array(self):
+        return self.workspace[self.name]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    def place(self, array) -> None:
+        """Hand the layer ``array`` (same shape and dtype) in place of its own buffer."""
+        self.workspace[self.name] = array
+
+
+def scratch_in(workspace: dict, names=None, kept_for_backward=()) -> list[ScratchBuffer]:
+    """Scratch declarations for the arrays of ``workspace`` named in ``names`` (default all,
+    in the dict's order; names it lacks are skipped), those in ``kept_for_backward``
+    flagged so."""
+    names = list(workspace) if names is None else [n for n in names if n in workspace]
+    return [ScratchBuffer(workspace, name, name in kept_for_backward) for name in names]
 
 
 class Layer:
@@ -88,6 +130,14 @@ class Layer:
         """Called by the plan each time it (re)allocates this layer's tops. A layer whose
         tops alias bottom memory instead of copying (Reshape, a one-top Slice) points them
         here. Default: nothing."""
+
+    def scratch_buffers(self) -> list[ScratchBuffer]:
+        """The workspace arrays (allocated by ``reshape``) this layer lends to the memory
+        plan, which may put them in memory shared with other layers' scratch: only one
+        layer runs at a time. The plan asks again after every reshape. Buffers of one layer
+        never overlap one another. Default: none; a layer keeps all its workspaces private
+        until it declares them here (see ScratchBuffer for what a buffer must obey)."""
+        return []
 
     # -- helpers for subclasses ---------------------------------------------------------------
     @property

@@ -7,7 +7,7 @@ from math import prod
 
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError
-from netforge.layers.base import Layer
+from netforge.layers.base import Layer, ScratchBuffer, scratch_in
 from netforge.layers.registry import register
 from netforge.ops import batch_split as parallel
 from netforge.ops import common as ops
@@ -62,10 +62,8 @@ class InnerProductLayer(Layer):
         self.output_parts = parallel.split(n, count)
         return [(*shape[: self.axis], n)]
 
-    def forward_scratch(self) -> list[dict]:
-        return [self.ws]  # gradient staging only, filled and used within one backward
-
-    train_scratch = forward_scratch
+    def scratch_buffers(self) -> list[ScratchBuffer]:
+        return scratch_in(self.ws)  # gradient staging only, filled and used within one backward
 
     def forward(self, bottoms, tops):
         x = bottoms[0].data.reshape(self.m, -1)
@@ -121,6 +119,10 @@ class SplitLayer(Layer):
 
     def reshape(self, bottom_shapes):
         return [bottom_shapes[0]] * len(self.param.top)
+
+    def share_tops(self, bottoms, tops):
+        for top in tops:
+            top.share_data(bottoms[0])  # a split forwards by aliasing, it never copies
 
     def forward(self, bottoms, tops):
         pass  # tops share the bottom's data array
@@ -218,10 +220,8 @@ class EltwiseLayer(Layer):
         self.ws = allocate(ops.eltwise_workspace_shapes(bottom_shapes[0], self.dtype), self.xp)
         return [bottom_shapes[0]]
 
-    def forward_scratch(self) -> list[dict]:
-        return [self.ws]  # the MAX argmax is kept outside it
-
-    train_scratch = forward_scratch
+    def scratch_buffers(self) -> list[ScratchBuffer]:
+        return scratch_in(self.ws)  # the MAX argmax is kept outside it
 
     def forward(self, bottoms, tops):
         xs = [b.data for b in bottoms]
@@ -259,10 +259,8 @@ class SoftmaxLayer(Layer):
                                                         self.dtype), self.xp)
         return [bottom_shapes[0]]
 
-    def forward_scratch(self) -> list[dict]:
-        return [self.ws]
-
-    train_scratch = forward_scratch
+    def scratch_buffers(self) -> list[ScratchBuffer]:
+        return scratch_in(self.ws)
 
     def forward(self, bottoms, tops):
         ops.softmax_forward(bottoms[0].data, tops[0].data, axis=self.axis, ws=self.ws)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from math import prod
 
 from netforge.errors import ConfigError
-from netforge.layers.base import NeuronLayer
+from netforge.layers.base import NeuronLayer, ScratchBuffer, scratch_in
 from netforge.layers.registry import register
 from netforge.ops import neuron as ops
 from netforge.ops.xp import allocate, view_as
@@ -24,8 +24,8 @@ class ReLULayer(NeuronLayer):
         self.ws = allocate(ops.relu_workspace_shapes(bottom_shapes[0]), self.xp)
         return [bottom_shapes[0]]
 
-    def train_scratch(self):
-        return [self.ws]  # filled and used within one call: the graph shares it
+    def scratch_buffers(self) -> list[ScratchBuffer]:
+        return scratch_in(self.ws)  # filled and used within one call: the graph shares it
 
     def forward(self, bottoms, tops):
         ops.relu_forward(bottoms[0].data, tops[0].data, negative_slope=self.slope, ws=self.ws)

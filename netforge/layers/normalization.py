@@ -12,7 +12,7 @@ from math import prod
 
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError
-from netforge.layers.base import Layer
+from netforge.layers.base import Layer, ScratchBuffer, scratch_in
 from netforge.layers.common import canonical_axis
 from netforge.layers.registry import register
 from netforge.ops import normalization as ops
@@ -89,10 +89,10 @@ class BatchNormLayer(Layer):
             self.ws = allocate(ops.batch_norm_workspace_shapes(self.view, self.dtype), self.xp)
         return [shape]
 
-    def train_scratch(self):
+    def scratch_buffers(self) -> list[ScratchBuffer]:
         """Backward's (N, C, S) temporary holds nothing between calls: the graph shares it
-        with other layers' scratch."""
-        return [(self.ws, ["tmp"])]
+        with other layers' scratch (with use_global_stats there is none)."""
+        return scratch_in(self.ws, ["tmp"])
 
     def forward(self, bottoms, tops):
         x = view_as(bottoms[0].data, self.view)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError
-from netforge.layers.base import Layer
+from netforge.layers.base import Layer, ScratchBuffer, scratch_in
 from netforge.layers.registry import register
 from netforge.ops import batch_split as parallel
 from netforge.ops import crop, deconv, pooling, spp
@@ -156,16 +156,16 @@ class ConvolutionLayer(Layer):
         return {"stride": self.stride, "pad": self.pad, "dilation": self.dilation,
                 "group": self.group}
 
-    def forward_scratch(self) -> list[dict]:
-        """Workspaces that hold nothing from one forward to the next (when no backward runs,
-        which is all that reuse_col needs them for): a memory plan may share them."""
-        return [ws for parts in self.workspaces for _, _, ws in parts]
+    def kept_for_backward(self, ws: dict) -> tuple[str, ...]:
+        """The workspace arrays backward reads (reuse_col: the columns forward built)."""
+        return ("col",)
 
-    def train_scratch(self) -> list[tuple[dict, list[str]]]:
-        """What holds nothing from one call to the next, forward or backward: all but the
-        columns, which backward reuses (reuse_col). Shared between layers by the graph."""
-        return [(ws, [name for name in ws if name != "col"])
-                for parts in self.workspaces for _, _, ws in parts]
+    def scratch_buffers(self) -> list[ScratchBuffer]:
+        """Every workspace array of every batch slice: all hold nothing from one call to the
+        next but the columns, which backward reuses (reuse_col) and which are shared only
+        when no backward runs."""
+        return [buffer for parts in self.workspaces for _, _, ws in parts
+                for buffer in scratch_in(ws, kept_for_backward=self.kept_for_backward(ws))]
 
     def forward(self, bottoms, tops):
         w = self.blobs[0].data
@@ -233,8 +233,10 @@ class DeconvolutionLayer(ConvolutionLayer):
     def _bottom_channels(self) -> int:
         return self.blobs[0].shape[0]
 
-    def train_scratch(self) -> list:
-        return []  # the deconvolution kernels' workspaces are not audited for sharing
+    def kept_for_backward(self, ws: dict) -> tuple[str, ...]:
+        # The deconvolution kernels' workspaces are not audited for sharing between calls:
+        # all count as kept for backward, shared only in nets that never run backward.
+        return tuple(ws)
 
     def _top_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return deconv.deconv_output_shape(shape, self.blobs[0].shape, **self._geometry())
@@ -375,11 +377,9 @@ class PoolingLayer(Layer):
     def _geometry(self) -> dict:
         return {"kernel": self.kernel, "stride": self.stride, "pad": self.pad}
 
-    def forward_scratch(self) -> list[dict]:
+    def scratch_buffers(self) -> list[ScratchBuffer]:
         # Pure scratch in forward and backward alike; the argmax and samples live outside.
-        return [ws for _, _, ws in self.parts]
-
-    train_scratch = forward_scratch
+        return [buffer for _, _, ws in self.parts for buffer in scratch_in(ws)]
 
     def _run_parts(self, kernel, *arrays) -> None:
         """``kernel(*slices, ws=...)`` on each batch slice of ``arrays`` (None passes)."""

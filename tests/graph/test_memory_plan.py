@@ -1,4 +1,4 @@
-"""Memory reuse for forward-only nets (netforge.memory_plan, Net(reuse_memory=True)).
+"""Memory reuse for forward-only nets (netforge.graph.memory_plan, Net(reuse_memory=True)).
 
 Sharing must never change a result: outputs equal bit for bit those of the same net without
 sharing; kept blobs stay readable; blobs that are alive at the same time never share memory.
@@ -194,7 +194,7 @@ def test_training_with_shared_scratch_is_bit_identical_to_private_scratch(monkey
                                 conv2.workspaces[0][0][2]["col"])
     from netforge.graph import memory_plan
 
-    monkeypatch.setattr(memory_plan, "share_scratch", lambda plan, method="": (0, 0))
+    monkeypatch.setattr(memory_plan, "share_scratch", lambda plan, forward_only=False: (0, 0))
     private = _train_net()
     assert not np.shares_memory(private.layer_dict["conv1"].workspaces[0][0][2]["top"],
                                 private.layer_dict["conv2"].workspaces[0][0][2]["top"])

@@ -15,7 +15,7 @@ from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.blob import Blob
 from netforge.errors import ConfigError
-from netforge.graph.compile import LearnableParam
+from netforge.graph.plan import LearnableParam
 from netforge.train.update_rules import make_update_rule
 
 RNG = np.random.default_rng(4)

@@ -1,0 +1,113 @@
+"""The execution plan the compile passes build: one LayerStep per layer, every blob allocated
+once, the learnable parameters; forward and backward then only index into it."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from netforge.blob import Blob
+from netforge.errors import GraphError
+from netforge.graph import memory_plan
+from netforge.graph.memory_plan import MemoryPlan
+from netforge.graph.shapes import reshape_step, reshare_tops
+from netforge.layers.base import Layer
+
+
+@dataclass
+class LearnableParam:
+    """A parameter blob the solver updates (owners only; shared copies point at it)."""
+
+    blob: Blob
+    layer_name: str
+    index: int
+    lr_mult: float = 1.0
+    decay_mult: float = 1.0
+    name: str = ""
+
+
+@dataclass
+class LayerStep:
+    """One layer in the plan. ``wiring.wire`` sets the layer and its blob names, the later
+    passes fill in the rest: loss weights (``params``), blobs (``shapes``), need-backward and
+    propagate-down (``backward``)."""
+
+    layer: Layer
+    bottom_names: list[str]
+    top_names: list[str]
+    bottoms: list[Blob] = field(default_factory=list)
+    tops: list[Blob] = field(default_factory=list)
+    loss_weights: list[float] = field(default_factory=list)
+    need_backward: bool = False
+    propagate_down: list[bool] = field(default_factory=list)
+
+    def in_place(self, j: int) -> bool:
+        """Whether top ``j`` is bottom ``j`` (Caffe's in-place idiom: the same name)."""
+        return j < len(self.bottom_names) and self.top_names[j] == self.bottom_names[j]
+
+
+@dataclass
+class Plan:
+    name: str
+    phase: str
+    steps: list[LayerStep]
+    blobs: OrderedDict  # name -> Blob, in creation order
+    inputs: list[str]
+    outputs: list[str]
+    learnable: list[LearnableParam]
+    layer_params: OrderedDict  # layer name -> list of param Blobs (layers with params only)
+    loss_tops: list[tuple[Blob, float]]  # (top blob, loss weight) for weighted tops
+    memory: MemoryPlan | None = None  # set by share_memory (forward-only nets)
+
+    def reshape(self, start: int = 0) -> None:
+        """Re-run shape inference for layers ``start``.. with the current bottom shapes
+        (Caffe's Net::Reshape), reallocating only the blobs whose shapes changed.
+
+        Called after a caller reshaped an input blob (pycaffe's
+        ``net.blobs["data"].reshape(...); net.reshape()``), and by the net during forward
+        after a layer with ``dynamic_top_shapes`` (Filter) changed its tops' shapes. A plan
+        that shares memory gets private blobs back first and is planned again after.
+        """
+        memory = self.memory
+        if memory is not None:
+            self._unshare(memory)
+        for step in self.steps[start:]:
+            reshape_step(step)
+        if memory is not None:
+            self.share_memory(memory.keep)
+        else:
+            memory_plan.share_scratch(self)  # the layers' new workspaces
+
+    def share_memory(self, keep=()) -> MemoryPlan | None:
+        """Let activations that are never alive together share memory, and layers share one
+        scratch arena (``netforge.graph.memory_plan``). Only for nets that never run
+        backward; outputs, inputs and the blobs named in ``keep`` stay readable after
+        forward."""
+        self.memory = memory_plan.share_memory(self, keep)
+        return self.memory
+
+    def check_readable(self, names) -> None:
+        """Refuse to hand out blobs whose memory a later layer reuses (see share_memory)."""
+        if self.memory is None:
+            return
+        stale = [name for name in names if name in self.memory.shared_blobs]
+        if stale:
+            raise GraphError(
+                f'net "{self.name}" shares memory between activations (reuse_memory=True): '
+                f"blob(s) {', '.join(stale)} do not keep their values after forward; name "
+                "them in keep_blobs to read them")
+
+    def check_resume(self, first: int) -> None:
+        """Refuse a forward from step ``first`` that would read shared (overwritten) blobs
+        written before it."""
+        earlier = {name for step in self.steps[:first] for name in step.top_names}
+        self.check_readable(sorted({name for step in self.steps[first:]
+                                    for name in step.bottom_names if name in earlier}))
+
+    def _unshare(self, memory: MemoryPlan) -> None:
+        for name in memory.shared_blobs:
+            blob = self.blobs[name]
+            if blob.data.base is not None:  # still a view into a slot
+                blob.data = blob.xp.empty(blob.shape, dtype=blob.dtype)
+        reshare_tops(self.steps)
+        self.memory = None
