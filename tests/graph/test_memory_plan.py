@@ -4,12 +4,16 @@ Sharing must never change a result: outputs equal bit for bit those of the same 
 sharing; kept blobs stay readable; blobs that are alive at the same time never share memory.
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, GraphError
+from netforge.graph import memory_plan
+from netforge.layers.base import Layer, LayerContext, scratch_in
 from netforge.net import Net
 
 # Branches (an automatic Split), in-place ReLU, a Reshape view, Concat, Eltwise, both
@@ -192,8 +196,6 @@ def test_training_with_shared_scratch_is_bit_identical_to_private_scratch(monkey
     # the columns that backward reuses stay private
     assert not np.shares_memory(conv1.workspaces[0][0][2]["col"],
                                 conv2.workspaces[0][0][2]["col"])
-    from netforge.graph import memory_plan
-
     monkeypatch.setattr(memory_plan, "share_scratch", lambda plan, forward_only=False: (0, 0))
     private = _train_net()
     assert not np.shares_memory(private.layer_dict["conv1"].workspaces[0][0][2]["top"],
@@ -211,3 +213,112 @@ def test_training_with_shared_scratch_is_bit_identical_to_private_scratch(monkey
     for name, params in private.params.items():
         for mine, theirs in zip(shared.params[name], params, strict=True):
             np.testing.assert_array_equal(mine.diff, theirs.diff)
+
+
+# -- the contract: Layer.scratch_buffers() is all the plan reads ----------------------------
+
+
+class _Lender(Layer):
+    """Declares two buffers, one kept for backward; also has the attributes the planner
+    once looked up by name, which it must now ignore."""
+
+    type = "Lender"
+
+    def __init__(self, param, ctx):
+        super().__init__(param, ctx)
+        self.ws = {"a": np.zeros(10, np.float32), "b": np.zeros(3, np.float64)}
+        self.old = {"x": np.zeros(50, np.float32)}
+
+    def scratch_buffers(self):
+        return scratch_in(self.ws, kept_for_backward=("b",))
+
+    def train_scratch(self):
+        return [self.old]
+
+    forward_scratch = train_scratch
+
+
+class _Silent(Layer):
+    type = "Silent"
+
+    def __init__(self, param, ctx):
+        super().__init__(param, ctx)
+        self.ws = {"c": np.zeros(100, np.uint8)}
+        self.train_scratch = lambda: [self.ws]  # an attribute by the old name: ignored
+
+
+def _fake_plan(*classes):
+    ctx = LayerContext()
+    layers = [cls(pb.LayerParameter(name=cls.type.lower(), type=cls.type), ctx)
+              for cls in classes]
+    return layers, SimpleNamespace(steps=[SimpleNamespace(layer=layer) for layer in layers])
+
+
+def test_the_default_declaration_lends_nothing():
+    _, plan = _fake_plan(_Silent)
+    assert plan.steps[0].layer.scratch_buffers() == []
+    before = plan.steps[0].layer.ws["c"]
+    assert memory_plan.share_scratch(plan) == (0, 0)
+    assert plan.steps[0].layer.ws["c"] is before
+
+
+def test_only_declared_buffers_are_placed_kept_ones_only_without_backward():
+    (lender, lender2), plan = _fake_plan(_Lender, _Lender)
+    old_b, old_x = lender.ws["b"], lender.old["x"]
+    # any net: "a" (40 bytes, one 64-byte piece) of each layer; one arena of 64 bytes
+    assert memory_plan.share_scratch(plan) == (128, 64)
+    assert np.shares_memory(lender.ws["a"], lender2.ws["a"])
+    assert lender.ws["a"].shape == (10,) and lender.ws["a"].dtype == np.float32
+    assert lender.ws["b"] is old_b and lender.old["x"] is old_x  # not declared shareable
+    # forward only: "b" too, beside "a" within its layer
+    assert memory_plan.share_scratch(plan, forward_only=True) == (256, 128)
+    assert not np.shares_memory(lender.ws["a"], lender.ws["b"])
+    assert np.shares_memory(lender.ws["b"], lender2.ws["b"])
+    assert lender.ws["b"].shape == (3,) and lender.ws["b"].dtype == np.float64
+    assert lender.old["x"] is old_x
+
+
+def test_scratch_buffer_describes_and_replaces_its_array():
+    ws = {"tmp": np.zeros((2, 3), np.float32), "keep": np.zeros(4)}
+    buffer, = scratch_in(ws, ["tmp", "missing"])
+    assert (buffer.name, buffer.shape, buffer.dtype, buffer.kept_for_backward) == (
+        "tmp", (2, 3), np.float32, False)
+    view = np.ones(6, np.float32).reshape(2, 3)
+    buffer.place(view)
+    assert ws["tmp"] is view and buffer.array is view
+
+
+def test_real_layers_declare_what_they_may_lend():
+    net = _train_net()
+    conv = net.layer_dict["conv1"].scratch_buffers()
+    assert {b.name for b in conv if b.kept_for_backward} == {"col"}  # backward reuses them
+    assert all(b.array is b.workspace[b.name] for b in conv)
+    for name in ("relu1", "ip", "pool1", "sum"):
+        buffers = net.layer_dict[name].scratch_buffers()
+        assert buffers and not any(b.kept_for_backward for b in buffers)
+    assert net.layer_dict["cat"].scratch_buffers() == []  # Concat keeps its own
+
+
+def test_batch_norm_lends_its_backward_temporary_only_when_it_has_one():
+    text = """
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }
+    """
+    param = config.parse_text(text, pb.NetParameter(), "bn.prototxt")
+    train = Net(param, "train").layer_dict["bn"].scratch_buffers()
+    assert [(b.name, b.kept_for_backward) for b in train] == [("tmp", False)]
+    assert Net(param, "test").layer_dict["bn"].scratch_buffers() == []  # global stats
+
+
+def test_deconvolution_lends_its_workspaces_only_to_forward_only_nets():
+    text = """
+    layer { name: "data" type: "Input" top: "data"
+            input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
+    layer { name: "up" type: "Deconvolution" bottom: "data" top: "up"
+            convolution_param { num_output: 2 kernel_size: 2 stride: 2 } }
+    """
+    param = config.parse_text(text, pb.NetParameter(), "up.prototxt")
+    up = Net(param, "test").layer_dict["up"]
+    assert up.scratch_buffers() and all(b.kept_for_backward for b in up.scratch_buffers())
+    assert memory_plan.shareable_scratch(up, forward_only=False) == []
+    assert memory_plan.shareable_scratch(up, forward_only=True) == up.scratch_buffers()
