@@ -13,6 +13,8 @@ from netforge.graph.wiring import wire
 from netforge.layers.base import LayerContext
 
 INPUT = 'layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }\n'
+TWO_INPUTS = ('layer { name: "two" type: "Input" top: "x" top: "y" '
+              "input_param { shape { dim: 2 } shape { dim: 2 } } }\n")
 LABEL = ('layer { name: "lab" type: "Input" top: "label" '
          "input_param { shape { dim: 2 } } }\n")
 

@@ -4,7 +4,7 @@ import pytest
 
 from netforge.errors import GraphError
 from netforge.graph.splits import insert_splits, split_blob_name, split_layer_name
-from tests.graph.passes import INPUT, param
+from tests.graph.passes import INPUT, TWO_INPUTS, param
 
 
 def test_split_names_are_caffes():
@@ -29,9 +29,7 @@ def test_split_naming_follows_caffe():
 
 
 def test_split_of_a_second_top_uses_its_index_and_leaves_the_input_unchanged():
-    net = param("""
-      layer { name: "two" type: "Input" top: "x" top: "y"
-              input_param { shape { dim: 2 } shape { dim: 2 } } }
+    net = param(TWO_INPUTS + """
       layer { name: "p" type: "ReLU" bottom: "y" top: "p" }
       layer { name: "q" type: "Sigmoid" bottom: "y" top: "q" }
       layer { name: "r" type: "TanH" bottom: "x" top: "r" }

@@ -5,7 +5,16 @@ import pytest
 from netforge.errors import GraphError
 from netforge.graph.instantiate import create_layers
 from netforge.graph.wiring import automatic_top_name, check_arity, net_inputs, net_outputs, wire
-from tests.graph.passes import INPUT, LABEL, by_name, compile_text, context, param, wired
+from tests.graph.passes import (
+    INPUT,
+    LABEL,
+    TWO_INPUTS,
+    by_name,
+    compile_text,
+    context,
+    param,
+    wired,
+)
 
 
 def test_steps_carry_the_names_in_file_order():
@@ -83,16 +92,14 @@ def test_arity_messages():
 
 
 def test_inputs_are_the_input_layers_tops_and_outputs_the_unread_tops_by_name():
-    steps = wired("""
-      layer { name: "two" type: "Input" top: "x" top: "w"
-              input_param { shape { dim: 2 } shape { dim: 2 } } }
+    steps = wired(TWO_INPUTS + """
       layer { name: "z" type: "ReLU" bottom: "x" top: "zeta" }
       layer { name: "r" type: "ReLU" bottom: "zeta" top: "zeta" }
       layer { name: "a" type: "Sigmoid" bottom: "zeta" top: "alpha" }
     """)
-    assert net_inputs(steps) == ["x", "w"]
-    # zeta is read by a (after its in-place rewrite); w is never read
-    assert net_outputs(steps) == ["alpha", "w"]
+    assert net_inputs(steps) == ["x", "y"]
+    # zeta is read by a (after its in-place rewrite); y is never read
+    assert net_outputs(steps) == ["alpha", "y"]
 
 
 # -- through compile_net (moved from test_compile.py) --------------------------------------
