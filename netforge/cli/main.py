@@ -20,7 +20,7 @@ import traceback
 
 import click
 
-from netforge.cli import data_commands, deploy_commands, inspect_commands, train_commands
+from netforge.cli import data_commands, deploy_commands, inspect_commands, serve, train_commands
 from netforge.errors import NetforgeError
 from netforge.version import __version__
 
@@ -87,6 +87,7 @@ main.add_command(inspect_commands.summary)
 main.add_command(inspect_commands.time_command)
 main.add_command(inspect_commands.draw)
 main.add_command(inspect_commands.plot)
+main.add_command(serve.serve)
 
 
 if __name__ == "__main__":  # pragma: no cover

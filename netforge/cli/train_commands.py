@@ -71,7 +71,11 @@ def train(solver, weights, snapshot, gpu, sigint_effect, sighup_effect, level, s
 @click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
 @gpu_option()
 @netstate_options
-def test(model, weights, iterations, gpu, level, stage):
+@click.option("--confusion", is_flag=True,
+              help="Print per-class accuracy and the confusion matrix instead of the means.")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
+              help="Class names for --confusion, one a line (e.g. a dataset's labels.txt).")
+def test(model, weights, iterations, gpu, level, stage, confusion, labels_file):
     """Score a trained model: mean of each net output over N batches."""
     from netforge.net import Net
     from netforge.train.evaluate import run_test
@@ -79,6 +83,14 @@ def test(model, weights, iterations, gpu, level, stage):
     select_device(gpu)
     net = Net(model, "test", weights=weights, level=level, stages=split_stages(stage))
     try:
+        if confusion:
+            from netforge.deploy.frozen import read_labels
+            from netforge.inspect.confusion import confusion_of_net
+
+            labels = read_labels(labels_file) if labels_file else []
+            click.echo(confusion_of_net(net, iterations, labels,
+                                        bar_callback("testing")).format_table())
+            return
         means = run_test(net, iterations, progress=bar_callback("testing"))
     finally:
         net.close()
