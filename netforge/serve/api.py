@@ -20,6 +20,7 @@ from netforge.serve import networks
 from netforge.serve.charts import chart_svg
 from netforge.serve.forms import Fields, FormError
 from netforge.serve.jobs import FINISHED
+from netforge.serve.store import NotFound
 
 SSE_POLL_SECONDS = 0.5
 
@@ -97,7 +98,7 @@ async def datasets_create(request: Request):
 async def dataset_get(request: Request):
     dataset = request.app.state.datasets.get(_id(request))
     if dataset is None:
-        return JSONResponse({"error": f"no dataset {_id(request)}"}, status_code=404)
+        raise NotFound(f"no dataset {_id(request)}")
     return JSONResponse(_dataset_json(dataset))
 
 
@@ -160,7 +161,7 @@ async def job_action(request: Request):
         job = await run_in_threadpool(jobs.resume, job_id)
     elif action == "clone":
         fields, _ = await read_fields(request)
-        job = await run_in_threadpool(jobs.clone, job_id, fields.text("name", max_length=80))
+        job = await run_in_threadpool(jobs.clone, job_id, fields.values)
         return JSONResponse(_job_json(request, job), status_code=201)
     else:
         return JSONResponse({"error": f"unknown action {action}"}, status_code=404)

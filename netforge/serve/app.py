@@ -22,7 +22,7 @@ from netforge.serve import api, networks, security
 from netforge.serve.classify import Classification
 from netforge.serve.datasets import Datasets
 from netforge.serve.jobs import Jobs
-from netforge.serve.store import Store
+from netforge.serve.store import NotFound, Store
 from netforge.serve.workspace import DEFAULT_MAX_UPLOAD_BYTES, PathRefused, Workspace
 from netforge.version import __version__
 
@@ -93,6 +93,8 @@ def _error_status(exc: Exception) -> int:
         return 413
     if isinstance(exc, PathRefused):
         return 403
+    if isinstance(exc, NotFound):
+        return 404
     return 400
 
 
@@ -119,7 +121,7 @@ def page(name: str):
             if name == "dataset.html":
                 context["dataset"] = state.datasets.get(item_id)
                 if context["dataset"] is None:
-                    raise PathRefused(f"no dataset {item_id}")
+                    raise NotFound(f"no dataset {item_id}")
             else:
                 job = state.jobs.require(item_id)
                 context["job"] = job

@@ -20,7 +20,7 @@ from netforge.data.records import datum_to_array, parse_datum, save_mean_file
 from netforge.data.stores import LmdbReader
 from netforge.errors import ConfigError, NetforgeError
 from netforge.serve.forms import Fields, FormError
-from netforge.serve.store import Store
+from netforge.serve.store import NotFound, Store
 from netforge.serve.workspace import Workspace
 
 SAMPLES_PER_CLASS = 8
@@ -86,7 +86,7 @@ class Datasets:
     def delete(self, dataset_id: int) -> None:
         row = self.store.get("datasets", dataset_id)
         if row is None:
-            raise ConfigError(f"no dataset {dataset_id}")
+            raise NotFound(f"no dataset {dataset_id}")
         if row["state"] == "converting":
             raise ConfigError(f"dataset {dataset_id} is still converting; wait for it to end")
         shutil.rmtree(self.workspace.dataset_dir(dataset_id), ignore_errors=True)

@@ -27,7 +27,7 @@ from netforge.errors import ConfigError
 from netforge.serve import networks
 from netforge.serve.datasets import Datasets
 from netforge.serve.forms import Fields, FormError
-from netforge.serve.store import Store
+from netforge.serve.store import NotFound, Store
 from netforge.serve.workspace import Workspace
 from netforge.train.metrics import metrics_path, read_metrics
 
@@ -101,7 +101,7 @@ class Jobs:
     def require(self, job_id: int) -> dict:
         row = self.get(job_id)
         if row is None:
-            raise ConfigError(f"no job {job_id}")
+            raise NotFound(f"no job {job_id}")
         return row
 
     def list(self) -> list[dict]:
@@ -259,14 +259,16 @@ class Jobs:
         self.start(job_id, resume_from)
         return self.get(job_id)
 
-    def clone(self, job_id: int, name: str | None = None) -> dict:
+    def clone(self, job_id: int, overrides: dict | None = None) -> dict:
+        """A new job with this one's network and settings; ``overrides`` (form fields, e.g.
+        name or max_iter) change some of them."""
         row = self.require(job_id)
         text = (self.folder(job_id) / "network.prototxt").read_text(encoding="utf-8")
-        fields = {**{k: v for k, v in row["options"].items()}, "name": name or
-                  f"{row['name']} (clone)", "dataset": row["dataset_id"],
-                  "solver_type": row["options"]["type"], "prototxt": text}
-        return self.create(Fields(fields), uploaded_prototxt=text
-                           if row["options"]["network"] == "custom" else None)
+        fields = {**row["options"], "name": f"{row['name']} (clone)",
+                  "dataset": row["dataset_id"], "solver_type": row["options"]["type"]}
+        fields.update({k: v for k, v in (overrides or {}).items() if v not in (None, "")})
+        custom = fields.get("network", row["options"]["network"]) == "custom"
+        return self.create(Fields(fields), uploaded_prototxt=text if custom else None)
 
     def delete(self, job_id: int) -> None:
         row = self.require(job_id)

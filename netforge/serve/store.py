@@ -12,6 +12,8 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from netforge.errors import ConfigError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -38,6 +40,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 JSON_COLUMNS = ("options", "info")
+
+
+class NotFound(ConfigError):
+    """No dataset or job of that id (answered 404)."""
 
 
 class Store:
