@@ -178,8 +178,10 @@ async def job_metrics(request: Request):
 
 
 async def job_chart(request: Request):
-    records = request.app.state.jobs.metrics(_id(request))
-    return Response(chart_svg(records), media_type="image/svg+xml")
+    jobs = request.app.state.jobs
+    job = jobs.require(_id(request))
+    svg = chart_svg(jobs.metrics(job["id"]), max_iter=job["options"]["max_iter"])
+    return Response(svg, media_type="image/svg+xml")
 
 
 async def job_log(request: Request):

@@ -49,12 +49,23 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
+def _labels(values: list[float]) -> list[str]:
+    """Tick labels with just enough digits to tell neighbours apart (0.00985, 0.0099)."""
+    for digits in range(2, 8):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{v:.8g}" for v in values]
+
+
 def _label(value: float) -> str:
-    return f"{value:.3g}" if value == 0 or 1e-3 <= abs(value) < 1e5 else f"{value:.1e}"
+    return f"{value:.3g}"
 
 
-def panel_svg(title: str, series: dict[str, list], top: int, width: int, height: int) -> str:
-    """One chart at vertical offset ``top``: axes, ticks, a polyline per series, a legend."""
+def panel_svg(title: str, series: dict[str, list], top: int, width: int, height: int,
+              x_max: float = 0.0) -> str:
+    """One chart at vertical offset ``top``: axes, ticks, a polyline per series, a legend.
+    The iteration axis runs from 0 to ``x_max`` (or the last iteration, if later)."""
     left, right, pad_top, pad_bottom = 60, 150, 24, 28
     plot_w, plot_h = width - left - right, height - pad_top - pad_bottom
     parts = [f'<g class="panel" data-panel="{escape(title)}" transform="translate(0,{top})">',
@@ -67,7 +78,7 @@ def panel_svg(title: str, series: dict[str, list], top: int, width: int, height:
                      "no data yet</text></g>")
         return "".join(parts)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = min(0.0, min(xs)), max(xs) or 1.0
+    x0, x1 = min(0.0, min(xs)), max(max(xs), x_max) or 1.0
     y0, y1 = min(ys), max(ys)
     if y1 - y0 < 1e-12:
         y0, y1 = y0 - (abs(y0) * 0.1 or 0.5), y1 + (abs(y1) * 0.1 or 0.5)
@@ -78,14 +89,15 @@ def panel_svg(title: str, series: dict[str, list], top: int, width: int, height:
     def sy(y):
         return pad_top + plot_h - (y - y0) / (y1 - y0) * plot_h
 
-    for tick in _ticks(y0, y1):
+    y_ticks = _ticks(y0, y1)
+    for tick, text in zip(y_ticks, _labels(y_ticks), strict=True):
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(tick):.1f}" '
                      f'y2="{sy(tick):.1f}" stroke="#eee"/><text x="{left - 4}" '
-                     f'y="{sy(tick) + 4:.1f}" font-size="10" text-anchor="end">'
-                     f"{_label(tick)}</text>")
-    for tick in _ticks(x0, x1):
+                     f'y="{sy(tick) + 4:.1f}" font-size="10" text-anchor="end">{text}</text>')
+    x_ticks = _ticks(x0, x1)
+    for tick, text in zip(x_ticks, _labels(x_ticks), strict=True):
         parts.append(f'<text x="{sx(tick):.1f}" y="{pad_top + plot_h + 14}" font-size="10" '
-                     f'text-anchor="middle">{_label(tick)}</text>')
+                     f'text-anchor="middle">{text}</text>')
     for i, (name, values) in enumerate(sorted(series.items())):
         colour = COLOURS[i % len(COLOURS)]
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in values)
@@ -105,10 +117,14 @@ def panel_svg(title: str, series: dict[str, list], top: int, width: int, height:
     return "".join(parts)
 
 
-def chart_svg(records: list[dict], width: int = 760, panel_height: int = 200) -> str:
+def chart_svg(records: list[dict], width: int = 760, panel_height: int = 200,
+              max_iter: int = 0) -> str:
+    """The three panels on one iteration axis (0 to ``max_iter``: the curves grow into it)."""
     panels = series_of(records)
+    last = max((r.get("iteration", 0) for r in records), default=0)
     titles = (("loss", "Loss"), ("outputs", "Test outputs"), ("lr", "Learning rate"))
-    body = "".join(panel_svg(title, panels[key], i * panel_height, width, panel_height)
+    body = "".join(panel_svg(title, panels[key], i * panel_height, width, panel_height,
+                             max(max_iter, last))
                    for i, (key, title) in enumerate(titles))
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" '
             f'height="{panel_height * len(titles)}" data-records="{len(records)}" '

@@ -149,6 +149,7 @@ class Jobs:
         train_net = networks.prepare_train_net(param, db, mean_file, classes,
                                                options["batch_size"] or None)
         val_count = sum(dataset["info"]["counts"][splits[-1] or "all"])
+        networks.fit_test_batch(train_net, val_count)
         test_iter = networks.test_iterations(val_count, networks.test_batch_size(train_net))
         deploy = networks.deploy_net(train_net, tuple(dataset["info"]["shape"]))
         (folder / "network.prototxt").write_text(text, encoding="utf-8")

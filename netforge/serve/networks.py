@@ -90,6 +90,14 @@ def prepare_train_net(param: pb.NetParameter, db: dict[str, Path], mean_file: Pa
     return net
 
 
+def fit_test_batch(param: pb.NetParameter, samples: int) -> None:
+    """Shrink TEST batches larger than the val split: a batch that wraps around would count
+    some samples twice in the test scores."""
+    for layer in param.layer:
+        if layer.type == "Data" and _phase(layer) == pb.TEST and samples > 0:
+            layer.data_param.batch_size = min(layer.data_param.batch_size or samples, samples)
+
+
 def test_batch_size(param: pb.NetParameter) -> int:
     for layer in param.layer:
         if layer.type == "Data" and _phase(layer) == pb.TEST:

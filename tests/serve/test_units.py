@@ -90,6 +90,8 @@ def test_deploy_net_of_lenet():
     assert deploy.layer[-1].bottom == ["ip2"] and deploy.layer[-1].top == ["prob"]
     assert all(not layer.include for layer in deploy.layer)
     assert networks.test_iterations(101, 100) == 2
+    networks.fit_test_batch(prepared, 60)  # a val split smaller than the TEST batch
+    assert [d.data_param.batch_size for d in prepared.layer if d.type == "Data"] == [16, 60]
     assert isinstance(networks.transform_of(prepared), pb.TransformationParameter)
 
 

@@ -52,8 +52,10 @@ function wireForms() {
       const button = form.querySelector("button[type=submit]");
       if (button) button.disabled = true;
       try {
-        const data = await callApi(form.dataset.api, "POST", new FormData(form));
-        if (form.dataset.render) renderers[form.dataset.render](data);
+        // getAttribute, not form.dataset: a field named "dataset" shadows that property.
+        const data = await callApi(form.getAttribute("data-api"), "POST", new FormData(form));
+        const render = form.getAttribute("data-render");
+        if (render) renderers[render](data);
         else if (data.url) window.location = data.url;
       } catch (error) {
         showError(form, error.message);
