@@ -51,6 +51,8 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 def _labels(values: list[float]) -> list[str]:
     """Tick labels with just enough digits to tell neighbours apart (0.00985, 0.0099)."""
+    if all(float(v).is_integer() and abs(v) < 1e7 for v in values):
+        return [str(int(v)) for v in values]  # iterations: 0, 200, 400, never 2e+02
     for digits in range(2, 8):
         labels = [f"{v:.{digits}g}" for v in values]
         if len(set(labels)) == len(labels):
