@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from netforge.errors import ConfigError
+
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -19,7 +21,11 @@ import click
               show_default=True, help="Largest request body accepted.")
 def serve(host, port, workspace, token, max_upload_mb):
     """Web dashboard: datasets, live training jobs, classification (a DIGITS for netforge)."""
-    from netforge.serve.app import run
+    try:
+        from netforge.serve.app import run
+    except ImportError as exc:  # the web stack is an optional extra
+        raise ConfigError(f"netforge serve needs the serve extra (pip install "
+                          f"'netforge[serve]'): {exc}") from None
 
     def ready(active_token):
         where = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"

@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
@@ -173,8 +174,6 @@ def create_app(workspace_root, *, token: str | None = None,
 def run(workspace_root, host: str = "127.0.0.1", port: int = 5000, token: str | None = None,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, on_ready=None) -> None:
     """Serve until interrupted (jobs still running are stopped with a snapshot)."""
-    import uvicorn
-
     token = security.bind_token(host, token)
     # Classification builds nets in this process: their per-layer set-up lines belong in a
     # job's log, not on the server's console.

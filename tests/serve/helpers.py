@@ -144,6 +144,7 @@ class ServerProcess:
         self.extra = extra
         self.proc = None
         self.port = None
+        self.client = None
 
     def start(self) -> Client:
         self.port = free_port()
@@ -153,7 +154,7 @@ class ServerProcess:
             [sys.executable, "-m", "netforge", "serve", "--port", str(self.port),
              "--workspace", str(self.workspace), *self.extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        client = Client(f"http://127.0.0.1:{self.port}")
+        client = self.client = Client(f"http://127.0.0.1:{self.port}")
 
         def up():
             if self.proc.poll() is not None:
@@ -165,6 +166,13 @@ class ServerProcess:
 
         wait_until(up, 60, what="the server to answer")
         return client
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once, as in a crash (its jobs live on)."""
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+        self.proc = None
 
     def stop(self) -> int:
         if self.proc is None:

@@ -41,14 +41,14 @@ def read_split(path) -> tuple[np.ndarray, np.ndarray]:
 def server(workspace):
     root, _, _ = workspace
     process = ServerProcess(root)
-    client = process.start()
-    yield process, client
+    process.start()
+    yield process
     process.stop()
 
 
 @pytest.fixture(scope="module")
 def dataset(server, workspace):
-    _, client = server
+    client = server.client
     made = client.json("POST", "/api/datasets", {"name": "digits", "source": "digits",
                                                  "gray": "true", "val_fraction": "0.2"},
                        expect=202)
@@ -59,7 +59,7 @@ def dataset(server, workspace):
 @pytest.fixture(scope="module")
 def trained(server, dataset):
     """Job 1: LeNet for ITERATIONS iterations; the events seen while it ran."""
-    _, client = server
+    client = server.client
     job = client.json("POST", "/api/jobs", {
         "name": "lenet", "dataset": dataset["id"], "network": "lenet",
         "max_iter": ITERATIONS, "snapshot": 100, "display": 10, "test_interval": 100,
@@ -76,7 +76,7 @@ def trained(server, dataset):
 
 def test_dataset_counts_mean_and_samples(server, dataset, workspace):
     root, images, labels = workspace
-    _, client = server
+    client = server.client
     assert dataset["state"] == "done", dataset["error"]
     info = dataset["info"]
     assert info["labels"] == [str(k) for k in range(10)]
@@ -101,7 +101,7 @@ def test_dataset_counts_mean_and_samples(server, dataset, workspace):
 
 def test_training_metrics_arrive_live(server, trained, workspace):
     root, _, _ = workspace
-    _, client = server
+    client = server.client
     job, events, states_at_metrics = trained
     assert events[0] == ("state", {"state": "running", "error": ""})
     assert states_at_metrics == ["running"]  # the first record came while it still ran
@@ -127,7 +127,7 @@ def test_training_metrics_arrive_live(server, trained, workspace):
 
 def test_classify_matches_an_independent_lenet(server, trained, workspace):
     root, images, labels = workspace
-    _, client = server
+    client = server.client
     job, _, _ = trained
     first = [int(np.flatnonzero(labels == k)[0]) for k in range(10)]
     files = []
@@ -156,7 +156,7 @@ def test_classify_matches_an_independent_lenet(server, trained, workspace):
 
 def test_confusion_matrix_api_and_cli(server, trained, dataset, workspace, capsys):
     root, _, _ = workspace
-    _, client = server
+    client = server.client
     job, _, _ = trained
     answer = client.json("POST", f"/api/jobs/{job['id']}/confusion", {})
     folder = root / "datasets" / str(dataset["id"])
@@ -182,7 +182,7 @@ def test_confusion_matrix_api_and_cli(server, trained, dataset, workspace, capsy
 
 def test_stop_resume_clone_delete(server, trained, workspace):
     root, _, _ = workspace
-    _, client = server
+    client = server.client
     job, _, _ = trained
     clone = client.json("POST", f"/api/jobs/{job['id']}/clone",
                         {"name": "again", "max_iter": 100000}, expect=201)
@@ -217,7 +217,7 @@ def test_stop_resume_clone_delete(server, trained, workspace):
 
 
 def test_restart_keeps_jobs_and_resumes_the_interrupted_one(server, trained, workspace):
-    process, client = server
+    process, client = server, server.client
     job, _, _ = trained
     long_job = client.json("POST", "/api/jobs", {
         "name": "long", "dataset": job["dataset_id"], "network": "lenet", "max_iter": 100000,
@@ -247,3 +247,25 @@ def test_restart_keeps_jobs_and_resumes_the_interrupted_one(server, trained, wor
                        ["state"] != "running" and j, 120, what="the stop")
     assert final["state"] == "stopped"
     assert final["snapshots"][-1]["iteration"] > snapshot["iteration"]
+
+
+def test_a_job_outlives_a_crashed_server_and_is_adopted(server, trained):
+    process, client = server, server.client
+    job, _, _ = trained
+    orphan = client.json("POST", "/api/jobs", {
+        "name": "orphan", "dataset": job["dataset_id"], "network": "lenet",
+        "max_iter": 100000, "snapshot": 0, "display": 5, "batch_size": 16}, expect=201)
+    wait_until(lambda: client.json("GET", f"/api/jobs/{orphan['id']}/metrics"), 120,
+               what="the job's first record")
+    process.kill()
+    client = process.start()
+    adopted = client.json("GET", f"/api/jobs/{orphan['id']}")
+    assert adopted["state"] == "running" and adopted["pid"] == orphan["pid"]
+    seen = len(client.json("GET", f"/api/jobs/{orphan['id']}/metrics"))
+    wait_until(lambda: len(client.json("GET", f"/api/jobs/{orphan['id']}/metrics")) > seen,
+               120, what="the adopted job to go on training")
+    client.json("POST", f"/api/jobs/{orphan['id']}/stop")
+    final = wait_until(lambda: (j := client.json("GET", f"/api/jobs/{orphan['id']}"))
+                       ["state"] != "running" and j, 120, what="the adopted job to stop")
+    assert final["state"] == "stopped" and final["pid"] is None
+    assert final["snapshots"] and final["snapshots"][-1]["iteration"] > 0

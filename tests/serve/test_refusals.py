@@ -188,3 +188,21 @@ def test_a_crashing_job_leaves_the_server_up(served):
     assert client.json("GET", "/api/health")["ok"] is True
     status, answer = client.json("POST", f"/api/jobs/{job['id']}/confusion", {}, expect=None)
     assert status == 400 and answer["error"] == f"job {job['id']} has no snapshot yet"
+
+
+def test_dataset_progress_list_and_delete(served):
+    client, first, root = served
+    made = client.json("POST", "/api/datasets", {"name": "again", "source": "digits",
+                                                 "val_fraction": "0", "encode_type": "png"},
+                       expect=202)
+    done = wait_until(lambda: (d := client.json("GET", f"/api/datasets/{made['id']}"))
+                      ["state"] == "done" and d, 60, what="the conversion")
+    assert done["progress"] == {"done": 30, "total": 30}
+    assert done["info"]["splits"] == ["all"] and done["info"]["counts"]["all"] == [3] * 10
+    assert done["options"]["encoded"] is True
+    assert [d["id"] for d in client.json("GET", "/api/datasets")] == [first, made["id"]]
+    assert client.json("DELETE", f"/api/datasets/{made['id']}") == {"deleted": made["id"]}
+    assert not (root / "datasets" / str(made["id"])).exists()
+    for method in ("GET", "DELETE"):
+        status, answer = client.json(method, f"/api/datasets/{made['id']}", expect=None)
+        assert status == 404 and answer["error"] == f"no dataset {made['id']}"
