@@ -1,20 +1,17 @@
 """The serve library's pieces on their own: path confinement, form fields, the SVG chart,
-the deploy net derived from a train net, and the confusion counting against plain loops."""
+and the deploy net derived from a train net."""
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 
 from netforge import netforge_pb2 as pb
 from netforge.config.loading import load_net_param
-from netforge.inspect.confusion import Confusion, add_batch
 from netforge.serve import charts, networks
 from netforge.serve.forms import Fields, FormError
 from netforge.serve.workspace import PathRefused, Workspace
-from tests.serve.reference import confusion as naive_confusion
 
 
 def test_workspace_resolve(tmp_path):
@@ -93,27 +90,3 @@ def test_deploy_net_of_lenet():
     networks.fit_test_batch(prepared, 60)  # a val split smaller than the TEST batch
     assert [d.data_param.batch_size for d in prepared.layer if d.type == "Data"] == [16, 60]
     assert isinstance(networks.transform_of(prepared), pb.TransformationParameter)
-
-
-def test_confusion_counts_like_plain_loops():
-    rng = np.random.default_rng(3)
-    matrix = np.zeros((5, 5), dtype=np.int64)
-    truth_all, predicted_all = [], []
-    for _ in range(4):
-        scores = rng.normal(size=(12, 5, 1, 1))
-        labels = rng.integers(0, 5, size=12).astype(np.float32)
-        labels[0] = 4  # the ignored label: counted nowhere
-        add_batch(matrix, scores, labels, ignore_label=4)
-        keep = labels != 4
-        truth_all += list(labels[keep])
-        predicted_all += list(scores.reshape(12, 5).argmax(axis=1)[keep])
-    np.testing.assert_array_equal(matrix, naive_confusion(truth_all, predicted_all, 5))
-    result = Confusion(matrix, labels=["a", "b", "c", "d", "e"])
-    assert result.per_class[4] is None  # no sample of class e counted
-    assert result.accuracy == pytest.approx(np.mean(np.array(truth_all) ==
-                                                    np.array(predicted_all)))
-    table = result.format_table().splitlines()
-    assert table[0].startswith(f"accuracy = {result.accuracy:.4f}")
-    assert table[5] == "class e: accuracy = - (0 samples)"
-    with pytest.raises(Exception, match="outside the 5 classes"):
-        add_batch(matrix, np.zeros((1, 5)), np.array([7.0]))
