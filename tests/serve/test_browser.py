@@ -62,7 +62,7 @@ def shot(driver, name: str) -> None:
 def fill(driver, form_id: str, values: dict) -> None:
     form = driver.find_element(By.ID, form_id)
     for name, value in values.items():
-        field = form.find_element(By.NAME, name)
+        field = form.find_elements(By.NAME, name)[-1]  # (a checkbox follows its hidden twin)
         if field.tag_name == "select":
             field.find_element(By.CSS_SELECTOR, f'option[value="{value}"]').click()
         elif field.get_attribute("type") == "checkbox":
@@ -89,6 +89,7 @@ def test_pages_chart_and_classification_in_a_browser(browser, site, tmp_path):
     fill(browser, "dataset-form", {"name": "digits", "source": "digits", "gray": True,
                                    "val_fraction": "0.2"})
     wait_until(lambda: browser.find_elements(By.ID, "counts"), 60, what="the counts table")
+    assert client.json("GET", "/api/datasets/1")["options"]["gray"] is True
     rows = browser.find_elements(By.CSS_SELECTOR, "#counts tr")
     assert [r.text.split() for r in rows[1:3]] == [["0", "24", "6"], ["1", "24", "6"]]
     assert rows[-1].text.split() == ["total", "240", "60"]
