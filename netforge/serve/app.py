@@ -62,16 +62,23 @@ class BodyLimit:
 
 
 class TokenGate:
-    """With a token set, every request must carry it (header, ?token= or the cookie that a
-    page visit with ?token= leaves)."""
+    """Requests from other sites are refused (security.foreign_request); with a token set,
+    every request must carry it (header, ?token= or the cookie a visit with ?token= leaves)."""
 
     def __init__(self, app, token: str | None):
         self.app, self.token = app, token
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self.token is None:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request = Request(scope)
+        refusal = security.foreign_request(request.method, request.headers.get("host", ""),
+                                           request.headers.get("origin"),
+                                           loopback_only=self.token is None)
+        if refusal:
+            return await JSONResponse({"error": refusal}, status_code=403)(scope, receive, send)
+        if self.token is None:
+            return await self.app(scope, receive, send)
         given = security.request_token(request.headers, request.query_params, request.cookies)
         if not security.token_matches(given, self.token):
             response = JSONResponse({"error": "this server needs its token: open it with "

@@ -45,3 +45,23 @@ def request_token(headers, query, cookies) -> str | None:
 
 def token_matches(given: str | None, expected: str) -> bool:
     return given is not None and secrets.compare_digest(given.encode(), expected.encode())
+
+
+def host_name(netloc: str) -> str:
+    """``host`` of ``host:port`` / ``[v6]:port``."""
+    if netloc.startswith("["):
+        return netloc[1:].split("]", 1)[0]
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
+def foreign_request(method: str, host: str, origin: str | None, loopback_only: bool) -> str | None:
+    """Why a request must be refused, or None. A web page elsewhere can make the user's
+    browser send requests to a loopback server: a cross-site form post (its Origin is not
+    this server) or, through DNS rebinding, requests under a foreign Host name."""
+    if loopback_only and not is_loopback(host_name(host)):
+        return f'requests must address this server by a loopback name, not "{host}"'
+    if method not in ("GET", "HEAD", "OPTIONS") and origin and origin != "null":
+        netloc = origin.split("://", 1)[-1].rstrip("/")
+        if netloc != host:
+            return f"a request from another site ({origin}) was refused"
+    return None

@@ -206,3 +206,19 @@ def test_dataset_progress_list_and_delete(served):
     for method in ("GET", "DELETE"):
         status, answer = client.json(method, f"/api/datasets/{made['id']}", expect=None)
         assert status == 404 and answer["error"] == f"no dataset {made['id']}"
+
+
+def test_requests_from_other_sites_are_refused(served):
+    client, _, _ = served
+    port = client.base.rsplit(":", 1)[1]
+    status, body, _ = client.request("POST", "/api/datasets", b"name=x&source=digits",
+                                     {"Content-Type": "application/x-www-form-urlencoded",
+                                      "Origin": "http://evil.example"})
+    assert status == 403 and b"another site (http://evil.example)" in body
+    status, body, _ = client.request("GET", "/api/jobs", headers={"Host": f"evil.example:{port}"})
+    assert status == 403 and b"loopback name" in body  # DNS rebinding
+    status, _, _ = client.request("GET", "/api/jobs", headers={"Host": f"localhost:{port}"})
+    assert status == 200
+    status, _, _ = client.request("DELETE", "/api/datasets/999",
+                                  headers={"Origin": f"http://127.0.0.1:{port}"})
+    assert status == 404  # its own pages' requests pass
