@@ -103,6 +103,10 @@ async def dataset_get(request: Request):
 
 
 async def dataset_delete(request: Request):
+    busy = request.app.state.jobs.running_on(_id(request))
+    if busy:
+        raise ConfigError(f"dataset {_id(request)} is in use by running job(s) "
+                          f"{', '.join(map(str, busy))}; stop them first")
     request.app.state.datasets.delete(_id(request))
     return JSONResponse({"deleted": _id(request)})
 

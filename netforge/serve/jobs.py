@@ -107,6 +107,11 @@ class Jobs:
     def list(self) -> list[dict]:
         return [self.get(row["id"]) for row in self.store.all("jobs")]
 
+    def running_on(self, dataset_id: int) -> list[int]:
+        """Ids of the jobs training on a dataset now (it may not be deleted under them)."""
+        return [row["id"] for row in self.store.all("jobs", dataset_id=int(dataset_id))
+                if row["state"] in ("running", "starting")]
+
     # -- creating ------------------------------------------------------------------------
     def create(self, fields: Fields, uploaded_prototxt: str | None = None) -> dict:
         name = fields.text("name", required=True, max_length=80)

@@ -192,6 +192,9 @@ def test_stop_resume_clone_delete(server, trained, workspace):
         {k: v for k, v in job["options"].items() if k != "max_iter"}
     wait_until(lambda: client.json("GET", f"/api/jobs/{clone['id']}/metrics"), 120,
                what="the clone's first record")
+    status, answer = client.json("DELETE", f"/api/datasets/{job['dataset_id']}", expect=None)
+    assert status == 400 and answer["error"] == (f"dataset {job['dataset_id']} is in use by "
+                                                 f"running job(s) {clone['id']}; stop them first")
     client.json("POST", f"/api/jobs/{clone['id']}/stop")
     stopped = wait_until(lambda: (j := client.json("GET", f"/api/jobs/{clone['id']}"))
                          ["state"] != "running" and j, 120, what="the stop")
