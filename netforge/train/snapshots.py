@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from netforge import backend, config, weights
 from netforge import netforge_pb2 as pb
@@ -19,6 +20,7 @@ from netforge.errors import DataError, DivergenceError, ShapeError
 from netforge.files import atomic_path, atomic_write_bytes
 from netforge.train import divergence
 from netforge.train.lr_policies import multistep_current_step
+from netforge.train.pruning import ParamMasks
 
 log = logging.getLogger("netforge")
 
@@ -65,13 +67,16 @@ class SnapshotWriter:
         history = [h for slot in solver.rule.history for h in slot]
         current_step = multistep_current_step(solver.param, solver.iter)
         extra = json.dumps(_resume_state(solver))
+        masks = solver.masks.to_protos() if getattr(solver, "masks", None) else []
         if self.hdf5:
             log.info("Snapshotting solver state to HDF5 file %s", state_path)
-            _write_state_hdf5(state_path, solver.iter, str(model), current_step, history, extra)
+            _write_state_hdf5(state_path, solver.iter, str(model), current_step, history, extra,
+                              masks)
         else:
             log.info("Snapshotting solver state to binary proto file %s", state_path)
             state = pb.SolverState(iter=solver.iter, learned_net=str(model),
-                                   current_step=current_step, resume_state=extra)
+                                   current_step=current_step, resume_state=extra,
+                                   pruning_mask=masks)
             for h in history:
                 state.history.add().CopyFrom(array_to_blobproto(backend.to_host(h)))
             atomic_write_bytes(state_path, state.SerializeToString())
@@ -108,7 +113,7 @@ def _apply_resume_state(solver, text: str) -> None:
                 layer.set_state(saved)
 
 
-def _write_state_hdf5(path, iteration, model, current_step, history, extra) -> None:
+def _write_state_hdf5(path, iteration, model, current_step, history, extra, masks=()) -> None:
     import h5py
 
     with atomic_path(path) as tmp:
@@ -120,6 +125,9 @@ def _write_state_hdf5(path, iteration, model, current_step, history, extra) -> N
             group = handle.create_group("history")
             for k, h in enumerate(history):
                 group.create_dataset(str(k), data=backend.to_host(h))
+            if masks:  # each a serialized ParamMask, as in the binary solverstate
+                handle.create_dataset("pruning_mask", data=np.array(
+                    [np.void(m.SerializeToString()) for m in masks]))
 
 
 def _find_weights(learned_net: str, state_path: Path) -> Path:
@@ -149,11 +157,14 @@ def restore_state(solver, state_file) -> None:
                            for k in range(len(handle["history"]))]
                 extra = handle["resume_state"][()] if "resume_state" in handle else b""
                 extra = extra.decode() if isinstance(extra, bytes) else str(extra)
-        except (OSError, KeyError) as exc:
+                masks = [pb.ParamMask.FromString(bytes(m)) for m in handle["pruning_mask"][()]] \
+                    if "pruning_mask" in handle else []
+        except (OSError, KeyError, DecodeError) as exc:
             raise DataError(f"{state_path}: damaged solver state ({exc})") from None
     else:
         state = config.read_binary(state_path, pb.SolverState(), "solver state")
         iteration, learned, extra = state.iter, state.learned_net, state.resume_state
+        masks = list(state.pruning_mask)
         history = [blobproto_to_array(b) for b in state.history]
     if learned:
         solver.snapshots.last = _find_weights(learned, state_path)
@@ -174,5 +185,8 @@ def restore_state(solver, state_file) -> None:
             )
         target[...] = solver.net.ctx.xp.asarray(values.reshape(target.shape))
     solver.iter = iteration
+    if masks:
+        solver.masks = ParamMasks.from_protos(solver.net.learnable_params, masks, str(state_path))
+        solver.masks.apply(solver.rule.history)
     _apply_resume_state(solver, extra)
     log.info("SGDSolver: restoring history")

@@ -114,6 +114,9 @@ class Solver:
 
         self.iter = 0
         self.rule = make_update_rule(sp, self.net.learnable_params)
+        # Pruning (train/pruning.py sets it): a ParamMasks that keeps pruned weights and
+        # their history at exactly 0 through every update; saved in the solverstate.
+        self.masks = None
         self.snapshots = SnapshotWriter(self)
         self.callbacks: list = []  # (on_start, on_gradients_ready, on_end) triples
         self.want_metrics = metrics
@@ -229,7 +232,11 @@ class Solver:
         rate = self.lr
         if self.param.display and self.iter % self.param.display == 0:
             log.info("Iteration %d, lr = %s", self.iter, _fmt(rate))
+        if self.masks is not None:
+            self.masks.mask_gradients()
         self.rule.apply(rate, self.iter)
+        if self.masks is not None:
+            self.masks.apply(self.rule.history)
 
     def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
         average = max(self.param.average_loss, 1)

@@ -16,6 +16,7 @@ from netforge import netforge_pb2 as pb
 from netforge.blob import Blob
 from netforge.errors import ConfigError
 from netforge.graph.plan import LearnableParam
+from netforge.train.pruning import ParamMasks
 from netforge.train.update_rules import make_update_rule
 
 RNG = np.random.default_rng(4)
@@ -33,15 +34,20 @@ def _rate(it):
     return 0.05 * 0.97**it
 
 
-def _reference(kind, sp, steps=50):
-    """Caffe's rules written out directly: per parameter normalize, regularize, update."""
-    w = [s.copy() for s in START]
+def _reference(kind, sp, steps=50, kept=None):
+    """Caffe's rules written out directly: per parameter normalize, regularize, update.
+
+    ``kept`` (one 0/1 array per parameter) prunes: the pruned weights start at 0 and their
+    gradient is 0, so every formula leaves them (and their history) at 0.
+    """
+    kept = kept or [np.ones_like(s) for s in START]
+    w = [s * m for s, m in zip(START, kept, strict=True)]
     h = [np.zeros_like(s) for s in START]
     h2 = [np.zeros_like(s) for s in START]
     for it in range(steps):
         for k in range(2):
             lr_mult, decay_mult = MULTS[k]
-            g = _grad(k, w[k])
+            g = _grad(k, w[k]) * kept[k]
             decay = sp.weight_decay * decay_mult
             g = g + decay * (w[k] if sp.regularization_type == "L2" else np.sign(w[k]))
             lr = _rate(it) * lr_mult
@@ -73,18 +79,24 @@ def _reference(kind, sp, steps=50):
     return w
 
 
-def _netforge(sp, steps=50):
+def _netforge(sp, steps=50, kept=None):
     params = []
     for k in range(2):
         blob = Blob(START[k].shape, np.float64)
         blob.data[...] = START[k]
         params.append(LearnableParam(blob, "layer", k, *MULTS[k]))
     rule = make_update_rule(sp, params)
+    masks = ParamMasks(params)
+    for k, m in enumerate(kept or []):
+        masks.set(k, m)
+    masks.apply(rule.history)
     for it in range(steps):
         for k, p in enumerate(params):
             p.blob.diff[...] = _grad(k, p.blob.data)
+        masks.mask_gradients()  # as Solver.apply_update does around the rule
         rule.apply(_rate(it), it)
-    return [p.blob.data for p in params]
+        masks.apply(rule.history)
+    return [p.blob.data for p in params], rule
 
 
 CASES = {
@@ -102,10 +114,31 @@ CASES = {
 def test_update_rule_matches_caffe_formulas_over_50_steps(kind, regularization):
     sp = config.parse_text(f'{CASES[kind]} weight_decay: 0.01 '
                            f'regularization_type: "{regularization}"', pb.SolverParameter())
-    got = _netforge(sp)
+    got, _ = _netforge(sp)
     want = _reference(kind, sp)
     for g, w, s in zip(got, want, START, strict=True):
         assert not np.allclose(w, s)  # the rule moved the parameters
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-9)
+
+
+KEPT = [np.array([[1, 0, 1, 1], [0, 0, 1, 0], [1, 1, 0, 1.0]]), np.array([0, 1, 1, 0.0])]
+
+
+@pytest.mark.parametrize("regularization", ["L2", "L1"])
+@pytest.mark.parametrize("kind", list(CASES))
+def test_update_rule_with_pruning_mask_keeps_pruned_weights_and_history_at_zero(kind,
+                                                                                regularization):
+    sp = config.parse_text(f'{CASES[kind]} weight_decay: 0.01 '
+                           f'regularization_type: "{regularization}"', pb.SolverParameter())
+    got, rule = _netforge(sp, kept=KEPT)
+    want = _reference(kind, sp, kept=KEPT)
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
+        pruned = KEPT[k] == 0
+        assert pruned.any() and (~pruned).any()
+        assert np.all(g[pruned] == 0.0)  # exactly zero, not nearly
+        for slot in rule.history:
+            assert np.all(slot[k][pruned] == 0.0)
+        assert not np.allclose(g[~pruned], START[k][~pruned])  # the kept weights trained
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-9)
 
 
@@ -114,7 +147,7 @@ def test_rules_converge_on_the_quadratic():
     for kind, text in CASES.items():
         sp = config.parse_text(text, pb.SolverParameter())
         before = np.abs(START[0] - TARGET[0]).sum()
-        after = np.abs(_netforge(sp, steps=200)[0] - TARGET[0]).sum()
+        after = np.abs(_netforge(sp, steps=200)[0][0] - TARGET[0]).sum()
         assert after < before, kind
 
 
