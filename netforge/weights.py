@@ -1,4 +1,5 @@
-"""Weights files: Caffe's binary ``.caffemodel`` and HDF5 ``.caffemodel.h5``.
+"""Weights files: Caffe's binary ``.caffemodel``, HDF5 ``.caffemodel.h5`` and netforge
+compress's ``.nfz`` (netforge/nfz.py; told apart by its magic bytes).
 
 Copying is by layer name (Caffe's CopyTrainedLayersFrom): source layers the net lacks are
 ignored, net layers the source lacks keep their filler values, a shape mismatch is an error
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge import backend, config
+from netforge import backend, config, nfz
 from netforge import netforge_pb2 as pb
 from netforge.data.hdf5 import is_hdf5_file
 from netforge.data.records import array_to_blobproto, blobproto_to_array
@@ -97,7 +98,7 @@ def copy_into(net, path) -> None:
     if is_hdf5_file(path):
         _copy_from_hdf5(net, path)
         return
-    source = read_caffemodel(path)
+    source = nfz.read_as_net_parameter(path) if nfz.is_nfz_file(path) else read_caffemodel(path)
     layers = net.layer_dict
     for layer in source.layer:
         target = layers.get(layer.name)
