@@ -90,5 +90,9 @@ main.add_command(inspect_commands.plot)
 main.add_command(serve.serve)
 
 
+from netforge.cli.compress import compress  # noqa: E402  (its own module, registered here)
+
+cli.add_command(compress)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,98 @@
+"""Weight sharing (Deep Compression §3): per layer, k-means on the kept weights to 2^bits
+centroids, initialised linearly between the smallest and largest weight (the paper found the
+linear initialisation best: it keeps the rare large weights, which matter most).
+
+Retraining updates each centroid by the sum of its weights' gradients. Done as a solver
+gradient hook: every weight of a cluster gets the cluster's summed gradient as its diff, so
+the update rule moves all of them by the same amount (their values, decay and history being
+equal), and every weight stays equal to its centroid, whatever the rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from netforge import backend
+from netforge.errors import ConfigError
+
+
+def linear_kmeans(values, n_clusters: int, iterations: int = 30):
+    """1-D k-means (Lloyd) with linear initialisation: (codebook, labels).
+
+    Empty clusters keep their previous centroid; stops when no label changes.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if n_clusters < 1:
+        raise ConfigError(f"k-means needs at least one cluster, got {n_clusters}")
+    if values.size == 0:
+        return np.zeros(n_clusters), np.zeros(0, np.int64)
+    centroids = np.linspace(values.min(), values.max(), n_clusters)
+    labels = None
+    for _ in range(iterations):
+        # Centroids stay sorted (each is a mean inside its own interval), so the nearest one
+        # is found from the midpoints between neighbours.
+        new_labels = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
+        if labels is not None and np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+        sums = np.bincount(labels, weights=values, minlength=n_clusters)
+        sizes = np.bincount(labels, minlength=n_clusters)
+        filled = sizes > 0
+        centroids[filled] = sums[filled] / sizes[filled]
+    return centroids, labels
+
+
+class WeightSharing:
+    """The index maps (−1: pruned) of the shared weights of a solver's train net."""
+
+    def __init__(self, solver):
+        self.solver = solver
+        self.labels: dict[int, object] = {}  # param index -> xp int array, -1 = pruned
+        self.n_clusters: dict[int, int] = {}
+        self.bits: dict[int, int] = {}
+
+    def share(self, index: int, bits: int) -> None:
+        """Cluster param ``index``'s kept weights to 2^bits values; its weights become the
+        centroids and its history restarts at 0 (equal history keeps a cluster together)."""
+        if not 1 <= bits <= 16:
+            raise ConfigError(f"weight sharing bits must be in 1..16, got {bits}")
+        p = self.solver.net.learnable_params[index]
+        values = backend.to_host(p.blob.data).astype(np.float64)
+        masks = self.solver.masks
+        kept = masks.kept(index) if masks is not None and index in masks.masks else None
+        kept = np.ones(values.shape, bool) if kept is None else kept
+        codebook, labels = linear_kmeans(values[kept], 2**bits)
+        index_map = np.full(values.shape, -1, np.int64)
+        index_map[kept] = labels
+        xp = p.blob.xp
+        self.labels[index] = xp.asarray(index_map)
+        self.n_clusters[index] = 2**bits
+        self.bits[index] = bits
+        dense = np.where(kept, codebook[np.maximum(index_map, 0)], 0.0)
+        p.blob.data[...] = xp.asarray(dense.astype(p.blob.data.dtype))
+        for slot in self.solver.rule.history:
+            slot[index][...] = 0
+
+    def sum_cluster_gradients(self) -> None:
+        """Gradient hook: each shared weight's diff becomes its cluster's summed gradient."""
+        for i, labels in self.labels.items():
+            blob = self.solver.net.learnable_params[i].blob
+            xp = blob.xp
+            kept = labels >= 0
+            sums = xp.bincount(labels[kept], weights=blob.diff[kept].astype(np.float64),
+                               minlength=self.n_clusters[i])
+            summed = sums.astype(blob.diff.dtype)[xp.maximum(labels, 0)]
+            blob.diff[...] = xp.where(kept, summed, 0)
+
+    def install(self) -> None:
+        self.solver.add_callback(on_gradients_ready=self.sum_cluster_gradients)
+
+    def codebook(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(codebook, index map) of param ``index`` now: each centroid read back from the
+        weights (all equal within a cluster); a centroid no weight uses reads as 0."""
+        labels = backend.to_host(self.labels[index])
+        values = backend.to_host(self.solver.net.learnable_params[index].blob.data)
+        codebook = np.zeros(self.n_clusters[index], np.float32)
+        kept = labels >= 0
+        codebook[labels[kept]] = values[kept]
+        return codebook, labels
