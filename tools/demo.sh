@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The LeNet demo, end to end on CPU: the bundled MNIST sample → PNG class folders →
-# `netforge convert` (LMDB, 10% held out) → `netforge train` → `netforge test`.
+# `netforge convert` (LMDB, 10% held out) → `netforge train` → `netforge test` → freeze and
+# predict → `netforge compress` (Deep Compression to an .nfz) → predict with the compressed model.
 # Everything it writes goes under demo_run/ (git-ignored). Run through `make demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,5 +40,18 @@ echo "== 6. netforge freeze (deploy net + weights + preprocessing + labels in on
 echo "== 7. netforge predict (one digit image of each class from the sample)"
 for digit in 0 1 2 3 4 5 6 7 8 9; do ls "$RUN/digits/$digit/"*.png | tail -n 1; done \
     | xargs "$BIN/netforge" -q predict "$RUN/lenet.nf" --top-k 3 | tee "$RUN/predictions.txt"
+
+echo "== 8. netforge compress (prune -> retrain, k-means sharing, Huffman: configs/lenet_compress_recipe.prototxt)"
+"$BIN/netforge" compress --solver configs/lenet_solver.prototxt \
+    --weights "$RUN/lenet_iter_2000.caffemodel" --recipe configs/lenet_compress_recipe.prototxt \
+    --output "$RUN/lenet.nfz" 2>"$RUN/compress.log" | tee "$RUN/compress_report.txt"
+
+echo "== 9. netforge predict with the compressed model (.nfz as --weights of freeze)"
+"$BIN/netforge" freeze --model configs/lenet.prototxt --weights "$RUN/lenet.nfz" \
+    --output "$RUN/lenet_compressed.nf" --scale 0.00390625 --image-dims 32 32 \
+    --labels "$RUN/mnist/labels.txt"
+for digit in 0 1 2 3 4 5 6 7 8 9; do ls "$RUN/digits/$digit/"*.png | tail -n 1; done \
+    | xargs "$BIN/netforge" -q predict "$RUN/lenet_compressed.nf" --top-k 1 \
+    | tee "$RUN/predictions_compressed.txt"
 
 echo "== done in $(( $(date +%s) - start )) s; outputs in $RUN/"
