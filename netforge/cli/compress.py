@@ -30,6 +30,27 @@ def _stage_table(run) -> str:
     return "\n".join(lines)
 
 
+def _int8(trainer, model, weights, int8_path, calibration_iter) -> None:
+    from pathlib import Path
+
+    from netforge.deploy.compress import int8
+    from netforge.deploy.onnx_export import export_onnx
+    from netforge.net import Net
+
+    float_path = Path(int8_path).with_suffix(".float.onnx")
+    deploy = Net(model, "test", weights=weights)
+    try:
+        export_onnx(deploy, float_path)
+    finally:
+        deploy.close()
+    calibration, _ = int8.dataset_batches(trainer.net, calibration_iter)
+    int8.quantize_qdq(str(float_path), int8_path, calibration)
+    inputs, labels = int8.dataset_batches(trainer.test_nets[0], trainer.param.test_iter[0])
+    result = int8.evaluate(str(float_path), int8_path, inputs, labels)
+    click.echo(result.format())
+    click.echo(f"wrote {int8_path} (and the float model {float_path})")
+
+
 @click.command()
 @click.option("--solver", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Solver prototxt: its train net retrains, its test net scores each stage.")
@@ -48,9 +69,16 @@ def _stage_table(run) -> str:
               help="Only measure accuracy against sparsity for each layer pruned alone.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="With --sensitivity: also draw the curves (.png, .svg).")
+@click.option("--int8", "int8_path", type=click.Path(dir_okay=False), default=None,
+              help="Post-training int8: write the deploy net (--model) quantized as a QDQ ONNX "
+                   "file, calibrated on the train net's batches, scored on the test net's.")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --int8: the deploy prototxt to export.")
+@click.option("--calibration-iter", type=click.IntRange(min=1), default=10, show_default=True,
+              help="With --int8: train-net batches that calibrate the activation ranges.")
 @click.option("--gpu", default=None, help="-1 for CPU or a device id.")
 def compress(solver, weights, output, sparsity, bits, finetune_iter, recipe, sensitivity,
-             plot_path, gpu):
+             plot_path, int8_path, model, calibration_iter, gpu):
     """Deep Compression of a trained net: pruning with retraining, k-means weight sharing with
     centroid retraining, Huffman-coded sparse storage (.nfz); prints the sizes per layer."""
     from netforge import backend
@@ -62,7 +90,11 @@ def compress(solver, weights, output, sparsity, bits, finetune_iter, recipe, sen
 
     if sensitivity and (output or recipe or sparsity or bits):
         raise ConfigError("--sensitivity only measures: drop --output/--recipe/--sparsity/--bits")
-    if not sensitivity:
+    if int8_path and (output or recipe or sparsity or bits or sensitivity):
+        raise ConfigError("--int8 quantizes the --weights as they are: drop the other modes")
+    if int8_path and not model:
+        raise ConfigError("--int8 needs --model DEPLOY.prototxt (the net to export)")
+    if not sensitivity and not int8_path:
         if not output:
             raise ConfigError("give --output OUT.nfz (or --sensitivity)")
         if recipe and (sparsity or bits):
@@ -88,6 +120,9 @@ def compress(solver, weights, output, sparsity, bits, finetune_iter, recipe, sen
             raise ConfigError(f"{solver}: compress needs a test net to score the stages")
         for path in (w for w in weights.split(",") if w):
             trainer.net.copy_from(path)
+        if int8_path:
+            _int8(trainer, model, weights, int8_path, calibration_iter)
+            return
         if sensitivity:
             table = sens.sensitivity(trainer)
             first = next(iter(table.values()))[0][1]
