@@ -6,6 +6,7 @@ from netforge.layers.registry import layer_class, layer_types, register
 from netforge.layers import (  # noqa: E402,F401  isort: skip
     common,
     data,
+    distillation,
     loss,
     neuron,
     normalization,
