@@ -30,6 +30,37 @@ def _stage_table(run) -> str:
     return "\n".join(lines)
 
 
+def _low_rank(trainer, text, output, finetune_iter, base_lr) -> None:
+    from pathlib import Path
+
+    from google.protobuf import text_format
+
+    from netforge.deploy.compress import lowrank
+    from netforge.deploy.compress.recipe import finetune, parse_layer_values
+    from netforge.files import atomic_write_bytes
+
+    default, targets = parse_layer_values(text, float, "--low-rank")
+    if default is not None or not targets:
+        raise ConfigError("--low-rank takes LAYER=E or LAYER=R items, one per layer")
+    new, factors, param = lowrank.low_rank_solver(trainer, targets)
+    try:
+        new.test_all()
+        before = new.test_results
+        finetune(new, finetune_iter, base_lr)
+        new.test_all()
+        for name, f in factors.items():
+            click.echo(f"{name}: rank {f.rank}, {f.params_before} -> {f.params_after} params "
+                       f"({f.params_before / f.params_after:.1f}x fewer)")
+        click.echo(f"after factorising: {before}; after {finetune_iter} finetune iterations: "
+                   f"{new.test_results}")
+        new.net.save(output)
+        model = Path(output).with_suffix(".prototxt")
+        atomic_write_bytes(model, text_format.MessageToString(param).encode())
+        click.echo(f"wrote {output} and {model}")
+    finally:
+        new.close()
+
+
 def _int8(trainer, model, weights, int8_path, calibration_iter) -> None:
     from pathlib import Path
 
@@ -76,9 +107,15 @@ def _int8(trainer, model, weights, int8_path, calibration_iter) -> None:
               help="With --int8: the deploy prototxt to export.")
 @click.option("--calibration-iter", type=click.IntRange(min=1), default=10, show_default=True,
               help="With --int8: train-net batches that calibrate the activation ranges.")
+@click.option("--low-rank", "low_rank", default=None,
+              help="SVD-factorise layers: LAYER=E (keep energy fraction E of Σs²) or LAYER=R "
+                   "(rank R > 1),...; --output gets the weights (.caffemodel) and a .prototxt "
+                   "of the factorised net beside it.")
+@click.option("--base-lr", type=float, default=0.0,
+              help="With --low-rank: the finetune's base_lr (0: the solver's).")
 @click.option("--gpu", default=None, help="-1 for CPU or a device id.")
 def compress(solver, weights, output, sparsity, bits, finetune_iter, recipe, sensitivity,
-             plot_path, int8_path, model, calibration_iter, gpu):
+             plot_path, int8_path, model, calibration_iter, low_rank, base_lr, gpu):
     """Deep Compression of a trained net: pruning with retraining, k-means weight sharing with
     centroid retraining, Huffman-coded sparse storage (.nfz); prints the sizes per layer."""
     from netforge import backend
@@ -94,7 +131,10 @@ def compress(solver, weights, output, sparsity, bits, finetune_iter, recipe, sen
         raise ConfigError("--int8 quantizes the --weights as they are: drop the other modes")
     if int8_path and not model:
         raise ConfigError("--int8 needs --model DEPLOY.prototxt (the net to export)")
-    if not sensitivity and not int8_path:
+    if low_rank and (recipe or sparsity or bits or sensitivity or int8_path or not output):
+        raise ConfigError("--low-rank writes --output OUT.caffemodel on its own: drop the "
+                          "other modes")
+    if not sensitivity and not int8_path and not low_rank:
         if not output:
             raise ConfigError("give --output OUT.nfz (or --sensitivity)")
         if recipe and (sparsity or bits):
@@ -120,6 +160,9 @@ def compress(solver, weights, output, sparsity, bits, finetune_iter, recipe, sen
             raise ConfigError(f"{solver}: compress needs a test net to score the stages")
         for path in (w for w in weights.split(",") if w):
             trainer.net.copy_from(path)
+        if low_rank:
+            _low_rank(trainer, low_rank, output, finetune_iter, base_lr)
+            return
         if int8_path:
             _int8(trainer, model, weights, int8_path, calibration_iter)
             return
