@@ -1513,15 +1513,17 @@ class CompressionRecipe(_message.Message):
     def __init__(self, stage: _Optional[_Iterable[_Union[CompressionStage, _Mapping]]] = ...) -> None: ...
 
 class CompressionStage(_message.Message):
-    __slots__ = ("kind", "sparsity", "quality", "bits", "layer", "finetune_iter", "base_lr", "rounds")
+    __slots__ = ("kind", "sparsity", "quality", "bits", "layer", "finetune_iter", "base_lr", "rounds", "ternary_threshold")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         PRUNE: _ClassVar[CompressionStage.Kind]
         SHARE: _ClassVar[CompressionStage.Kind]
         REDENSE: _ClassVar[CompressionStage.Kind]
+        TERNARY: _ClassVar[CompressionStage.Kind]
     PRUNE: CompressionStage.Kind
     SHARE: CompressionStage.Kind
     REDENSE: CompressionStage.Kind
+    TERNARY: CompressionStage.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     SPARSITY_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
@@ -1530,6 +1532,7 @@ class CompressionStage(_message.Message):
     FINETUNE_ITER_FIELD_NUMBER: _ClassVar[int]
     BASE_LR_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    TERNARY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     kind: CompressionStage.Kind
     sparsity: float
     quality: float
@@ -1538,7 +1541,8 @@ class CompressionStage(_message.Message):
     finetune_iter: int
     base_lr: float
     rounds: int
-    def __init__(self, kind: _Optional[_Union[CompressionStage.Kind, str]] = ..., sparsity: _Optional[float] = ..., quality: _Optional[float] = ..., bits: _Optional[int] = ..., layer: _Optional[_Iterable[_Union[LayerTarget, _Mapping]]] = ..., finetune_iter: _Optional[int] = ..., base_lr: _Optional[float] = ..., rounds: _Optional[int] = ...) -> None: ...
+    ternary_threshold: float
+    def __init__(self, kind: _Optional[_Union[CompressionStage.Kind, str]] = ..., sparsity: _Optional[float] = ..., quality: _Optional[float] = ..., bits: _Optional[int] = ..., layer: _Optional[_Iterable[_Union[LayerTarget, _Mapping]]] = ..., finetune_iter: _Optional[int] = ..., base_lr: _Optional[float] = ..., rounds: _Optional[int] = ..., ternary_threshold: _Optional[float] = ...) -> None: ...
 
 class LayerTarget(_message.Message):
     __slots__ = ("name", "sparsity", "quality", "bits")

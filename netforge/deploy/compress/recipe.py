@@ -15,6 +15,7 @@ import numpy as np
 from netforge import backend, config
 from netforge import netforge_pb2 as pb
 from netforge.deploy.compress.sharing import WeightSharing
+from netforge.deploy.compress.ternary import TernaryTraining
 from netforge.errors import ConfigError
 from netforge.train import pruning
 
@@ -131,6 +132,25 @@ def record(run: CompressionRun, stage: str) -> StageResult:
     return result
 
 
+def _ternary(run, stage, layers) -> None:
+    solver = run.solver
+    names = [t.name for t in stage.layer] or layers
+    unknown = sorted(set(names) - set(layers))
+    if unknown:
+        raise ConfigError(f"recipe names {', '.join(unknown)}, which are not weighted layers "
+                          f"of the net ({', '.join(layers)})")
+    index_of = pruning.prunable_params(solver.net)
+    training = TernaryTraining(solver, stage.ternary_threshold)
+    for name in names:
+        training.add(index_of[name])
+    training.install()
+    finetune(solver, stage.finetune_iter, stage.base_lr)
+    if run.sharing is None:
+        run.sharing = WeightSharing(solver)  # the storage's view: 1-bit index maps
+    for i, index_map in training.finish().items():
+        run.sharing.adopt(i, index_map, bits=1)
+
+
 def run_recipe(solver, recipe: pb.CompressionRecipe) -> CompressionRun:
     run = CompressionRun(solver)
     layers = list(pruning.prunable_params(solver.net))
@@ -159,6 +179,8 @@ def run_recipe(solver, recipe: pb.CompressionRecipe) -> CompressionRun:
             for layer, t in targets.items():
                 run.sharing.share(index_of[layer], t["bits"])
             finetune(solver, stage.finetune_iter, stage.base_lr)
+        elif stage.kind == Kind.TERNARY:
+            _ternary(run, stage, layers)
         elif stage.kind == Kind.REDENSE:
             if run.sharing is not None:
                 raise ConfigError(f"{name}: re-dense after weight sharing is not supported")

@@ -73,6 +73,13 @@ class WeightSharing:
         for slot in self.solver.rule.history:
             slot[index][...] = 0
 
+    def adopt(self, index: int, index_map, bits: int) -> None:
+        """Record an index map made elsewhere (ternary weights: 1 bit, two values)."""
+        self.labels[index] = self.solver.net.learnable_params[index].blob.xp.asarray(
+            np.asarray(index_map, np.int64))
+        self.n_clusters[index] = 2**bits
+        self.bits[index] = bits
+
     def sum_cluster_gradients(self) -> None:
         """Gradient hook: each shared weight's diff becomes its cluster's summed gradient."""
         for i, labels in self.labels.items():
