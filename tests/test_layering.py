@@ -4,8 +4,8 @@ Read with ``ast`` (no module is imported), so imports hidden inside functions, m
 ``if TYPE_CHECKING:`` blocks count like top-level ones. The levels follow the data flow
 (see README "Layout"):
 
-    0 version, errors, netforge_pb2, files, backend, blob, fillers
-    1 ops   2 data   3 layers   4 config, graph   5 net, weights
+    0 version, errors, netforge_pb2, files, backend, blob, fillers, huffman
+    1 ops   2 data, nfz   3 layers   4 config, graph   5 net, weights
     6 train, deploy, inspect   7 serve   8 cli
 
 A package's ``__init__.py`` sits at its package's level. ``netforge/__init__.py`` and
@@ -27,9 +27,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "netforge"
 
 LEVELS = {
     "version": 0, "errors": 0, "netforge_pb2": 0, "files": 0, "backend": 0, "blob": 0,
-    "fillers": 0,
+    "fillers": 0, "huffman": 0,
     "ops": 1,
-    "data": 2,
+    "data": 2, "nfz": 2,
     "layers": 3,
     "config": 4, "graph": 4,
     "net": 5, "weights": 5,

@@ -20,7 +20,14 @@ import traceback
 
 import click
 
-from netforge.cli import data_commands, deploy_commands, inspect_commands, serve, train_commands
+from netforge.cli import (
+    compress,
+    data_commands,
+    deploy_commands,
+    inspect_commands,
+    serve,
+    train_commands,
+)
 from netforge.errors import NetforgeError
 from netforge.version import __version__
 
@@ -88,11 +95,7 @@ main.add_command(inspect_commands.time_command)
 main.add_command(inspect_commands.draw)
 main.add_command(inspect_commands.plot)
 main.add_command(serve.serve)
-
-
-from netforge.cli.compress import compress  # noqa: E402  (its own module, registered here)
-
-cli.add_command(compress)
+main.add_command(compress.compress)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
