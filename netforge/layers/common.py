@@ -9,8 +9,8 @@ from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError
 from netforge.layers.base import Layer, ScratchBuffer, scratch_in
 from netforge.layers.registry import register
-from netforge.ops import batch_split as parallel
 from netforge.ops import common as ops
+from netforge.ops import engine
 from netforge.ops.xp import allocate
 
 
@@ -55,11 +55,7 @@ class InnerProductLayer(Layer):
         self.ws = allocate(ops.linear_workspace_shapes(self.blobs[0].shape,
                                                        transpose=self.transpose,
                                                        dtype=self.dtype), self.xp)
-        # Slices for the cores (netforge.ops.batch_split): of the batch rows for y and dx, of
-        # the outputs for dw (so that every slice writes its own rows of dw, no partial sums).
-        count = parallel.parts(self.xp)
-        self.row_parts = parallel.split(self.m, count)
-        self.output_parts = parallel.split(n, count)
+        self.plan = engine.linear_plan(self.m, n, self.xp)  # slices for the cores
         return [(*shape[: self.axis], n)]
 
     def scratch_buffers(self) -> list[ScratchBuffer]:
@@ -70,9 +66,7 @@ class InnerProductLayer(Layer):
         y = tops[0].data.reshape(self.m, -1)
         w = self.blobs[0].data
         b = self.blobs[1].data if self.bias_term else None
-        parallel.run([lambda lo=lo, hi=hi: ops.linear_forward(x[lo:hi], w, b, y[lo:hi],
-                                                              transpose=self.transpose)
-                      for lo, hi in self.row_parts])
+        engine.linear_forward(self.plan, x, w, b, y, transpose=self.transpose)
 
     def backward(self, tops, propagate_down, bottoms):
         dy = tops[0].diff.reshape(self.m, -1)
@@ -83,30 +77,8 @@ class InnerProductLayer(Layer):
         db = None
         if self.bias_term and self.param_propagate_down[1]:
             db = self.blobs[1].diff
-        if len(self.row_parts) == 1:
-            ops.linear_backward(dy, x, w, dx=dx, dw=dw, db=db, transpose=self.transpose,
-                                ws=self.ws)
-            return
-        tasks = []
-        if dx is not None:
-            tasks += [lambda lo=lo, hi=hi: ops.linear_backward(
-                dy[lo:hi], x[lo:hi], w, dx=dx[lo:hi], dw=None, db=None,
-                transpose=self.transpose) for lo, hi in self.row_parts]
-        if dw is not None:
-            tasks += [lambda lo=lo, hi=hi: self._weight_rows(dy, x, dw, lo, hi)
-                      for lo, hi in self.output_parts]
-        parallel.run(tasks)
-        if db is not None:
-            ops.linear_backward(dy, x, w, dx=None, dw=None, db=db, ws=self.ws)
-
-    def _weight_rows(self, dy, x, dw, lo: int, hi: int) -> None:
-        """dw for outputs lo:hi (rows of W, or its columns when transposed)."""
-        if self.transpose:
-            ops.linear_backward(dy[:, lo:hi], x, None, dx=None, dw=dw[:, lo:hi], db=None,
-                                transpose=True, ws={"dw": self.ws["dw"][:, lo:hi]})
-        else:
-            ops.linear_backward(dy[:, lo:hi], x, None, dx=None, dw=dw[lo:hi], db=None,
-                                ws={"dw": self.ws["dw"][lo:hi]})
+        engine.linear_backward(self.plan, dy, x, w, dx=dx, dw=dw, db=db,
+                               transpose=self.transpose, ws=self.ws)
 
 
 @register("Split")

@@ -10,8 +10,7 @@ from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError
 from netforge.layers.base import Layer, ScratchBuffer, scratch_in
 from netforge.layers.registry import register
-from netforge.ops import batch_split as parallel
-from netforge.ops import crop, deconv, pooling, spp
+from netforge.ops import crop, deconv, engine, pooling, spp
 from netforge.ops import stochastic_pooling as stochastic
 from netforge.ops import vision as ops
 from netforge.ops.xp import allocate
@@ -139,18 +138,12 @@ class ConvolutionLayer(Layer):
         return tops
 
     def _batch_parts(self, shape: tuple[int, ...]) -> list[tuple[int, int, dict]]:
-        """(first image, end, workspace) per slice of the batch that runs on its own core
-        (``netforge.ops.batch_split``); one slice, the whole batch, when that is off."""
-        count = parallel.parts(self.xp) if self.type == "Convolution" else 1
-        parts = []
-        for lo, hi in parallel.split(shape[0], count):
-            ws = allocate(self._workspace_spec((hi - lo, *shape[1:])), self.xp)
-            if hi - lo < shape[0]:  # this slice's share of the parameter gradients
-                ws["part_dw"] = self.empty(self.blobs[0].shape)
-                if self.bias_term:
-                    ws["part_db"] = self.empty(self.blobs[1].shape)
-            parts.append((lo, hi, ws))
-        return parts
+        """(first image, end, workspace) per slice of the batch (``netforge.ops.engine``);
+        deconvolution runs unsplit, on one workspace."""
+        if self.type == "Convolution":
+            return engine.conv_plan(shape, self.blobs[0].shape, self._geometry(), self.dtype,
+                                    self.xp, bias=self.bias_term)
+        return [(0, shape[0], allocate(self._workspace_spec(shape), self.xp))]
 
     def _geometry(self) -> dict:
         return {"stride": self.stride, "pad": self.pad, "dilation": self.dilation,
@@ -170,12 +163,8 @@ class ConvolutionLayer(Layer):
     def forward(self, bottoms, tops):
         w = self.blobs[0].data
         b = self.blobs[1].data if self.bias_term else None
-        geometry = self._geometry()
         for bottom, top, parts in zip(bottoms, tops, self.workspaces, strict=True):
-            parallel.run([
-                lambda x=bottom.data[lo:hi], y=top.data[lo:hi], ws=ws: ops.conv_forward(
-                    x, w, b, y, ws=ws, **geometry)
-                for lo, hi, ws in parts])
+            engine.conv_forward(parts, bottom.data, w, b, top.data, **self._geometry())
 
     def _param_diffs(self):
         dw = self.blobs[0].diff if self.param_propagate_down[0] else None
@@ -187,35 +176,12 @@ class ConvolutionLayer(Layer):
     def backward(self, tops, propagate_down, bottoms):
         w = self.blobs[0].data
         dw, db = self._param_diffs()
-        geometry = self._geometry()
         # Each bottom's workspaces still hold the columns its forward built (reuse_col).
         for j, (bottom, top, parts) in enumerate(zip(bottoms, tops, self.workspaces,
                                                      strict=True)):
             dx = bottom.diff if propagate_down[j] else None
-            if len(parts) == 1:
-                ops.conv_backward(top.diff, bottom.data, w, dx=dx, dw=dw, db=db,
-                                  ws=parts[0][2], reuse_col=True, **geometry)
-                continue
-            self._backward_parts(top.diff, bottom.data, w, dx, dw, db, parts, geometry)
-
-    def _backward_parts(self, dy, x, w, dx, dw, db, parts, geometry) -> None:
-        """Each slice of the batch on its own core, into its own parameter-gradient
-        accumulators, which are then added to dw and db in slice order."""
-        def task(lo, hi, ws):
-            part_dw = ws["part_dw"] if dw is not None else None
-            part_db = ws["part_db"] if db is not None else None
-            for acc in (part_dw, part_db):
-                if acc is not None:
-                    acc.fill(0)
-            ops.conv_backward(dy[lo:hi], x[lo:hi], w, dx=None if dx is None else dx[lo:hi],
-                              dw=part_dw, db=part_db, ws=ws, reuse_col=True, **geometry)
-
-        parallel.run([lambda p=p: task(*p) for p in parts])
-        for _, _, ws in parts:
-            if dw is not None:
-                dw += ws["part_dw"]
-            if db is not None:
-                db += ws["part_db"]
+            engine.conv_backward(parts, top.diff, bottom.data, w, dx=dx, dw=dw, db=db,
+                                 **self._geometry())
 
 
 @register("Deconvolution")
@@ -352,12 +318,11 @@ class PoolingLayer(Layer):
             self.argmax = self.xp.empty(top, dtype=self.xp.int32)
         elif self.stochastic:
             self.sample = self.xp.empty(top, dtype=self.xp.int32)  # TRAIN's sampled pixels
-        # MAX and AVE run each slice of the batch on its own core (netforge.ops.batch_split),
-        # with its own workspace; STOCHASTIC draws in one sequence, unsplit.
-        count = 1 if self.stochastic else parallel.parts(self.xp)
-        self.parts = [(lo, hi, allocate(self._workspace_spec((hi - lo, *shape[1:]),
-                                                             (hi - lo, *top[1:])), self.xp))
-                      for lo, hi in parallel.split(shape[0], count)]
+        # MAX and AVE run each slice of the batch on its own core (netforge.ops.engine), with
+        # its own workspace; STOCHASTIC draws in one sequence, unsplit.
+        self.parts = engine.slice_plan(
+            shape[0], lambda n: self._workspace_spec((n, *shape[1:]), (n, *top[1:])), self.xp,
+            split=not self.stochastic)
         self.ws = self.parts[0][2]
         return [top] * len(self.param.top or [None])
 
@@ -383,11 +348,7 @@ class PoolingLayer(Layer):
 
     def _run_parts(self, kernel, *arrays) -> None:
         """``kernel(*slices, ws=...)`` on each batch slice of ``arrays`` (None passes)."""
-        geometry = self._geometry()
-        parallel.run([
-            lambda lo=lo, hi=hi, ws=ws: kernel(
-                *[None if a is None else a[lo:hi] for a in arrays], ws=ws, **geometry)
-            for lo, hi, ws in self.parts])
+        engine.run_slices(self.parts, kernel, *arrays, **self._geometry())
 
     def forward(self, bottoms, tops):
         x, y = bottoms[0].data, tops[0].data

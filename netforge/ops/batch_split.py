@@ -33,6 +33,7 @@ controllable OpenBLAS (another BLAS, CuPy arrays) everything runs unsplit.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import os
 import re
@@ -40,6 +41,8 @@ import threading
 from collections.abc import Callable, Sequence
 
 import numpy
+
+from netforge.ops import compiled
 
 _MAX_PARTS = 8  # at most, whatever NETFORGE_NUM_THREADS says
 _DEFAULT_MAX = 4  # by default, only up to this many cores
@@ -193,6 +196,15 @@ def run(tasks: Sequence[Callable[[], object]]) -> None:
         for task in tasks:
             task()
         return
+    if compiled.enabled():  # one core per task: the compiled kernels' loops too
+        serial = compiled.load("jit").on_one_thread
+        tasks = [lambda task=task: serial(task) for task in tasks]
+    # Each task in a copy of the caller's context, so that numpy's error state (a context
+    # variable: the solver silences overflow warnings, its divergence guard reports them)
+    # holds in the pool's threads too.
+    contexts = [contextvars.copy_context() for _ in tasks]
+    tasks = [lambda task=task, context=context: context.run(task)
+             for task, context in zip(tasks, contexts, strict=True)]
     try:
         threads = _blas.get()
         _blas.set(1)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import numpy
 
+from netforge.ops import compiled
 from netforge.ops.common import outer_channels_inner, softmax_forward
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
 
@@ -83,11 +84,16 @@ def _labels(xp, label: Array, outer: int, c: int, inner: int, ignore_label: int 
         xp.not_equal(lab, int(ignore_label), out=valid)
         xp.multiply(lab, valid, out=lab)
         count = int(xp.count_nonzero(valid))
-    if lab.size and (int(lab.min()) < 0 or int(lab.max()) >= c):
-        bad = int(lab.min()) if int(lab.min()) < 0 else int(lab.max())
+    if lab.size:
+        _check_label_range(int(lab.min()), int(lab.max()), c, ignore_label)
+    return lab, valid, count
+
+
+def _check_label_range(low: int, high: int, c: int, ignore_label: int | None) -> None:
+    if low < 0 or high >= c:
+        bad = low if low < 0 else high
         raise ValueError(f"label {bad} is outside [0, {c}) and is not the ignore_label "
                          f"({ignore_label})")
-    return lab, valid, count
 
 
 def _flat_index(xp, lab: Array, outer: int, c: int, inner: int, ws: dict | None) -> Array:
@@ -133,8 +139,15 @@ def softmax_loss_forward(x: Array, label: Array, prob: Array, *, axis: int = 1,
         The loss as a Python float.
     """
     xp = get_array_module(x)
-    softmax_forward(x, prob, axis=axis, ws=ws)
     outer, c, inner = outer_channels_inner(x.shape, axis)
+    if compiled.active(x, label, prob):  # one pass per position, softmax and loss
+        total, count, low, high = compiled.load("loss").softmax_loss_forward(
+            view_as(x, (outer, c, inner)), view_as(label, (label.size,)),
+            view_as(prob, (outer, c, inner)), ignore_label)
+        if count:
+            _check_label_range(low, high, c, ignore_label)
+        return total / _normalizer(normalization, outer, inner, count)
+    softmax_forward(x, prob, axis=axis, ws=ws)
     lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
     idx = _flat_index(xp, lab, outer, c, inner, ws)
     picked = scratch(ws, "picked", (outer, inner), prob.dtype, xp)
@@ -157,6 +170,16 @@ def softmax_loss_backward(prob: Array, label: Array, dx: Array, *, axis: int = 1
     """
     xp = get_array_module(prob)
     outer, c, inner = outer_channels_inner(prob.shape, axis)
+    if compiled.active(prob, label, dx):
+        kernels = compiled.load("loss")
+        label_flat = view_as(label, (label.size,))
+        count, low, high = kernels.label_range(label_flat, c, ignore_label)
+        if count:
+            _check_label_range(low, high, c, ignore_label)
+        scale = float(loss_weight) / _normalizer(normalization, outer, inner, count)
+        kernels.softmax_loss_backward(view_as(prob, (outer, c, inner)), label_flat,
+                                      view_as(dx, (outer, c, inner)), ignore_label, scale)
+        return
     lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
     idx = _flat_index(xp, lab, outer, c, inner, ws)
     scale = float(loss_weight) / _normalizer(normalization, outer, inner, count)
@@ -404,8 +427,8 @@ def infogain_forward(x: Array, label: Array, h: Array, prob: Array, *, axis: int
         h: the infogain matrix, C·C values (row = true label); prob: x's shape, assigned.
     """
     xp = get_array_module(x)
-    softmax_forward(x, prob, axis=axis, ws=ws)
     outer, c, inner = outer_channels_inner(x.shape, axis)
+    softmax_forward(x, prob, axis=axis, ws=ws)
     _, _, count, rows = _infogain_rows(xp, label, h, outer, c, inner, ignore_label, ws)
     logp = scratch(ws, "logp", (outer, c, inner), x.dtype, xp)
     xp.maximum(view_as(prob, (outer, c, inner)), LOG_THRESHOLD, out=logp)

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy
 
+from netforge.ops import compiled
 from netforge.ops.normalization import channel_sums
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch
 
@@ -64,6 +65,9 @@ def relu_forward(x: Array, y: Array, *, negative_slope: float = 0.0,
                  ws: dict | None = None) -> None:
     """y = max(x, 0) + negative_slope * min(x, 0)."""
     xp = get_array_module(x)
+    if compiled.active(x, y):
+        compiled.load("elementwise").relu_forward(x, y, negative_slope)
+        return
     if negative_slope == 0:
         xp.maximum(x, 0, out=y)
         return
@@ -82,6 +86,9 @@ def relu_backward(dy: Array, data: Array, dx: Array, *, negative_slope: float = 
     left: for negative_slope >= 0, y > 0 exactly where x > 0.
     """
     xp = get_array_module(dy)
+    if compiled.active(dy, data, dx):
+        compiled.load("elementwise").relu_backward(dy, data, dx, negative_slope)
+        return
     if negative_slope == 0:
         mask = scratch(ws, "mask", dy.shape, bool, xp)
         xp.greater(data, 0, out=mask)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import numpy
 
+from netforge.ops import compiled
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch
 
 # --------------------------------------------------------------------------- reductions
@@ -103,6 +104,10 @@ def batch_norm_forward_train(x: Array, y: Array, x_norm: Array | None, mean: Arr
         mean, var, inv_std: (C,) outputs: the batch mean, the *biased* batch variance (as
             Caffe normalises with it), and 1 / sqrt(var + eps).
     """
+    if compiled.active(x, y, x_norm, mean, var, inv_std):
+        compiled.load("normalization").batch_norm_forward_train(x, y, x_norm, mean, var,
+                                                                inv_std, eps)
+        return
     xp = get_array_module(x)
     n, c, s = x.shape
     rows = scratch(ws, "rows", (n, c), x.dtype, xp)
@@ -164,6 +169,9 @@ def batch_norm_global_stats(mean_acc: Array, var_acc: Array, factor_acc: Array, 
 
 def batch_norm_forward_global(x: Array, y: Array, mean: Array, inv_std: Array) -> None:
     """y = (x - mean) * inv_std per channel; x, y (N, C, S), y may be x."""
+    if compiled.active(x, y, mean, inv_std):
+        compiled.load("normalization").batch_norm_forward_global(x, y, mean, inv_std)
+        return
     xp = get_array_module(x)
     xp.subtract(x, _col(mean), out=y)
     xp.multiply(y, _col(inv_std), out=y)
@@ -176,6 +184,9 @@ def batch_norm_backward_train(dy: Array, x_norm: Array, inv_std: Array, dx: Arra
     dx = (dy - mean(dy) - x_norm * mean(dy * x_norm)) * inv_std, means per channel over
     N and S. dx may be dy.
     """
+    if compiled.active(dy, x_norm, inv_std, dx):
+        compiled.load("normalization").batch_norm_backward_train(dy, x_norm, inv_std, dx)
+        return
     xp = get_array_module(dy)
     n, c, s = dy.shape
     mean_dy = scratch(ws, "vec", (c,), dy.dtype, xp)
@@ -347,6 +358,9 @@ def lrn_forward(x: Array, y: Array, scale: Array, inv_pow: Array, *, size: int, 
     xp = get_array_module(x)
     half = (size - 1) // 2
     squares = scratch(ws, "tmp", x.shape, x.dtype, xp)
+    if region == ACROSS_CHANNELS and compiled.active(x, y, scale, inv_pow):
+        compiled.load("normalization").lrn_forward(x, y, scale, inv_pow, size, alpha, beta, k)
+        return
     xp.multiply(x, x, out=squares)
     if region == ACROSS_CHANNELS:
         _window_sum(squares, scale, 1, half)
@@ -373,6 +387,10 @@ def lrn_backward(dy: Array, x: Array, scale: Array, inv_pow: Array, dx: Array, *
     xp = get_array_module(dy)
     half = (size - 1) // 2
     ratio = scratch(ws, "tmp", dy.shape, dy.dtype, xp)
+    if region == ACROSS_CHANNELS and compiled.active(dy, x, scale, inv_pow, dx, ratio):
+        compiled.load("normalization").lrn_backward(dy, x, scale, inv_pow, dx, ratio, size,
+                                                    alpha, beta)
+        return
     xp.multiply(dy, x, out=ratio)
     xp.multiply(ratio, inv_pow, out=ratio)
     xp.divide(ratio, scale, out=ratio)

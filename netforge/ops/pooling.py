@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import numpy
 
+from netforge.ops import compiled
 from netforge.ops.vision import IntPair, pool_output_size, slice_stop, valid_output_range
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, pair, view_as
 
@@ -80,6 +81,11 @@ def pool_geometry(x_shape: tuple[int, ...], y_shape: tuple[int, ...], kernel: In
     tiled = (ph == 0 and pw == 0 and oh * kh == h and ow * kw == w
              and (sh == kh or oh == 1) and (sw == kw or ow == 1))
     return PoolGeometry(n, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw, tiled)
+
+
+def _window(geo: PoolGeometry) -> tuple[tuple[int, int], ...]:
+    """(kernel, stride, pad) as (h, w) pairs, for the compiled kernels."""
+    return (geo.kh, geo.kw), (geo.sh, geo.sw), (geo.ph, geo.pw)
 
 
 def window_offsets(geo: PoolGeometry):
@@ -317,6 +323,9 @@ def max_pool_forward(x: Array, y: Array, argmax: Array | None, *, kernel: IntPai
             xp.argmax(x3, axis=2, out=view_as(argmax, (geo.n, geo.c)))
         xp.max(x3, axis=2, out=view_as(y, (geo.n, geo.c)))
         return
+    if compiled.active(x, y, argmax):
+        compiled.load("pooling").max_pool_forward(x, y, argmax, *_window(geo))
+        return
     pl = _planar(geo)
     planes, buf, _, score, flag, rel = _carve_planar(ws, geo, x.dtype)
     _split(xp, x, planes, geo, pl, -numpy.inf)
@@ -366,6 +375,9 @@ def max_pool_backward(dy: Array, argmax: Array, dx: Array, *, kernel: IntPair,
         xp.equal(view_as(argmax, (geo.n, geo.c, 1)), xp.arange(hw, dtype=argmax.dtype),
                  out=mask3)
         xp.multiply(mask3, view_as(dy, (geo.n, geo.c, 1)), out=view_as(dx, (geo.n, geo.c, hw)))
+        return
+    if compiled.active(dy, argmax, dx):
+        compiled.load("pooling").max_pool_backward(dy, argmax, dx)
         return
     pl = _planar(geo)
     planes, buf, prod, score, flag, rel = _carve_planar(ws, geo, dy.dtype)
@@ -462,6 +474,9 @@ def ave_pool_forward(x: Array, y: Array, *, kernel: IntPair, stride: IntPair,
                out=view_as(y, (geo.n, geo.c)))
         xp.multiply(y, 1.0 / (geo.h * geo.w), out=y)
         return
+    if compiled.active(x, y):
+        compiled.load("pooling").ave_pool_forward(x, y, *_window(geo))
+        return
     pl = _planar(geo)
     planes, buf, _, _, _, _ = _carve_planar(ws, geo, x.dtype)
     _split(xp, x, planes, geo, pl, 0.0)
@@ -488,6 +503,9 @@ def ave_pool_backward(dy: Array, dx: Array, *, kernel: IntPair, stride: IntPair,
     if geo.is_global:
         xp.multiply(view_as(dy, (geo.n, geo.c, 1)), 1.0 / (geo.h * geo.w),
                     out=view_as(dx, (geo.n, geo.c, geo.h * geo.w)))
+        return
+    if compiled.active(dy, dx):
+        compiled.load("pooling").ave_pool_backward(dy, dx, *_window(geo))
         return
     if geo.tiled:
         # Disjoint windows: one strided write per offset (a single broadcasting multiply

@@ -11,6 +11,7 @@ import logging
 import math
 
 from netforge.errors import ConfigError
+from netforge.ops import compiled
 
 log = logging.getLogger("netforge")
 
@@ -42,15 +43,41 @@ class UpdateRule:
     def _check(self) -> None:
         pass
 
+    # The rule's one-pass kernel in netforge.ops.compiled.update_rules (None: none), and
+    # its arguments beyond the parameter's arrays, normalization and regularization.
+    fused_kernel: str | None = None
+
+    def fused_args(self, local_rate: float, iteration: int) -> dict:
+        return {}
+
     def apply(self, rate: float, iteration: int) -> None:
         self.clip_gradients()
         for i, p in enumerate(self.params):
             if p.lr_mult == 0:
                 continue
+            if self.fused_update(i, p, rate * p.lr_mult, iteration):
+                continue
             self.normalize(p)
             self.regularize(i, p)
             self.compute_update(i, p, rate * p.lr_mult, iteration)
             p.blob.data -= p.blob.diff
+
+    def fused_update(self, i: int, p, local_rate: float, iteration: int) -> bool:
+        """normalize, regularize, compute_update and ``data -= diff`` in one compiled pass,
+        when there is a kernel for this rule and these arrays; False: do it step by step."""
+        history = [slot[i] for slot in self.history]
+        if self.fused_kernel is None or not compiled.active(p.blob.data, p.blob.diff,
+                                                            *history):
+            return False
+        decay = self.sp.weight_decay * p.decay_mult
+        kind = self.sp.regularization_type if decay else None
+        if kind not in (None, "L2", "L1"):
+            return False  # regularize() names the bad value
+        norm = 1.0 / self.sp.iter_size if self.sp.iter_size > 1 else 1.0
+        kernel = getattr(compiled.load("update_rules"), self.fused_kernel)
+        kernel(p.blob.data, p.blob.diff, *history, norm=norm, reg=kind, decay=decay,
+               **self.fused_args(local_rate, iteration))
+        return True
 
     def clip_gradients(self) -> None:
         threshold = self.sp.clip_gradients
@@ -96,6 +123,12 @@ class UpdateRule:
 class SGD(UpdateRule):
     """v = momentum·v + lr·g; diff = v (the rate lives inside the momentum buffer)."""
 
+    fused_kernel = "sgd"
+
+    def fused_args(self, local_rate, iteration):
+        return {"rate": local_rate, "momentum": self.sp.momentum}
+
+
     def compute_update(self, i, p, local_rate, iteration):
         # Five passes over the parameter's size (memory-bound for AlexNet's 61M weights);
         # the same operations, in the same order, as v = momentum·v + lr·g.
@@ -108,6 +141,9 @@ class SGD(UpdateRule):
 
 class Nesterov(SGD):
     """v' = momentum·v + lr·g; diff = (1+momentum)·v' − momentum·v."""
+
+    fused_kernel = "nesterov"
+
 
     scratch_buffers = 2
 
@@ -126,6 +162,12 @@ class Nesterov(SGD):
 class AdaGrad(SGD):
     """h += g²; diff = lr·g / (√h + delta)."""
 
+    fused_kernel = "adagrad"
+
+    def fused_args(self, local_rate, iteration):
+        return {"rate": local_rate, "delta": self.sp.delta}
+
+
     def _check(self):
         if self.sp.momentum != 0:
             raise ConfigError("AdaGrad does not use momentum; set momentum: 0")
@@ -139,6 +181,12 @@ class AdaGrad(SGD):
 
 class RMSProp(SGD):
     """h = d·h + (1−d)·g²; diff = lr·g / (√h + delta)."""
+
+    fused_kernel = "rmsprop"
+
+    def fused_args(self, local_rate, iteration):
+        return {"rate": local_rate, "delta": self.sp.delta, "rms_decay": self.sp.rms_decay}
+
 
     def _check(self):
         if self.sp.momentum != 0:
@@ -157,6 +205,12 @@ class RMSProp(SGD):
 
 class AdaDelta(SGD):
     """h = m·h + (1−m)g²; u = g·√((h2+δ)/(h+δ)); h2 = m·h2 + (1−m)u²; diff = lr·u."""
+
+    fused_kernel = "adadelta"
+
+    def fused_args(self, local_rate, iteration):
+        return {"rate": local_rate, "delta": self.sp.delta, "momentum": self.sp.momentum}
+
 
     slots = 2
     scratch_buffers = 2
@@ -183,6 +237,15 @@ class AdaDelta(SGD):
 
 class Adam(SGD):
     """m, v moments; diff = lr·√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + delta), t = iteration + 1."""
+
+    fused_kernel = "adam"
+
+    def fused_args(self, local_rate, iteration):
+        b1, b2, step = self.sp.momentum, self.sp.momentum2, iteration + 1
+        correction = math.sqrt(1 - b2**step) / (1 - b1**step)
+        return {"rate": local_rate * correction, "delta": self.sp.delta, "beta1": b1,
+                "beta2": b2}
+
 
     slots = 2
 

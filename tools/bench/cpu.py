@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/bench/cpu.py [--nets lenet,cifar10_quick,alexnet,resnet50]
         [--modes train,predict] [--threads 2,1] [--rounds 5] [--seconds 1.0] [--no-memory]
-        [--netforge DIR] [--coretype SkylakeX] [--json FILE]
+        [--netforge DIR] [--coretype SkylakeX] [--blas-env unset,environment] [--json FILE]
 
 Rows: a TRAIN step (forward + backward + SGD update with momentum and weight decay: netforge's
 ``Solver.step(1)``, torch's zero_grad/forward/cross_entropy/backward/SGD.step) and predict (a
@@ -37,7 +37,11 @@ children set glibc's mmap threshold to 64 KiB (``fixed_mmap_threshold``), so tha
 memory leaves RSS at once instead of being reused unseen.
 
 ``--netforge DIR`` runs another checkout of the package (a copy of ``netforge/`` taken
-before a change) to print the before table in the same session. ``--coretype`` sets
+before a change) to print the before table in the same session. ``--blas-env`` lists the
+BLAS settings to time under (tools/bench/blas_env.py): "unset" removes OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE for both contenders (a user's machine), "environment" keeps what this
+environment pins; each block of the table names the setting and the BLAS kernels numpy and
+torch loaded (threadpoolctl). ``--coretype`` sets
 OPENBLAS_CORETYPE for numpy's OpenBLAS (an environment may pin an older kernel family, e.g.
 Haswell's AVX2 on an AVX-512 machine; torch picks its own kernels regardless).
 """
@@ -52,8 +56,11 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import blas_env  # tools/bench/, this script's folder
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_NETS = "lenet,cifar10_quick,alexnet,resnet50"
@@ -186,6 +193,15 @@ def _round(step, seconds: float) -> tuple[float, float]:
     return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
 
 
+def jit_state() -> str:
+    """Whether netforge's compiled kernels (numba) are in use in this process."""
+    try:
+        from netforge.ops import compiled
+    except ImportError:  # a checkout from before the compiled kernels
+        return "none"
+    return "numba" if compiled.enabled() else "off"
+
+
 def time_cases(args) -> None:
     import logging
 
@@ -199,6 +215,9 @@ def time_cases(args) -> None:
         batch = args.batch or nets.NETS[net_name].batch
         for mode in args.modes.split(","):
             nf_step, nf_net = netforge_case(net_name, mode, batch)
+            start = time.perf_counter()
+            nf_step()  # the first step: compiles or loads the compiled kernels, first touch
+            first_ms = (time.perf_counter() - start) * 1e3
             th_step, _, _ = torch_case(nf_net, net_name, mode)
             nf, th = [], []
             for _ in range(args.rounds):
@@ -213,7 +232,8 @@ def time_cases(args) -> None:
                               "torch_rounds": th_ms, "check": check,
                               "nf_cpu_ms": statistics.median(r[1] for r in nf),
                               "torch_cpu_ms": statistics.median(r[1] for r in th),
-                              "load": os.getloadavg()[0]}), flush=True)
+                              "load": os.getloadavg()[0], "first_ms": first_ms,
+                              "blas": blas_env.describe(), "jit": jit_state()}), flush=True)
             del nf_step, nf_net, th_step
             gc.collect()
 
@@ -285,14 +305,19 @@ def memory_case(args) -> None:
 # -- the parent: children, table ------------------------------------------------------------
 
 
-def child(args, extra: list[str], threads: int, other_netforge: bool = True) -> list[dict]:
-    """Run this script as a child with ``extra`` arguments and ``threads`` threads; with
-    ``--netforge`` the child imports that checkout unless ``other_netforge`` is False."""
-    env = dict(os.environ)
+def child(args, extra: list[str], threads: int, other_netforge: bool = True,
+          setting: str = "unset") -> list[dict]:
+    """Run this script as a child with ``extra`` arguments and ``threads`` threads under the
+    BLAS ``setting`` (tools/bench/blas_env.py); with ``--netforge`` the child imports that
+    checkout unless ``other_netforge`` is False."""
+    env = blas_env.environment(setting)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     if args.coretype:
         env["OPENBLAS_CORETYPE"] = args.coretype
+    # One numba cache for the whole run, empty at its start: the first child's first step
+    # includes compiling the kernels, later ones load them (the "1st ms" column).
+    env["NUMBA_CACHE_DIR"] = args.jit_cache
     paths = [str(ROOT)]
     if args.netforge and other_netforge:
         paths.insert(0, str(Path(args.netforge).resolve()))
@@ -321,7 +346,10 @@ def main() -> None:
     parser.add_argument("--netforge", default=None, help="a folder holding another netforge/")
     parser.add_argument("--coretype", default=None,
                         help="OPENBLAS_CORETYPE for the children (default: the environment's)")
+    parser.add_argument("--blas-env", default="unset,environment",
+                        help="BLAS settings to time under, in order (tools/bench/blas_env.py)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--jit-cache", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["time", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--framework", choices=["netforge", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--check-threads", type=int, default=None, help=argparse.SUPPRESS)
@@ -333,10 +361,16 @@ def main() -> None:
 
     thread_counts = [int(t) for t in args.threads.split(",")]
     args.check_threads = thread_counts[0]
+    settings = [s for s in args.blas_env.split(",") if s]
+    jit_cache = tempfile.TemporaryDirectory(prefix="netforge-bench-jit-")
+    args.jit_cache = jit_cache.name
     rows = []
-    for threads in [] if args.no_time else thread_counts:
-        rows += child(args, ["--child", "time", "--nets", args.nets, "--modes", args.modes],
-                      threads)
+    for setting in [] if args.no_time else settings:
+        for threads in thread_counts:
+            for row in child(args, ["--child", "time", "--nets", args.nets, "--modes",
+                                    args.modes], threads, setting=setting):
+                row["setting"] = blas_env.label(setting, blas_env.environment(setting))
+                rows.append(row)
     memory = {}
     if not args.no_memory:
         for net_name in args.nets.split(","):
@@ -345,30 +379,37 @@ def main() -> None:
                     # torch's figure must not depend on the netforge it translates from
                     result = child(args, ["--child", "memory", "--framework", fw, "--nets",
                                           net_name, "--modes", mode], thread_counts[0],
-                                   other_netforge=fw == "netforge")
+                                   other_netforge=fw == "netforge", setting=settings[0])
                     memory[(net_name, mode, fw)] = result[0]["mb"]
     import torch
 
     source = args.netforge or "this checkout"
-    coretype = args.coretype or os.environ.get("OPENBLAS_CORETYPE", "auto")
     print(f"netforge ({source}) vs torch {torch.__version__}, CPU float32; median of "
           f"{args.rounds} rounds of ~{args.seconds:g} s; peak RSS in MB (see --help); "
-          f"OPENBLAS_CORETYPE={coretype}")
+          f"1st ms: netforge's first step (the run's first child compiles the kernels into "
+          f"an empty numba cache, later children load them); all ratios from this one run")
     header = (f"{'net':<14} {'mode':<8} {'batch':>5} {'thr':>3} {'netforge ms':>11} "
               f"{'torch ms':>9} {'ratio':>6} {'nf cpu':>7} {'th cpu':>7} {'ratio':>6} "
-              f"{'nf MB':>7} {'torch MB':>8} {'mem':>5} {'check':>8} {'load':>5}")
-    print(header)
-    print("-" * len(header))
+              f"{'nf MB':>7} {'torch MB':>8} {'mem':>5} {'check':>8} {'load':>5} "
+              f"{'1st ms':>7}")
+    shown = None
     for r in rows:
+        if (r["setting"], r["threads"]) != shown:
+            shown = (r["setting"], r["threads"])
+            print(f"\nBLAS setting {r['setting']}, {r['threads']} thread(s); kernels: "
+                  f"netforge compiled={r['jit']}; BLAS: {r['blas']}")
+            print(header)
+            print("-" * len(header))
         nf_mb = memory.get((r["net"], r["mode"], "netforge"))
         th_mb = memory.get((r["net"], r["mode"], "torch"))
         mem = (f"{nf_mb:7.1f} {th_mb:8.1f} {nf_mb / th_mb:5.2f}"
-               if nf_mb is not None and r["threads"] == thread_counts[0] else f"{'':23}")
+               if nf_mb is not None and r["threads"] == thread_counts[0]
+               and r["setting"].startswith(settings[0]) else f"{'':23}")
         print(f"{r['net']:<14} {r['mode']:<8} {r['batch']:>5} {r['threads']:>3} "
               f"{r['nf_ms']:>11.2f} {r['torch_ms']:>9.2f} {r['nf_ms'] / r['torch_ms']:>6.2f} "
               f"{r['nf_cpu_ms']:>7.2f} {r['torch_cpu_ms']:>7.2f} "
               f"{r['nf_cpu_ms'] / r['torch_cpu_ms']:>6.2f} {mem} {r['check']:>8} "
-              f"{r['load']:>5.1f}")
+              f"{r['load']:>5.1f} {r['first_ms']:>7.0f}")
     if args.no_time:
         for (net_name, mode, fw), mb in memory.items():
             print(f"{net_name:<14} {mode:<8} {fw:<9} peak {mb:8.1f} MB")

@@ -17,6 +17,12 @@ three is checked. Ratios > 1 mean netforge is faster.
 
     .venv/bin/python tools/bench/predict.py [--nets squeezenet1.1,resnet50] [--threads 2]
                                             [--images 64] [--single 8]
+                                            [--blas-env unset,environment]
+
+Each BLAS setting (tools/bench/blas_env.py: "unset" removes OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE for all three contenders, "environment" keeps them) runs in its own child
+process, which prints the BLAS kernels loaded (threadpoolctl) and the first-use time of
+netforge's compiled kernels, kept out of the rates.
 
 PyTorch and onnxruntime are benchmark oracles (pip install torch onnxruntime); netforge
 never imports them.
@@ -42,10 +48,29 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", type=int, default=64, help="images timed at batch 32")
     parser.add_argument("--single", type=int, default=8, help="images timed at batch 1")
+    parser.add_argument("--blas-env", default="unset,environment",
+                        help="BLAS settings to run under, one child each (tools/bench/blas_env.py)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 ARGS = parse_args()
+if ARGS.child is None:
+    # One child per BLAS setting, its environment fixed before numpy (and onnxruntime,
+    # torch) load their BLAS: "unset" is a user's machine, "environment" what this one pins.
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import blas_env
+
+    for setting in [s for s in ARGS.blas_env.split(",") if s]:
+        env = blas_env.environment(setting)
+        print(f"\n=== BLAS setting {blas_env.label(setting, env)}", flush=True)
+        done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", setting],
+                              env=env)
+        if done.returncode:
+            raise SystemExit(done.returncode)
+    raise SystemExit(0)
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)  # before numpy is imported
 
@@ -55,6 +80,7 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import blas_env  # noqa: E402
 from zoo import build_netforge  # noqa: E402
 
 from netforge.deploy.frozen import freeze, load_frozen  # noqa: E402
@@ -62,6 +88,31 @@ from netforge.deploy.onnx_export import export_onnx  # noqa: E402
 from netforge.deploy.predict import Predictor  # noqa: E402
 from netforge.deploy.preprocess import Preprocess  # noqa: E402
 from tools.bench.torch_translate import translate  # noqa: E402
+
+
+def jit_state() -> str:
+    try:
+        from netforge.ops import compiled
+    except ImportError:
+        return "none"
+    return "numba" if compiled.enabled() else "off"
+
+
+def warm_up_compiled_kernels() -> None:
+    """Compile (or load from numba's cache) what a predict pass uses, before timing."""
+    from netforge.ops import neuron, pooling
+
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    y = np.zeros((1, 1, 2, 2), np.float32)
+    for kind in ("max", "ave"):
+        spec = getattr(pooling, f"{kind}_pool_workspace_shapes")(
+            x.shape, y.shape, kernel=2, stride=2, dtype=np.float32)
+        ws = {k: np.empty(shape, dt) for k, (shape, dt) in spec.items()}
+        if kind == "max":
+            pooling.max_pool_forward(x, y, None, kernel=2, stride=2, ws=ws)
+        else:
+            pooling.ave_pool_forward(x, y, kernel=2, stride=2, ws=ws)
+    neuron.relu_forward(x, x)
 
 
 def make_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -201,9 +252,17 @@ def main() -> None:
         work = Path(tmp)
         paths = make_images(work / "images", max(ARGS.images, ARGS.single, 32))
         print(f"images/s end to end (decode + preprocess + forward), {ARGS.threads} threads; "
-              "ratios > 1: netforge faster")
+              "ratios > 1: netforge faster; all from this one run")
+        first = time.perf_counter()
+        warm_up_compiled_kernels()
+        print(f"netforge compiled kernels: {jit_state()}, first use "
+              f"{time.perf_counter() - first:.2f} s (compile or cache load, not in the rates)")
         print(HEADER)
         rows = [row for name in nets for row in bench_net(name, work, paths)]
+    import onnxruntime  # noqa: F401  (so that its BLAS, if any, is listed)
+    import torch  # noqa: F401
+
+    print(f"BLAS: {blas_env.describe()}")
     print("\nforward only, images/s:")
     for r in rows:
         print(f"  {r['net']:<14} batch {r['batch']:>2}: netforge {r['nf_fwd']:.1f}, "

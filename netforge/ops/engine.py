@@ -1,0 +1,141 @@
+"""The CPU engine wrapper: batch-parallel kernels run over slices of the batch, one slice
+per core (``netforge.ops.batch_split``), so that layers only map their configuration onto
+kernel calls.
+
+Which kernels split, and how:
+
+    convolution   one slice of images per core, each with its own workspace; the weight
+                  and bias gradients of each slice go into its own accumulators, added to
+                  dw and db in slice order (deterministic)
+    inner product the rows of x / y / dx per core in forward and for dx; for dw the rows of
+                  W (the outputs), so that every slice writes its own rows, no partial sums
+    pooling       one slice of images per core (MAX and AVE), each with its own workspace
+
+Plans are made at reshape (``*_plan``: slices and workspaces, allocated once) and replayed
+by the run functions. With one part (CuPy, a batch of one, NETFORGE_NUM_THREADS=1, no
+controllable OpenBLAS) a plan is a single slice and the kernels run unsplit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from netforge.ops import batch_split, vision
+from netforge.ops import common as linear_ops
+from netforge.ops.xp import Array, WorkspaceSpec, allocate
+
+Part = tuple[int, int, dict]  # (first image, end, the slice's workspace)
+
+
+def slice_plan(n: int, spec: Callable[[int], WorkspaceSpec], xp, *, split: bool = True,
+               accumulators: WorkspaceSpec | None = None) -> list[Part]:
+    """(lo, hi, workspace) per slice of a batch of ``n``: ``spec(images)`` gives a slice's
+    scratch; ``accumulators`` (name -> shape, dtype) are added to every slice's workspace
+    when the batch is split (each slice's share of a parameter gradient)."""
+    count = batch_split.parts(xp) if split else 1
+    parts = []
+    for lo, hi in batch_split.split(n, count):
+        full = dict(spec(hi - lo))
+        if hi - lo < n and accumulators:
+            full.update(accumulators)
+        parts.append((lo, hi, allocate(full, xp)))
+    return parts
+
+
+def run_slices(parts: list[Part], fn: Callable, /, *arrays: Array | None, **kwargs) -> None:
+    """``fn(*slices of arrays, ws=slice workspace, **kwargs)`` per slice, in parallel
+    (arrays sliced along axis 0; None passes as None)."""
+    batch_split.run([
+        lambda lo=lo, hi=hi, ws=ws: fn(*[None if a is None else a[lo:hi] for a in arrays],
+                                       ws=ws, **kwargs)
+        for lo, hi, ws in parts])
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def conv_plan(x_shape: tuple[int, ...], w_shape: tuple[int, ...], geometry: dict, dtype, xp,
+              *, split: bool = True, bias: bool = True) -> list[Part]:
+    """Slices of a convolution's batch, with workspaces and gradient accumulators."""
+    acc: WorkspaceSpec = {"part_dw": (tuple(w_shape), dtype)}
+    if bias:
+        acc["part_db"] = ((w_shape[0],), dtype)
+    return slice_plan(x_shape[0], lambda n: vision.conv_workspace_shapes(
+        (n, *x_shape[1:]), w_shape, **geometry, dtype=dtype), xp, split=split,
+        accumulators=acc)
+
+
+def conv_forward(parts: list[Part], x: Array, w: Array, b: Array | None, y: Array,
+                 **geometry) -> None:
+    run_slices(parts, lambda xs, ys, ws: vision.conv_forward(xs, w, b, ys, ws=ws, **geometry),
+               x, y)
+
+
+def conv_backward(parts: list[Part], dy: Array, x: Array, w: Array, *, dx: Array | None,
+                  dw: Array | None, db: Array | None, **geometry) -> None:
+    """The workspaces still hold the columns forward built (``reuse_col``)."""
+    if len(parts) == 1:
+        vision.conv_backward(dy, x, w, dx=dx, dw=dw, db=db, ws=parts[0][2], reuse_col=True,
+                             **geometry)
+        return
+
+    def task(dys, xs, dxs, ws):
+        part_dw = ws["part_dw"] if dw is not None else None
+        part_db = ws["part_db"] if db is not None else None
+        for acc in (part_dw, part_db):
+            if acc is not None:
+                acc.fill(0)
+        vision.conv_backward(dys, xs, w, dx=dxs, dw=part_dw, db=part_db, ws=ws,
+                             reuse_col=True, **geometry)
+
+    run_slices(parts, task, dy, x, dx)
+    for _, _, ws in parts:
+        if dw is not None:
+            dw += ws["part_dw"]
+        if db is not None:
+            db += ws["part_db"]
+
+
+# --------------------------------------------------------------------------- inner product
+
+
+def linear_plan(rows: int, outputs: int, xp) -> tuple[list[tuple[int, int]], ...]:
+    """(row slices, output slices) of an inner product with ``rows`` samples."""
+    count = batch_split.parts(xp)
+    return batch_split.split(rows, count), batch_split.split(outputs, count)
+
+
+def linear_forward(plan, x: Array, w: Array, b: Array | None, y: Array, *,
+                   transpose: bool) -> None:
+    row_parts, _ = plan
+    batch_split.run([lambda lo=lo, hi=hi: linear_ops.linear_forward(
+        x[lo:hi], w, b, y[lo:hi], transpose=transpose) for lo, hi in row_parts])
+
+
+def linear_backward(plan, dy: Array, x: Array, w: Array, *, dx: Array | None,
+                    dw: Array | None, db: Array | None, transpose: bool, ws: dict) -> None:
+    row_parts, output_parts = plan
+    if len(row_parts) == 1:
+        linear_ops.linear_backward(dy, x, w, dx=dx, dw=dw, db=db, transpose=transpose, ws=ws)
+        return
+    tasks = []
+    if dx is not None:
+        tasks += [lambda lo=lo, hi=hi: linear_ops.linear_backward(
+            dy[lo:hi], x[lo:hi], w, dx=dx[lo:hi], dw=None, db=None, transpose=transpose)
+            for lo, hi in row_parts]
+    if dw is not None:
+        tasks += [lambda lo=lo, hi=hi: _weight_rows(dy, x, dw, lo, hi, transpose, ws)
+                  for lo, hi in output_parts]
+    batch_split.run(tasks)
+    if db is not None:
+        linear_ops.linear_backward(dy, x, w, dx=None, dw=None, db=db, ws=ws)
+
+
+def _weight_rows(dy, x, dw, lo: int, hi: int, transpose: bool, ws: dict) -> None:
+    """dw for outputs lo:hi (rows of W, or its columns when transposed)."""
+    if transpose:
+        linear_ops.linear_backward(dy[:, lo:hi], x, None, dx=None, dw=dw[:, lo:hi], db=None,
+                                   transpose=True, ws={"dw": ws["dw"][:, lo:hi]})
+    else:
+        linear_ops.linear_backward(dy[:, lo:hi], x, None, dx=None, dw=dw[lo:hi], db=None,
+                                   ws={"dw": ws["dw"][lo:hi]})
