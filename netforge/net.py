@@ -69,6 +69,7 @@ class Net:
         self.param = filtered
         self._steps = self.plan.steps
         self._loss_tops = self.plan.loss_tops
+        self._source_shapes = self._current_source_shapes()
         if weights:
             for path in str(weights).split(","):
                 self.copy_from(path)
@@ -208,6 +209,10 @@ class Net:
         """Forward layers first..last (inclusive); returns the weighted loss of those tops."""
         if first and self.plan.memory is not None:
             self.plan.check_resume(first)
+        if self._current_source_shapes() != self._source_shapes:
+            # pycaffe's batch idiom: net.blobs["data"].reshape(5, C, H, W); net.forward().
+            # Caffe reshapes every layer on each forward; a changed input must reach them all.
+            self.reshape()
         for i in range(first, last + 1):
             step = self._steps[i]
             if step.layer.dynamic_top_shapes:
@@ -221,8 +226,15 @@ class Net:
 
     def reshape(self) -> None:
         """Propagate changed input shapes through the net (pycaffe's ``net.reshape()``):
-        ``net.blobs["data"].reshape(8, 3, 32, 32); net.reshape()``."""
+        ``net.blobs["data"].reshape(8, 3, 32, 32); net.reshape()``. A forward after an input
+        blob changed shape does this by itself, as Caffe's does."""
         self.plan.reshape()
+        self._source_shapes = self._current_source_shapes()
+
+    def _current_source_shapes(self) -> list:
+        """The shapes of the tops of layers without bottoms (Input, data layers): the ones a
+        caller reshapes; everything else follows from them."""
+        return [top.shape for step in self._steps if not step.bottoms for top in step.tops]
 
     def loss(self) -> float:
         total = 0.0
