@@ -67,6 +67,8 @@ class Solver:
         metrics: write ``<snapshot_prefix>_metrics.jsonl`` (JSON lines) while training.
     """
 
+    forced_type: str | None = None  # set by the pycaffe-named subclasses
+
     def __init__(self, solver, *, level: int = 0, stages=(), signals: SignalRequests | None = None,
                  dtype=np.float32, metrics: bool = True):
         if isinstance(solver, (str, Path)):
@@ -77,6 +79,9 @@ class Solver:
             sp = pb.SolverParameter()
             sp.CopyFrom(solver)
             config.upgrade_solver_param(sp)
+            config.validate_solver(sp, "solver")
+        if self.forced_type:  # pycaffe's SGDSolver, AdamSolver, ... (solver_classes)
+            sp.type = self.forced_type
         self.param = sp
         if not sp.lr_policy:
             raise ConfigError(f"{self.path or 'solver'}: lr_policy is not set "
