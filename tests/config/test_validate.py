@@ -33,12 +33,14 @@ def test_solver_values_out_of_range_name_line_and_field(tmp_path, extra, line, m
 def test_negative_base_lr_is_refused_on_its_line(tmp_path):
     path = tmp_path / "solver.prototxt"
     path.write_text('net: "n.prototxt"\n# a comment { with braces }\n  base_lr: -0.01\n')
-    with pytest.raises(ConfigError, match=r"solver.prototxt:3:3: base_lr must be >= 0, got -0.01"):
+    with pytest.raises(ConfigError,
+                       match=r"solver.prototxt:3:3: base_lr must be >= 0, got -0.01"):
         config.load_solver_param(path)
 
 
 @pytest.mark.parametrize("schedule, line, message", [
-    ('lr_policy: "multistep"\ngamma: 0.1\n', 1, 'lr_policy "multistep" needs at least one stepvalue'),
+    ('lr_policy: "multistep"\ngamma: 0.1\n', 1,
+     'lr_policy "multistep" needs at least one stepvalue'),
     ('lr_policy: "multistep"\ngamma: 0.1\nstepvalue: 100\nstepvalue: 50\n', 4,
      "stepvalue must increase: 100 then 50"),
     ('lr_policy: "multistep"\ngamma: 0.1\nstepvalue: [100, 200, 150]\n', 3,
@@ -59,7 +61,8 @@ def test_lr_schedules_missing_or_contradicting_fields(tmp_path, schedule, line, 
 
 def test_a_good_solver_passes(tmp_path):
     path = tmp_path / "solver.prototxt"
-    path.write_text(SOLVER_HEAD.replace('lr_policy: "fixed"\n', "") + 'lr_policy: "multistep"\ngamma: 0.1\nstepvalue: 3\n'
+    head = SOLVER_HEAD.replace('lr_policy: "fixed"\n', "")
+    path.write_text(head + 'lr_policy: "multistep"\ngamma: 0.1\nstepvalue: 3\n'
                     "stepvalue: 6\nmomentum: 0.9\nweight_decay: 5e-4\ntest_iter: 2\n"
                     "test_interval: 5\n")
     assert list(config.load_solver_param(path).stepvalue) == [3, 6]

@@ -23,9 +23,11 @@ def lenet(lmdb, batch_size):
     n = netforge.NetSpec()
     n.data, n.label = L.Data(batch_size=batch_size, backend=P.Data.LMDB, source=lmdb,
                              transform_param=dict(scale=1. / 255), ntop=2)
-    n.conv1 = L.Convolution(n.data, kernel_size=5, num_output=20, weight_filler=dict(type='xavier'))
+    n.conv1 = L.Convolution(n.data, kernel_size=5, num_output=20,
+                            weight_filler=dict(type='xavier'))
     n.pool1 = L.Pooling(n.conv1, kernel_size=2, stride=2, pool=P.Pooling.MAX)
-    n.conv2 = L.Convolution(n.pool1, kernel_size=5, num_output=50, weight_filler=dict(type='xavier'))
+    n.conv2 = L.Convolution(n.pool1, kernel_size=5, num_output=50,
+                            weight_filler=dict(type='xavier'))
     n.pool2 = L.Pooling(n.conv2, kernel_size=2, stride=2, pool=P.Pooling.MAX)
     n.fc1 = L.InnerProduct(n.pool2, num_output=500, weight_filler=dict(type='xavier'))
     n.relu1 = L.ReLU(n.fc1, in_place=True)
@@ -48,7 +50,8 @@ def caffe_lenet_text(source: str, batch_size: int) -> str:
 
     def ip(name, bottom, n):
         return (f'layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" top: "{name}" '
-                f'inner_product_param {{ num_output: {n} weight_filler {{ type: "xavier" }} }} }}\n')
+                f'inner_product_param {{ num_output: {n} '
+                'weight_filler { type: "xavier" } } }\n')
 
     return ('layer { name: "data" type: "Data" top: "data" top: "label" '
             "transform_param { scale: 0.00392156862745 } "
@@ -161,7 +164,8 @@ def test_layers_and_params_objects():
                                        ("AdaDeltaSolver", "AdaDelta")])
 def test_pycaffe_solver_classes_choose_their_rule(tmp_path, cls, rule):
     net = tmp_path / "n.prototxt"
-    net.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+    net.write_text('layer { name: "in" type: "Input" top: "x" '
+                   "input_param { shape { dim: 2 dim: 3 } } }\n"
                    'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
                    'inner_product_param { num_output: 2 } }\n'
                    'layer { name: "loss" type: "Reduction" bottom: "y" top: "l" loss_weight: 1 }\n')
