@@ -70,6 +70,7 @@ class Net:
         self._steps = self.plan.steps
         self._loss_tops = self.plan.loss_tops
         self._source_shapes = self._current_source_shapes()
+        self._copied_layers: set[str] = set()
         if weights:
             for path in str(weights).split(","):
                 self.copy_from(path)
@@ -290,7 +291,13 @@ class Net:
     # -- weights ---------------------------------------------------------------------------
     def copy_from(self, path) -> None:
         """Copy weights by layer name from a .caffemodel / .caffemodel.h5 file."""
-        weights.copy_into(self, path)
+        self._copied_layers |= weights.copy_into(self, path)
+
+    @property
+    def layers_without_weights(self) -> list[str]:
+        """Layers with parameters that no ``copy_from``/``weights`` file supplied: they hold
+        their fillers' initial values (Caffe copies by name and says nothing)."""
+        return weights.layers_lacking_weights(self, self._copied_layers)
 
     def save(self, path) -> None:
         weights.save_caffemodel(self, path)

@@ -233,6 +233,11 @@ def freeze(model, weights, output, preprocess: Preprocess, *, labels: list[str] 
     check_self_contained(config.filter_net(source, config.make_state("TEST"), str(model)),
                          str(model))
     net = Net(model, "test", weights=weights)
+    if net.layers_without_weights:
+        raise ConfigError(
+            f"{weights} has no weights for layer(s) {', '.join(net.layers_without_weights)} "
+            f"of {model}: a frozen model would predict with their random initial values "
+            "(renamed layers? the names must match the trained net's)")
     preprocess.input = preprocess.input or _image_input(net, str(model))
     if preprocess.input not in net.inputs:
         raise ConfigError(f'{model}: "{preprocess.input}" is not an input of the net '

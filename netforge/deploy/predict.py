@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from netforge.deploy import frozen
 from netforge.deploy.preprocess import Preprocess, with_options
 from netforge.errors import ConfigError, DataError
 from netforge.net import Net
+
+log = logging.getLogger("netforge")
 
 
 @dataclass
@@ -181,6 +184,14 @@ def format_csv_rows(p: Prediction) -> str:
 # -- opening a model -------------------------------------------------------------------------
 
 
+def warn_layers_without_weights(net, weights) -> None:
+    """Say which layers kept their initial values because ``weights`` lacks them."""
+    if net.layers_without_weights:
+        log.warning("%s has no weights for layer(s) %s: they keep their initial (filler) "
+                    "values, so the results mean little", weights,
+                    ", ".join(net.layers_without_weights))
+
+
 def open_model(model, weights=None, labels_file=None, output=None, **options):
     """``(net, preprocess, labels)`` for a frozen model, or a deploy prototxt + ``weights``.
     The net only predicts, so its activations share memory (``Net(reuse_memory=True)``).
@@ -199,6 +210,7 @@ def open_model(model, weights=None, labels_file=None, output=None, **options):
             raise ConfigError(f"{model} is a net prototxt: give its --weights (or predict with "
                               "a frozen model from `netforge freeze`)")
         net = Net(model, "test", weights=weights, reuse_memory=True)
+        warn_layers_without_weights(net, weights)
         preprocess = with_options(None, **options)
         labels = []
         if not preprocess.input:

@@ -141,6 +141,19 @@ def _find_weights(learned_net: str, state_path: Path) -> Path:
     raise DataError(f"{state_path}: its weights file {learned_net} does not exist")
 
 
+def _not_a_state(path: Path) -> str:
+    try:
+        net = pb.NetParameter()
+        net.ParseFromString(path.read_bytes())
+        is_weights = bool(len(net.layer) or len(net.layers))
+    except Exception:  # noqa: BLE001 - unparseable: damaged, whatever it was
+        is_weights = False
+    if is_weights:
+        return (f"{path}: a weights file, not a solver state; resume from the .solverstate "
+                "written beside it, or finetune from these weights with --weights")
+    return f"{path}: damaged or not a solver state (.solverstate)"
+
+
 def restore_state(solver, state_file) -> None:
     state_path = Path(state_file)
     if not state_path.exists():
@@ -162,13 +175,23 @@ def restore_state(solver, state_file) -> None:
         except (OSError, KeyError, DecodeError) as exc:
             raise DataError(f"{state_path}: damaged solver state ({exc})") from None
     else:
+        if not weights.is_solver_state(state_path):
+            raise DataError(_not_a_state(state_path))
         state = config.read_binary(state_path, pb.SolverState(), "solver state")
         iteration, learned, extra = state.iter, state.learned_net, state.resume_state
         masks = list(state.pruning_mask)
         history = [blobproto_to_array(b) for b in state.history]
     if learned:
         solver.snapshots.last = _find_weights(learned, state_path)
-        weights.copy_into(solver.net, solver.snapshots.last)
+        copied = weights.copy_into(solver.net, solver.snapshots.last)
+        missing = weights.layers_lacking_weights(solver.net, copied)
+        if missing:
+            # A resume continues the same net; a layer the snapshot lacks (renamed, added)
+            # would restart from its filler while its history slot says otherwise.
+            raise DataError(
+                f"{state_path}: its weights ({solver.snapshots.last}) have no layer(s) "
+                f"{', '.join(missing)} of this net, so it cannot resume it (renamed or new "
+                "layers?); to start from those weights instead, pass them as --weights")
     slots = solver.rule.history
     flat = [(k, i) for k in range(len(slots)) for i in range(len(slots[k]))]
     if len(history) != len(flat):

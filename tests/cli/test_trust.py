@@ -1,0 +1,132 @@
+"""Issue 18 cases at the command line: silent wrong results become refusals or warnings that
+name what is wrong, and tracebacks become one line (exit 2, or 1 for a failed run)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from netforge.cli.main import main
+from netforge.net import Net
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handlers():
+    """Each in-process run sets up netforge's log on the stderr of its moment; drop those
+    handlers after the test so the next test's captured stream is used."""
+    logger = logging.getLogger("netforge")
+    yield
+    for handler in [h for h in logger.handlers if getattr(h, "_netforge", False)]:
+        logger.removeHandler(handler)
+
+
+def cli(capsys, *args):
+    """Run ``netforge ARGS`` in this process: (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("netforge: error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+DEPLOY = """name: "tiny"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }
+layer { name: "IP1" type: "InnerProduct" bottom: "data" top: "score"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "prob" type: "Softmax" bottom: "score" top: "prob" }
+"""
+
+
+@pytest.fixture
+def deploy_files(tmp_path):
+    """A deploy net whose layer "IP1" the weights file calls "ip1" (a rename)."""
+    model = tmp_path / "deploy.prototxt"
+    model.write_text(DEPLOY)
+    other = tmp_path / "trained.prototxt"
+    other.write_text(DEPLOY.replace('"IP1"', '"ip1"'))
+    weights = tmp_path / "w.caffemodel"
+    Net(str(other), "test", seed=1).save(str(weights))
+    image = tmp_path / "img.png"
+    Image.fromarray(np.full((4, 4, 3), 100, np.uint8)).save(image)
+    return model, weights, image
+
+
+def test_freeze_refuses_weights_lacking_a_layer(capsys, deploy_files, tmp_path):
+    model, weights, _ = deploy_files
+    out = tmp_path / "m.nf"
+    code, _, err = cli(capsys, "freeze", "--model", model, "--weights", weights, "-o", out)
+    assert code == 2
+    assert "has no weights for layer(s) IP1" in error_line(err)
+    assert not out.exists()
+
+
+def test_predict_and_test_warn_naming_layers_without_weights(capsys, deploy_files):
+    model, weights, image = deploy_files
+    code, out, err = cli(capsys, "predict", model, image, "--weights", weights)
+    assert code == 0  # it still runs, as Caffe would ...
+    assert "has no weights for layer(s) IP1" in err  # ... but says so
+    code, out, err = cli(capsys, "test", "--model", model, "--weights", weights,
+                         "--iterations", "1")
+    assert code == 0 and "has no weights for layer(s) IP1" in err
+
+
+def test_predict_with_matching_weights_does_not_warn(capsys, deploy_files, tmp_path):
+    model, _, image = deploy_files
+    weights = tmp_path / "good.caffemodel"
+    Net(str(model), "test", seed=2).save(str(weights))
+    code, _, err = cli(capsys, "predict", model, image, "--weights", weights)
+    assert code == 0 and "no weights" not in err
+
+
+TRAIN_NET = """name: "t"
+layer { name: "data" type: "DummyData" top: "x" top: "y"
+        dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 }
+                           data_filler { type: "gaussian" } data_filler { type: "constant" } } }
+layer { name: "IP" type: "InnerProduct" bottom: "x" top: "s"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "y" top: "loss" }
+"""
+
+
+def _solver(tmp_path, net_text=TRAIN_NET, extra="", name="solver.prototxt", max_iter=2):
+    net = tmp_path / f"{name}.net.prototxt"
+    net.write_text(net_text)
+    solver = tmp_path / name
+    solver.write_text(f'net: "{net}"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: {max_iter}\n'
+                      f'display: 0\nsnapshot_prefix: "{tmp_path}/snap"\n{extra}')
+    return solver
+
+
+def test_snapshot_from_a_net_with_a_renamed_layer_is_refused(capsys, tmp_path):
+    code, _, err = cli(capsys, "-q", "train", "--solver", _solver(tmp_path))
+    assert code == 0, err
+    state = tmp_path / "snap_iter_2.solverstate"
+    assert state.exists()
+    renamed = _solver(tmp_path, TRAIN_NET.replace('"IP"', '"ip_renamed"'),
+                      name="renamed.prototxt", max_iter=4)
+    code, _, err = cli(capsys, "train", "--solver", renamed, "--snapshot", state)
+    assert code == 2
+    line = error_line(err)
+    assert "have no layer(s) ip_renamed of this net" in line and "--weights" in line
+
+
+def test_weights_and_state_swapped_say_what_each_file_is(capsys, tmp_path):
+    solver = _solver(tmp_path)
+    assert cli(capsys, "-q", "train", "--solver", solver)[0] == 0
+    state, model = tmp_path / "snap_iter_2.solverstate", tmp_path / "snap_iter_2.caffemodel"
+    code, _, err = cli(capsys, "train", "--solver", solver, "--weights", state)
+    assert code == 2 and "a .solverstate (training state), not weights" in error_line(err)
+    code, _, err = cli(capsys, "train", "--solver", solver, "--snapshot", model)
+    assert code == 2 and "a weights file, not a solver state" in error_line(err)
