@@ -15,7 +15,7 @@ import numpy as np
 
 from netforge import backend, config, weights
 from netforge import netforge_pb2 as pb
-from netforge.errors import ConfigError, ShapeError
+from netforge.errors import ConfigError, OutOfMemoryError, ShapeError
 from netforge.graph.compile import build_plan
 from netforge.layers.base import LayerContext
 
@@ -63,8 +63,15 @@ class Net:
         self.ctx = LayerContext(phase, np.dtype(dtype), backend.array_module(), self.rng,
                                 tuple(Path(b) for b in base_dirs))
         log.info("Initializing net from parameters (%s, phase %s)", source, phase)
-        # upgrade -> filter by NetState -> the graph passes (netforge.graph.compile)
-        filtered, self.plan = build_plan(param, merged, self.ctx, source)
+        try:
+            # upgrade -> filter by NetState -> the graph passes (netforge.graph.compile)
+            filtered, self.plan = build_plan(param, merged, self.ctx, source)
+        except MemoryError as exc:  # numpy's and CuPy's out-of-memory errors
+            what = f'net "{param.name}"' if param.name else "the net"
+            where = f"{source}: " if source not in (param.name, "net") else ""
+            raise OutOfMemoryError(
+                f"{where}not enough memory to set up {what} ({exc}); make the batch or the "
+                "input smaller (batch_size, input shape)") from None
         self.phase = phase
         self.param = filtered
         self._steps = self.plan.steps

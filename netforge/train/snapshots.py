@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from google.protobuf.message import DecodeError
 from netforge import backend, config, weights
 from netforge import netforge_pb2 as pb
 from netforge.data.records import array_to_blobproto, blobproto_to_array
-from netforge.errors import DataError, DivergenceError, ShapeError
+from netforge.errors import ConfigError, DataError, DivergenceError, ShapeError
 from netforge.files import atomic_path, atomic_write_bytes
 from netforge.train import divergence
 from netforge.train.lr_policies import multistep_current_step
@@ -37,10 +38,26 @@ def snapshot_prefix(solver_param, solver_path) -> Path:
     return path
 
 
+def check_prefix_writable(prefix: Path, where) -> None:
+    """Refuse, before training starts, a snapshot_prefix whose folder cannot be made or
+    written (a regular file on the way, no permission), rather than failing at the first
+    snapshot hours later."""
+    folder = Path(prefix).parent.absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{where}: snapshot_prefix {prefix}: {existing} is a file, not a "
+                          "folder, so no snapshot can be written there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: snapshot_prefix {prefix}: {existing} is not writable")
+
+
 class SnapshotWriter:
     def __init__(self, solver):
         self.solver = solver
         self.prefix = snapshot_prefix(solver.param, solver.path)
+        check_prefix_writable(self.prefix, solver.path or "solver")
         self.hdf5 = solver.param.snapshot_format == pb.SolverParameter.HDF5
         self.last: Path | None = None  # the newest complete snapshot's weights (or resumed)
 

@@ -130,3 +130,89 @@ def test_weights_and_state_swapped_say_what_each_file_is(capsys, tmp_path):
     assert code == 2 and "a .solverstate (training state), not weights" in error_line(err)
     code, _, err = cli(capsys, "train", "--solver", solver, "--snapshot", model)
     assert code == 2 and "a weights file, not a solver state" in error_line(err)
+
+
+def test_snapshot_prefix_under_a_regular_file_is_refused_before_training(capsys, tmp_path):
+    (tmp_path / "afile").write_text("")
+    solver = _solver(tmp_path, extra="")
+    solver.write_text(solver.read_text().replace(f'"{tmp_path}/snap"', f'"{tmp_path}/afile/s"'))
+    code, _, err = cli(capsys, "train", "--solver", solver)
+    assert code == 2
+    line = error_line(err)
+    assert "snapshot_prefix" in line and "afile is a file, not a folder" in line
+    assert "Iteration 0" not in err  # refused before any training
+
+
+@pytest.mark.parametrize("extra, message", [("iter_size: 0\n", "iter_size must be >= 1"),
+                                            ("test_iter: 0\ntest_interval: 1\n",
+                                             "test_iter must be > 0")])
+def test_zero_iter_size_and_test_iter_are_one_line(capsys, tmp_path, extra, message):
+    code, _, err = cli(capsys, "train", "--solver", _solver(tmp_path, extra=extra))
+    assert code == 2 and message in error_line(err)
+
+
+BIG = TRAIN_NET.replace("dim: 4 dim: 3 }", "dim: 4000000 dim: 3000000 }")
+
+
+@pytest.mark.parametrize("command", ["train", "summary", "predict"])
+def test_a_batch_that_does_not_fit_in_memory_is_one_line(capsys, tmp_path, command):
+    if command == "train":
+        args = ["train", "--solver", _solver(tmp_path, BIG)]
+    else:
+        deploy = tmp_path / "big_deploy.prototxt"
+        deploy.write_text(DEPLOY.replace("dim: 1 dim: 3 dim: 4 dim: 4",
+                                         "dim: 100000 dim: 3 dim: 4000 dim: 4000"))
+        if command == "summary":
+            args = ["summary", deploy]
+        else:
+            image = tmp_path / "i.png"
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image)
+            args = ["predict", deploy, image, "--weights", tmp_path / "none.caffemodel"]
+    code, _, err = cli(capsys, *args)
+    assert code == 1
+    line = error_line(err)
+    assert "not enough memory" in line and "TiB" in line and "smaller" in line
+
+
+def test_predict_never_sizes_its_batch_above_the_number_of_images(capsys, deploy_files,
+                                                                   monkeypatch, tmp_path):
+    from netforge.deploy import predict
+
+    model, _, image = deploy_files
+    weights = tmp_path / "good.caffemodel"
+    Net(str(model), "test", seed=2).save(str(weights))
+    seen = []
+    original = predict.Predictor.__init__
+
+    def recording(self, *args, batch_size=32, **kwargs):
+        seen.append(batch_size)
+        original(self, *args, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(predict.Predictor, "__init__", recording)
+    code, _, err = cli(capsys, "predict", model, image, image, "--weights", weights,
+                       "--batch-size", "64")
+    assert code == 0, err
+    assert seen == [2]
+
+
+def test_metrics_seconds_continue_across_resume(capsys, tmp_path):
+    import json
+
+    solver = _solver(tmp_path, extra="display: 1\nsnapshot: 2\n", max_iter=4)
+    solver.write_text(solver.read_text().replace("display: 0\n", ""))
+    assert cli(capsys, "-q", "train", "--solver", solver)[0] == 0
+    metrics = tmp_path / "snap_metrics.jsonl"
+    first = [json.loads(line) for line in metrics.read_text().splitlines()]
+    # pretend the first run took an hour to reach its iteration-2 snapshot
+    shifted = [dict(r, seconds=r["seconds"] + 3600) for r in first]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in shifted))
+    code, _, err = cli(capsys, "-q", "train", "--solver", solver, "--snapshot",
+                       tmp_path / "snap_iter_2.solverstate")
+    assert code == 0, err
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    kept = [r for r in records if r["iteration"] < 2]
+    resumed = [r for r in records if r["iteration"] >= 2]
+    assert kept and resumed
+    seconds = [r["seconds"] for r in records]
+    assert seconds == sorted(seconds)  # never jumps back at the resume
+    assert min(r["seconds"] for r in resumed) >= max(r["seconds"] for r in kept) >= 3600
