@@ -57,18 +57,50 @@ class FrozenModel:
 # -- reading ---------------------------------------------------------------------------------
 
 
+FROZEN_SUFFIX = ".nf"  # what `netforge freeze` users write; any name is read by content
+
+
 def read_frozen_param(path) -> pb.NetParameter | None:
     """The file's NetParameter if it is a frozen model, else None (a prototxt, a plain
     caffemodel, anything else). Damaged frozen files raise DataError."""
     path = Path(path)
     if path.suffix in (".prototxt", ".pbtxt", ".txt") or not path.is_file():
         return None
+    data = path.read_bytes()
+    named_frozen = path.suffix == FROZEN_SUFFIX
+    if not data:
+        if named_frozen:
+            raise DataError(f"{path}: empty file (0 bytes), not a frozen model; write it again "
+                            "with `netforge freeze`")
+        return None
     param = pb.NetParameter()
     try:
-        param.ParseFromString(path.read_bytes())
-    except Exception:  # not a binary NetParameter at all (a text file, say)
-        return None
-    return param if param.HasField("frozen") else None
+        param.ParseFromString(data)
+        parsed = True
+    except Exception:  # noqa: BLE001 - not a binary NetParameter (a text file, say)
+        parsed = False
+    if parsed and param.HasField("frozen"):
+        return param
+    if named_frozen or (not parsed and not _is_text(data)):
+        # Binary, yet not a whole frozen model: truncated or damaged, not a prototxt.
+        raise DataError(f"{path}: damaged or truncated frozen model (not a complete "
+                        "`netforge freeze` file)")
+    return None
+
+
+def is_text_file(path) -> bool:
+    """Whether ``path`` reads as text (a prototxt may be; weights and frozen models never)."""
+    return _is_text(Path(path).read_bytes()[:65536])
+
+
+def _is_text(data: bytes) -> bool:
+    if b"\0" in data[:4096]:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(data) - 3  # only a character cut at the end of a sample
+    return True
 
 
 def is_frozen_file(path) -> bool:

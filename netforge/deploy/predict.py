@@ -206,6 +206,10 @@ def open_model(model, weights=None, labels_file=None, output=None, **options):
         net, labels = loaded.net, loaded.labels
         preprocess = with_options(loaded.preprocess, **options)
     else:
+        if not frozen.is_text_file(model):
+            raise ConfigError(f"{model}: a binary file, not a protobuf text file nor a frozen "
+                              "model (a .caffemodel? give the deploy prototxt as MODEL and "
+                              "this as --weights)")
         if not weights:
             raise ConfigError(f"{model} is a net prototxt: give its --weights (or predict with "
                               "a frozen model from `netforge freeze`)")

@@ -216,3 +216,29 @@ def test_metrics_seconds_continue_across_resume(capsys, tmp_path):
     seconds = [r["seconds"] for r in records]
     assert seconds == sorted(seconds)  # never jumps back at the resume
     assert min(r["seconds"] for r in resumed) >= max(r["seconds"] for r in kept) >= 3600
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "truncated-other-name"])
+def test_damaged_or_empty_frozen_model_is_not_called_a_prototxt(capsys, tmp_path, damage):
+    model = tmp_path / "deploy.prototxt"
+    model.write_text(DEPLOY)
+    weights = tmp_path / "w.caffemodel"
+    Net(str(model), "test", seed=1).save(str(weights))
+    frozen = tmp_path / "m.nf"
+    assert cli(capsys, "freeze", "--model", model, "--weights", weights, "-o", frozen)[0] == 0
+    data = frozen.read_bytes()
+    target = tmp_path / ("model.bin" if damage == "truncated-other-name" else "m.nf")
+    target.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    image = tmp_path / "i.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image)
+    code, _, err = cli(capsys, "predict", target, image)
+    line = error_line(err)
+    assert code == 2 and "prototxt" not in line
+    expected = "empty file (0 bytes)" if damage == "empty" else "damaged or truncated frozen"
+    assert expected in line and str(target) in line
+
+
+def test_a_caffemodel_given_as_the_model_is_named_binary(capsys, deploy_files):
+    _, weights, image = deploy_files
+    code, _, err = cli(capsys, "predict", weights, image)
+    assert code == 2 and "a binary file, not a protobuf text file" in error_line(err)
