@@ -9,6 +9,7 @@ float pixels (``float_data``, used when ``data`` is empty), or the compressed im
 from __future__ import annotations
 
 import io
+import struct
 from math import prod
 from pathlib import Path
 
@@ -116,8 +117,14 @@ def decode_image_bytes(data: bytes, *, color: bool | None = None, where: str = "
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return pil_to_chw(img, color=color)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        # Pillow's own text names its in-memory stream (<_io.BytesIO object at 0x...>).
+        raise DataError(f"{where}: cannot decode image: not an image format Pillow "
+                        f"reads ({len(data)} bytes)") from None
+    except Image.DecompressionBombError as exc:  # a header claiming a gigantic size
         raise DataError(f"{where}: cannot decode image: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+        raise DataError(f"{where}: cannot decode image: {exc or type(exc).__name__}") from None
 
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}

@@ -42,7 +42,8 @@ def error_line(err: str) -> str:
 
 
 DEPLOY = """name: "tiny"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }
 layer { name: "IP1" type: "InnerProduct" bottom: "data" top: "score"
         inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "prob" type: "Softmax" bottom: "score" top: "prob" }
@@ -242,3 +243,77 @@ def test_a_caffemodel_given_as_the_model_is_named_binary(capsys, deploy_files):
     _, weights, image = deploy_files
     code, _, err = cli(capsys, "predict", weights, image)
     assert code == 2 and "a binary file, not a protobuf text file" in error_line(err)
+
+
+ELTWISE = """layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
+        inner_product_param { num_output: 4 } }
+layer { name: "drop1" type: "Dropout" bottom: "ip1" top: "ip1" }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+        inner_product_param { num_output: NUM } }
+layer { name: "sum" type: "Eltwise" bottom: "ip1" bottom: "ip2" top: "sum" }
+"""
+
+
+def test_eltwise_shape_error_names_the_users_blobs_not_inserted_splits(capsys, tmp_path):
+    path = tmp_path / "elt.prototxt"
+    path.write_text(ELTWISE.replace("NUM", "3"))
+    code, _, err = cli(capsys, "summary", path)
+    line = error_line(err)
+    assert code == 2 and "_split_" not in line
+    assert 'bottom "ip2" has shape (2, 3) but bottom "ip1" has (2, 4)' in line
+
+
+def test_eltwise_shape_error_after_a_reshape_names_the_users_blobs(tmp_path):
+    from netforge.errors import ShapeError
+
+    path = tmp_path / "elt.prototxt"
+    path.write_text(ELTWISE.replace("NUM", "4"))
+    net = Net(str(path), "test")
+    net.blobs["ip2"].reshape(3, 4)  # as a caller could, then a reshape pass checks shapes
+    with pytest.raises(ShapeError) as info:
+        net.plan.reshape(len(net.layers) - 1)
+    assert "_split_" not in str(info.value) and '"ip1"' in str(info.value)
+
+
+def test_gflags_spelling_of_caffe_scripts_is_understood(capsys, tmp_path):
+    solver = _solver(tmp_path)
+    code, _, err = cli(capsys, "-q", "train", "-solver", solver, "-sigint_effect=stop")
+    assert code == 0, err
+    assert (tmp_path / "snap_iter_2.caffemodel").exists()
+
+
+def _images(tmp_path):
+    root = tmp_path / "src"
+    for label in "ab":
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((6, 6, 3), 40 * i, np.uint8)).save(root / label / f"{i}.png")
+    (root / "a" / "bad.png").write_bytes(b"not an image")
+    (root / "b" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 30)
+    return root
+
+
+def test_val_split_is_chosen_among_readable_images(capsys, tmp_path):
+    from netforge.data.stores import LmdbReader
+
+    code, out, err = cli(capsys, "convert", _images(tmp_path), tmp_path / "db",
+                         "--val-fraction", "0.3")
+    assert code == 0, err
+    # 3 readable images a class: round(0.3 * 3) = 1 in val, 2 in train, for each class
+    assert "(train: 4, val: 2)" in out and "skipped 2 unreadable" in out
+    with LmdbReader(tmp_path / "db" / "val") as reader:
+        assert len(reader) == 2
+
+
+def test_encoded_skips_name_the_problem_not_a_python_object(capsys, tmp_path):
+    code, out, err = cli(capsys, "convert", _images(tmp_path), tmp_path / "db", "--encoded")
+    assert code == 0, err
+    assert "BytesIO" not in out and "object at 0x" not in out
+    assert "a/bad.png: cannot decode image: not an image format Pillow reads" in out
+
+
+def test_negative_resize_says_it_must_not_be_negative(capsys, tmp_path):
+    code, _, err = cli(capsys, "convert", _images(tmp_path), tmp_path / "db",
+                       "--resize-height", "-5", "--resize-width", "4")
+    assert code == 2 and "must be >= 0" in error_line(err)
