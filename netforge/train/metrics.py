@@ -4,9 +4,10 @@ Train records (at each display): ``{"phase": "train", "iteration", "lr", "loss",
 {name: value}, "seconds"}``; test records (after each test pass): ``{"phase": "test",
 "iteration", "net": i, "outputs": {...}, "seconds"}``. ``seconds`` counts training wall time,
 continued across resumes (a resumed run starts from the last kept record's seconds). Each
-line is flushed as it is written, so a crash loses nothing already reported. A snapshot taken at iteration N precedes iteration N's test and display,
-so a run resumed from it first drops the records of iterations ≥ N, then appends its own:
-the file tells one consistent story.
+line is flushed as it is written, so a crash loses nothing already reported. A snapshot
+taken at iteration N precedes iteration N's test and display, so a run resumed from it first
+drops the records of iterations ≥ N, then appends its own: the file tells one consistent
+story.
 """
 
 from __future__ import annotations

@@ -245,7 +245,8 @@ def test_a_caffemodel_given_as_the_model_is_named_binary(capsys, deploy_files):
     assert code == 2 and "a binary file, not a protobuf text file" in error_line(err)
 
 
-ELTWISE = """layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
+ELTWISE = """layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 6 } } }
 layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
         inner_product_param { num_output: 4 } }
 layer { name: "drop1" type: "Dropout" bottom: "ip1" top: "ip1" }
