@@ -26,6 +26,7 @@ _EXPORTS = {
     "load_frozen": ("netforge.deploy.frozen", "load_frozen"),
     "io": ("netforge.deploy.caffe_io", None),
     "Layer": ("netforge.layers.python_layer", "UserLayer"),
+    "allow_python_layers": ("netforge.layers.python_layer", "allow_python_layers"),
     "set_mode_cpu": ("netforge.backend", "set_mode_cpu"),
     "set_mode_gpu": ("netforge.backend", "set_mode_gpu"),
     "set_device": ("netforge.backend", "set_device"),
@@ -71,5 +72,6 @@ def layer_type_list() -> list[str]:
 __all__ = ["Net", "Classifier", "Layer", "Solver", "get_solver", "load_frozen", "io",
            "NetSpec", "params", "to_proto", "caffe_pb2", "SGDSolver", "NesterovSolver",
            "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
+           "allow_python_layers",
            "set_mode_cpu", "set_mode_gpu", "set_device", "layer_type_list", "TRAIN", "TEST",
            "__version__"]

@@ -17,6 +17,7 @@ from netforge import backend, config, weights
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, OutOfMemoryError, ShapeError
 from netforge.graph.compile import build_plan
+from netforge.layers import python_layer
 from netforge.layers.base import LayerContext
 
 log = logging.getLogger("netforge")
@@ -35,12 +36,15 @@ class Net:
         reuse_memory: for nets loaded only to predict: activations never alive together share
             memory (``netforge.graph.memory_plan``); backward is then refused, and after a forward
             only the outputs, inputs and ``keep_blobs`` hold their values.
+        allow_python_layers: let this net's Python layers import their modules (None: the
+            process setting, ``netforge.allow_python_layers()``); refused by default.
     """
 
     def __init__(self, net, phase: str = "test", weights: str | None = None, level: int = 0,
                  stages=(), *, dtype=np.float32, seed: int | None = None,
                  rng: np.random.Generator | None = None, base_dirs=(),
-                 reuse_memory: bool = False, keep_blobs=()):
+                 reuse_memory: bool = False, keep_blobs=(),
+                 allow_python_layers: bool | None = None):
         if str(weights).lower() in ("train", "test") and str(phase).upper() not in config.PHASES:
             # pycaffe's legacy order: Net(prototxt, caffemodel, phase).
             phase, weights = weights, phase
@@ -65,7 +69,8 @@ class Net:
         log.info("Initializing net from parameters (%s, phase %s)", source, phase)
         try:
             # upgrade -> filter by NetState -> the graph passes (netforge.graph.compile)
-            filtered, self.plan = build_plan(param, merged, self.ctx, source)
+            with python_layer.allowing(allow_python_layers):
+                filtered, self.plan = build_plan(param, merged, self.ctx, source)
         except MemoryError as exc:  # numpy's and CuPy's out-of-memory errors
             what = f'net "{param.name}"' if param.name else "the net"
             where = f"{source}: " if source not in (param.name, "net") else ""

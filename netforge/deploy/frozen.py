@@ -31,6 +31,7 @@ from netforge.data.records import array_to_blobproto, blobproto_to_array
 from netforge.deploy.preprocess import Preprocess
 from netforge.errors import ConfigError, DataError, RunError, ShapeError
 from netforge.files import atomic_write_bytes
+from netforge.layers.python_layer import python_layers_allowed
 from netforge.net import Net
 from netforge.version import __version__
 from netforge.weights import blob_shape_matches
@@ -110,11 +111,12 @@ def is_frozen_file(path) -> bool:
 def check_self_contained(param: pb.NetParameter, where: str) -> None:
     """Refuse nets that would run code (Python layers) or read/write other files."""
     for layer in param.layer:
-        if layer.type in _CODE_LAYERS:
+        if layer.type in _CODE_LAYERS and not python_layers_allowed():
             raise ConfigError(
                 f'{where}: layer "{layer.name}" is a Python layer '
                 f'(module "{layer.python_param.module}"); frozen models never run code named '
-                "in the file, so they cannot hold Python layers"
+                "in the file unless told (--allow-python-layers, "
+                "netforge.allow_python_layers())"
             )
         if layer.type in _FILE_LAYERS:
             raise ConfigError(
