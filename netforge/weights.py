@@ -132,7 +132,10 @@ def is_solver_state(path) -> bool:
         state.ParseFromString(Path(path).read_bytes())
     except Exception:  # noqa: BLE001 - whatever fails to parse is not a state
         return False
-    return state.learned_net.endswith((".caffemodel", ".h5", ".nfz"))
+    learned = state.learned_net  # bytes when the file's string is not UTF-8 (proto2)
+    if isinstance(learned, bytes):
+        learned = learned.decode("utf-8", "replace")
+    return learned.endswith((".caffemodel", ".h5", ".nfz"))
 
 
 def layers_lacking_weights(net, copied: set[str]) -> list[str]:

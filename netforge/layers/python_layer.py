@@ -45,7 +45,6 @@ from netforge.errors import ConfigError, NetforgeError
 from netforge.layers.base import Layer
 from netforge.layers.registry import register
 
-
 _PROCESS_ALLOWS = {"python_layers": False}
 _NET_ALLOWS: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
     "netforge_allow_python_layers", default=None)

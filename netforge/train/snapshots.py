@@ -196,6 +196,8 @@ def restore_state(solver, state_file) -> None:
             raise DataError(_not_a_state(state_path))
         state = config.read_binary(state_path, pb.SolverState(), "solver state")
         iteration, learned, extra = state.iter, state.learned_net, state.resume_state
+        if isinstance(learned, bytes) or isinstance(extra, bytes):  # proto2: not UTF-8
+            raise DataError(f"{state_path}: damaged solver state (a text field is not UTF-8)")
         masks = list(state.pruning_mask)
         history = [blobproto_to_array(b) for b in state.history]
     if learned:
@@ -228,5 +230,11 @@ def restore_state(solver, state_file) -> None:
     if masks:
         solver.masks = ParamMasks.from_protos(solver.net.learnable_params, masks, str(state_path))
         solver.masks.apply(solver.rule.history)
-    _apply_resume_state(solver, extra)
+    try:
+        _apply_resume_state(solver, extra)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        # json errors are ValueErrors; a generator or cursor state of the wrong form is
+        # any of the others.
+        raise DataError(f"{state_path}: damaged resume state (random generators and data "
+                        f"positions): {type(exc).__name__}: {exc}") from None
     log.info("SGDSolver: restoring history")
