@@ -3,24 +3,12 @@ name what is wrong, and tracebacks become one line (exit 2, or 1 for a failed ru
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from netforge.cli.main import main
 from netforge.net import Net
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log_handlers():
-    """Each in-process run sets up netforge's log on the stderr of its moment; drop those
-    handlers after the test so the next test's captured stream is used."""
-    logger = logging.getLogger("netforge")
-    yield
-    for handler in [h for h in logger.handlers if getattr(h, "_netforge", False)]:
-        logger.removeHandler(handler)
 
 
 def cli(capsys, *args):
@@ -318,3 +306,27 @@ def test_negative_resize_says_it_must_not_be_negative(capsys, tmp_path):
     code, _, err = cli(capsys, "convert", _images(tmp_path), tmp_path / "db",
                        "--resize-height", "-5", "--resize-width", "4")
     assert code == 2 and "must be >= 0" in error_line(err)
+
+
+@pytest.mark.parametrize("command", ["summary", "test"])
+def test_result_commands_are_quiet_unless_verbose(capsys, deploy_files, command):
+    model, weights, _ = deploy_files
+    args = [command, model] if command == "summary" else [
+        command, "--model", model, "--weights", weights, "--iterations", "1"]
+    code, out, err = cli(capsys, *args)
+    assert code == 0 and out.strip()
+    assert "Creating Layer" not in err and "Initializing net" not in err
+    code, _, err = cli(capsys, "-v", *args)
+    assert code == 0 and "Creating Layer" in err
+
+
+def test_time_prints_caffes_average_lines_on_stdout(capsys, deploy_files):
+    model, _, _ = deploy_files
+    code, out, _ = cli(capsys, "-q", "time", "--model", model, "--iterations", "2",
+                       "--phase", "TEST")
+    assert code == 0
+    lines = out.splitlines()
+    import re
+    for name in ("Average Forward pass", "Average Backward pass", "Average Forward-Backward",
+                 "Total Time"):
+        assert any(re.fullmatch(rf"{name}: [0-9.e+-]+ ms\.", line) for line in lines), out

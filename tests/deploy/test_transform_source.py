@@ -5,7 +5,6 @@ as the test net; a plain resize to 28 would not give them."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +24,6 @@ layer { name: "ip" type: "InnerProduct" bottom: "conv" top: "ip"
         inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
 layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" }
 """
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log_handlers():
-    yield
-    logger = logging.getLogger("netforge")
-    for handler in [h for h in logger.handlers if getattr(h, "_netforge", False)]:
-        logger.removeHandler(handler)
 
 
 @pytest.fixture
