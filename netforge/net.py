@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge import backend, config, weights
+from netforge import backend, config, debug_info, weights
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, OutOfMemoryError, ShapeError
 from netforge.graph.compile import build_plan
@@ -82,6 +82,9 @@ class Net:
         self._steps = self.plan.steps
         self._loss_tops = self.plan.loss_tops
         self._source_shapes = self._current_source_shapes()
+        # Caffe's per-layer magnitudes in the log (netforge.debug_info); the solver turns
+        # this on for display iterations when its own debug_info is set.
+        self.debug_info = bool(param.debug_info)
         self._copied_layers: set[str] = set()
         if weights:
             for path in str(weights).split(","):
@@ -235,6 +238,8 @@ class Net:
                     self.plan.reshape(i + 1)  # e.g. Filter kept a different number of rows
             else:
                 step.layer.forward(step.bottoms, step.tops)
+            if self.debug_info:
+                debug_info.emit(debug_info.forward_lines(step))
         return self.loss()
 
     def reshape(self) -> None:
@@ -290,6 +295,8 @@ class Net:
         for step in reversed(self._steps[first:last + 1]):
             if step.need_backward:
                 step.layer.backward(step.tops, step.propagate_down, step.bottoms)
+                if self.debug_info:
+                    debug_info.emit(debug_info.backward_lines(step))
 
     def forward_backward(self) -> float:
         loss = self.forward_range(0, len(self._steps) - 1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge import config
+from netforge import config, debug_info
 from netforge import netforge_pb2 as pb
 from netforge.backend import to_host
 from netforge.errors import ConfigError
@@ -203,6 +203,8 @@ class Solver:
                 if on_start:
                     on_start()
             display = sp.display and self.iter % sp.display == 0
+            if sp.debug_info:  # Caffe: the per-layer magnitudes on display iterations only
+                self.net.debug_info = bool(display)
             loss = 0.0
             for _ in range(sp.iter_size):
                 loss += self.net.forward_backward()
@@ -222,6 +224,8 @@ class Solver:
             # Last look before the weights change: a NaN/Inf stops here, weights untouched.
             divergence.check(self.net, self.iter, loss, self.snapshots.last)
             self.apply_update()
+            if sp.debug_info and display:
+                debug_info.emit(debug_info.update_lines(self.net.learnable_params))
             self.iter += 1
             request = self.signals.take() if self.signals else "none"
             if (sp.snapshot and self.iter % sp.snapshot == 0) or request == "snapshot":
