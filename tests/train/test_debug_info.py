@@ -55,7 +55,7 @@ def test_debug_info_lines_match_the_blobs(caplog):
     updates = _values(records, r"    \[Update\] Layer ip, param (\d) data: (\S+); diff: (\S+)")
     assert [k for k, _, _ in updates] == ["0", "1"]
     weight, bias = net.params["ip"]
-    for (k, data, diff), blob in zip(updates, (weight, bias), strict=True):
+    for (_, data, diff), blob in zip(updates, (weight, bias), strict=True):
         np.testing.assert_allclose(float(data), mean(blob.data), rtol=1e-5)
         np.testing.assert_allclose(float(diff), mean(blob.diff), rtol=1e-5)
     forward_params = _values(records, r"    \[Forward\] Layer ip, param blob (\d) data: (\S+)")
