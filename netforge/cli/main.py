@@ -97,5 +97,10 @@ main.add_command(inspect_commands.plot)
 main.add_command(serve.serve)
 main.add_command(compress.compress)
 
+from netforge.cli import extract_features, upgrade  # noqa: E402
+
+main.add_command(extract_features.extract_features)
+main.add_command(upgrade.upgrade)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -30,7 +30,7 @@ from netforge import netforge_pb2 as pb
 from netforge.data.records import array_to_blobproto, blobproto_to_array
 from netforge.deploy.preprocess import Preprocess
 from netforge.errors import ConfigError, DataError, RunError, ShapeError
-from netforge.files import atomic_write_bytes
+from netforge.files import atomic_write_bytes, is_text_file
 from netforge.layers.python_layer import python_layers_allowed
 from netforge.net import Net
 from netforge.version import __version__
@@ -82,26 +82,11 @@ def read_frozen_param(path) -> pb.NetParameter | None:
         parsed = False
     if parsed and param.HasField("frozen"):
         return param
-    if named_frozen or (not parsed and not _is_text(data)):
+    if named_frozen or (not parsed and not is_text_file(path)):
         # Binary, yet not a whole frozen model: truncated or damaged, not a prototxt.
         raise DataError(f"{path}: damaged or truncated frozen model (not a complete "
                         "`netforge freeze` file)")
     return None
-
-
-def is_text_file(path) -> bool:
-    """Whether ``path`` reads as text (a prototxt may be; weights and frozen models never)."""
-    return _is_text(Path(path).read_bytes()[:65536])
-
-
-def _is_text(data: bytes) -> bool:
-    if b"\0" in data[:4096]:
-        return False
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return exc.start >= len(data) - 3  # only a character cut at the end of a sample
-    return True
 
 
 def is_frozen_file(path) -> bool:

@@ -24,6 +24,7 @@ from netforge.data.image_list import is_image_file
 from netforge.deploy import frozen
 from netforge.deploy.preprocess import Preprocess, with_options
 from netforge.errors import ConfigError, DataError
+from netforge.files import is_text_file
 from netforge.net import Net
 
 log = logging.getLogger("netforge")
@@ -206,7 +207,7 @@ def open_model(model, weights=None, labels_file=None, output=None, **options):
         net, labels = loaded.net, loaded.labels
         preprocess = with_options(loaded.preprocess, **options)
     else:
-        if not frozen.is_text_file(model):
+        if not is_text_file(model):
             raise ConfigError(f"{model}: a binary file, not a protobuf text file nor a frozen "
                               "model (a .caffemodel? give the deploy prototxt as MODEL and "
                               "this as --weights)")
