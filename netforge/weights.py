@@ -18,7 +18,7 @@ from netforge import netforge_pb2 as pb
 from netforge.data.hdf5 import is_hdf5_file
 from netforge.data.records import array_to_blobproto, blobproto_to_array
 from netforge.errors import ConfigError, DataError, ShapeError
-from netforge.files import atomic_path, atomic_write_bytes
+from netforge.files import atomic_path, atomic_write_bytes, is_text_file
 
 log = logging.getLogger("netforge")
 
@@ -26,6 +26,12 @@ log = logging.getLogger("netforge")
 def read_caffemodel(path) -> pb.NetParameter:
     """A NetParameter with layer blobs; legacy V0/V1 ``layers`` are upgraded, as Caffe's
     ReadNetParamsFromBinaryFile does (the zoo's older .caffemodel files are V1)."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes), not weights")
+    if path.is_file() and is_text_file(path):
+        raise DataError(f"{path}: a text file (a net prototxt?), not binary weights; weights "
+                        "are the .caffemodel written by training")
     net = config.read_binary(path, pb.NetParameter(), "weights file")
     try:
         return config.upgrade_net(net, str(path))

@@ -24,9 +24,24 @@ def load_net_param(path) -> pb.NetParameter:
 
 
 def load_solver_param(path) -> pb.SolverParameter:
-    solver = upgrade_solver_param(read_text(path, pb.SolverParameter()))
+    try:
+        solver = read_text(path, pb.SolverParameter())
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}{_net_not_solver_hint(path)}") from None
+    solver = upgrade_solver_param(solver)
     validate_solver(solver, str(path))
     return solver
+
+
+def _net_not_solver_hint(path) -> str:
+    """A hint when the file given as a solver is a net prototxt (a common slip)."""
+    try:
+        net = read_text(path, pb.NetParameter())
+    except ConfigError:
+        return ""
+    if len(net.layer) or len(net.layers):
+        return " (this file is a net, not a solver: give the solver prototxt that names it)"
+    return ""
 
 
 def solver_net_params(solver: pb.SolverParameter, solver_path) -> tuple:

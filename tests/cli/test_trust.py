@@ -330,3 +330,17 @@ def test_time_prints_caffes_average_lines_on_stdout(capsys, deploy_files):
     for name in ("Average Forward pass", "Average Backward pass", "Average Forward-Backward",
                  "Total Time"):
         assert any(re.fullmatch(rf"{name}: [0-9.e+-]+ ms\.", line) for line in lines), out
+
+
+def test_a_net_given_as_the_solver_and_a_prototxt_as_weights_say_what_they_are(capsys,
+                                                                               deploy_files,
+                                                                               tmp_path):
+    model, _, _ = deploy_files
+    code, _, err = cli(capsys, "train", "--solver", model)
+    assert code == 2 and "this file is a net, not a solver" in error_line(err)
+    code, _, err = cli(capsys, "test", "--model", model, "--weights", model)
+    assert code == 2 and "a text file (a net prototxt?), not binary weights" in error_line(err)
+    empty = tmp_path / "empty.caffemodel"
+    empty.write_bytes(b"")
+    code, _, err = cli(capsys, "test", "--model", model, "--weights", empty)
+    assert code == 2 and "empty file (0 bytes)" in error_line(err)
