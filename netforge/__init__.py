@@ -35,9 +35,9 @@ _EXPORTS = {
     "NetSpec": ("netforge.layers.netspec", "NetSpec"),
     "params": ("netforge.layers.netspec", "params"),
     "to_proto": ("netforge.layers.netspec", "to_proto"),
-    # pycaffe's `from caffe.proto import caffe_pb2`: the generated schema module.
+    # pycaffe's `from caffe.proto import caffe_pb2` is `from netforge import caffe_pb2`:
+    # the generated schema module itself (same messages and field numbers as Caffe's).
     "caffe_pb2": ("netforge.netforge_pb2", None),
-    "proto": ("netforge.proto", None),
     # pycaffe's solver classes: netforge.SGDSolver("solver.prototxt"), ...
     "SGDSolver": ("netforge.train.solver_classes", "SGDSolver"),
     "NesterovSolver": ("netforge.train.solver_classes", "NesterovSolver"),

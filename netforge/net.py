@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge import backend, config, debug_info, weights
+from netforge import backend, config, weights
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, OutOfMemoryError, ShapeError
+from netforge.graph import debug_info
 from netforge.graph.compile import build_plan
 from netforge.layers import python_layer
 from netforge.layers.base import LayerContext
@@ -82,7 +83,7 @@ class Net:
         self._steps = self.plan.steps
         self._loss_tops = self.plan.loss_tops
         self._source_shapes = self._current_source_shapes()
-        # Caffe's per-layer magnitudes in the log (netforge.debug_info); the solver turns
+        # Caffe's per-layer magnitudes in the log (netforge.graph.debug_info); the solver turns
         # this on for display iterations when its own debug_info is set.
         self.debug_info = bool(param.debug_info)
         self._copied_layers: set[str] = set()

@@ -7,14 +7,13 @@ from __future__ import annotations
 import contextlib
 import re
 
-from netforge import netforge_pb2 as pb
 from netforge.errors import NetforgeError
 
 
-def split_aliases(net: pb.NetParameter) -> dict[str, str]:
-    """Split top name -> the blob it copies, for every Split layer of ``net``."""
-    return {top: layer.bottom[0] for layer in net.layer
-            if layer.type == "Split" and layer.bottom for top in layer.top}
+def split_aliases(steps) -> dict[str, str]:
+    """Split top name -> the blob it copies, for every Split layer among the plan's steps."""
+    return {top: step.bottom_names[0] for step in steps
+            if step.layer.type == "Split" and step.bottom_names for top in step.top_names}
 
 
 def in_user_names(text: str, aliases: dict[str, str]) -> str:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge import config, debug_info
+from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.backend import to_host
 from netforge.errors import ConfigError
+from netforge.graph import debug_info
 from netforge.net import Net
 from netforge.train import divergence, lr_policies
 from netforge.train.evaluate import add_outputs

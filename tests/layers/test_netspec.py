@@ -155,8 +155,8 @@ def test_layers_and_params_objects():
     silence = L.Silence(L.Input(), ntop=0)
     assert netforge.to_proto(silence.tops[0] if silence.tops else L.Input()).layer[0].type
     assert netforge.caffe_pb2 is pb
-    from netforge.proto import caffe_pb2
-    assert caffe_pb2.NetParameter is pb.NetParameter
+    from netforge import caffe_pb2
+    assert caffe_pb2.NetParameter is pb.NetParameter and caffe_pb2.TRAIN == pb.TRAIN
 
 
 @pytest.mark.parametrize("cls, rule", [("SGDSolver", "SGD"), ("AdamSolver", "Adam"),

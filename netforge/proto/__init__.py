@@ -1,1 +1,0 @@
-"""pycaffe's ``caffe.proto`` package: ``from netforge.proto import caffe_pb2``."""
