@@ -57,6 +57,11 @@ class Net:
         else:
             source = net.name or "net"
             param = net
+            # The load-time validation pass, for nets built in code (NetSpec, solvers'
+            # inline nets) as for files; on a copy, since the upgrade rewrites in place.
+            checked = pb.NetParameter()
+            checked.CopyFrom(net)
+            config.validate_net(config.upgrade_net(checked, source), f'net "{source}"')
         state = config.make_state(phase, level, stages)
         # Caffe: the requested phase wins; level and stages from the file are merged in.
         merged = pb.NetState()

@@ -143,3 +143,16 @@ def test_locator_handles_strings_comments_lists_and_angle_brackets():
     assert locate(text, [("d", 1)]) == (3, 6)
     assert locate(text, [("missing", 0)]) is None
     assert locate(text, [("b", 0), ("missing", 0)]) == (2, 1)
+
+
+def test_nets_built_in_code_are_validated_too():
+    from netforge import NetSpec
+    from netforge import layers as L
+    from netforge.net import Net
+
+    n = NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 1, 5, 5]))
+    n.conv = L.Convolution(n.data, num_output=2, kernel_size=3, stride=0)
+    with pytest.raises(ConfigError, match=r'layer "conv" \(Convolution\): '
+                                          r"convolution_param.stride must be > 0, got 0"):
+        Net(n.to_proto(), "test")
