@@ -26,9 +26,25 @@ _EXPORTS = {
     "load_frozen": ("netforge.deploy.frozen", "load_frozen"),
     "io": ("netforge.deploy.caffe_io", None),
     "Layer": ("netforge.layers.python_layer", "UserLayer"),
+    "allow_python_layers": ("netforge.layers.python_layer", "allow_python_layers"),
     "set_mode_cpu": ("netforge.backend", "set_mode_cpu"),
     "set_mode_gpu": ("netforge.backend", "set_mode_gpu"),
     "set_device": ("netforge.backend", "set_device"),
+    # pycaffe's net specification: `from netforge import layers as L, params as P`
+    # (netforge.layers, the layer package, doubles as pycaffe's `layers` object).
+    "NetSpec": ("netforge.layers.netspec", "NetSpec"),
+    "params": ("netforge.layers.netspec", "params"),
+    "to_proto": ("netforge.layers.netspec", "to_proto"),
+    # pycaffe's `from caffe.proto import caffe_pb2` is `from netforge import caffe_pb2`:
+    # the generated schema module itself (same messages and field numbers as Caffe's).
+    "caffe_pb2": ("netforge.netforge_pb2", None),
+    # pycaffe's solver classes: netforge.SGDSolver("solver.prototxt"), ...
+    "SGDSolver": ("netforge.train.solver_classes", "SGDSolver"),
+    "NesterovSolver": ("netforge.train.solver_classes", "NesterovSolver"),
+    "AdaGradSolver": ("netforge.train.solver_classes", "AdaGradSolver"),
+    "RMSPropSolver": ("netforge.train.solver_classes", "RMSPropSolver"),
+    "AdaDeltaSolver": ("netforge.train.solver_classes", "AdaDeltaSolver"),
+    "AdamSolver": ("netforge.train.solver_classes", "AdamSolver"),
 }
 
 
@@ -54,5 +70,8 @@ def layer_type_list() -> list[str]:
 
 
 __all__ = ["Net", "Classifier", "Layer", "Solver", "get_solver", "load_frozen", "io",
+           "NetSpec", "params", "to_proto", "caffe_pb2", "SGDSolver", "NesterovSolver",
+           "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
+           "allow_python_layers",
            "set_mode_cpu", "set_mode_gpu", "set_device", "layer_type_list", "TRAIN", "TEST",
            "__version__"]

@@ -43,6 +43,10 @@ class RunError(NetforgeError):
     exit_code = 1
 
 
+class OutOfMemoryError(RunError):
+    """Memory ran out (a batch or input too large for the host or the GPU)."""
+
+
 class DivergenceError(RunError):
     """Training produced a NaN or Inf."""
 

@@ -45,3 +45,16 @@ def atomic_path(path):
 def atomic_write_bytes(path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def is_text_file(path, sample: int = 65536) -> bool:
+    """Whether ``path`` reads as UTF-8 text (a prototxt may; weights, states and frozen
+    models never do). Only the first ``sample`` bytes are looked at."""
+    data = Path(path).read_bytes()[:sample]
+    if b"\0" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(data) - 3  # only a character cut at the end of the sample
+    return True

@@ -15,8 +15,10 @@ import numpy as np
 
 from netforge import backend, config, weights
 from netforge import netforge_pb2 as pb
-from netforge.errors import ConfigError, ShapeError
+from netforge.errors import ConfigError, OutOfMemoryError, ShapeError
+from netforge.graph import debug_info
 from netforge.graph.compile import build_plan
+from netforge.layers import python_layer
 from netforge.layers.base import LayerContext
 
 log = logging.getLogger("netforge")
@@ -35,12 +37,15 @@ class Net:
         reuse_memory: for nets loaded only to predict: activations never alive together share
             memory (``netforge.graph.memory_plan``); backward is then refused, and after a forward
             only the outputs, inputs and ``keep_blobs`` hold their values.
+        allow_python_layers: let this net's Python layers import their modules (None: the
+            process setting, ``netforge.allow_python_layers()``); refused by default.
     """
 
     def __init__(self, net, phase: str = "test", weights: str | None = None, level: int = 0,
                  stages=(), *, dtype=np.float32, seed: int | None = None,
                  rng: np.random.Generator | None = None, base_dirs=(),
-                 reuse_memory: bool = False, keep_blobs=()):
+                 reuse_memory: bool = False, keep_blobs=(),
+                 allow_python_layers: bool | None = None):
         if str(weights).lower() in ("train", "test") and str(phase).upper() not in config.PHASES:
             # pycaffe's legacy order: Net(prototxt, caffemodel, phase).
             phase, weights = weights, phase
@@ -52,6 +57,11 @@ class Net:
         else:
             source = net.name or "net"
             param = net
+            # The load-time validation pass, for nets built in code (NetSpec, solvers'
+            # inline nets) as for files; on a copy, since the upgrade rewrites in place.
+            checked = pb.NetParameter()
+            checked.CopyFrom(net)
+            config.validate_net(config.upgrade_net(checked, source), f'net "{source}"')
         state = config.make_state(phase, level, stages)
         # Caffe: the requested phase wins; level and stages from the file are merged in.
         merged = pb.NetState()
@@ -63,12 +73,25 @@ class Net:
         self.ctx = LayerContext(phase, np.dtype(dtype), backend.array_module(), self.rng,
                                 tuple(Path(b) for b in base_dirs))
         log.info("Initializing net from parameters (%s, phase %s)", source, phase)
-        # upgrade -> filter by NetState -> the graph passes (netforge.graph.compile)
-        filtered, self.plan = build_plan(param, merged, self.ctx, source)
+        try:
+            # upgrade -> filter by NetState -> the graph passes (netforge.graph.compile)
+            with python_layer.allowing(allow_python_layers):
+                filtered, self.plan = build_plan(param, merged, self.ctx, source)
+        except MemoryError as exc:  # numpy's and CuPy's out-of-memory errors
+            what = f'net "{param.name}"' if param.name else "the net"
+            where = f"{source}: " if source not in (param.name, "net") else ""
+            raise OutOfMemoryError(
+                f"{where}not enough memory to set up {what} ({exc}); make the batch or the "
+                "input smaller (batch_size, input shape)") from None
         self.phase = phase
         self.param = filtered
         self._steps = self.plan.steps
         self._loss_tops = self.plan.loss_tops
+        self._source_shapes = self._current_source_shapes()
+        # Caffe's per-layer magnitudes in the log (netforge.graph.debug_info); the solver turns
+        # this on for display iterations when its own debug_info is set.
+        self.debug_info = bool(param.debug_info)
+        self._copied_layers: set[str] = set()
         if weights:
             for path in str(weights).split(","):
                 self.copy_from(path)
@@ -208,6 +231,10 @@ class Net:
         """Forward layers first..last (inclusive); returns the weighted loss of those tops."""
         if first and self.plan.memory is not None:
             self.plan.check_resume(first)
+        if self._current_source_shapes() != self._source_shapes:
+            # pycaffe's batch idiom: net.blobs["data"].reshape(5, C, H, W); net.forward().
+            # Caffe reshapes every layer on each forward; a changed input must reach them all.
+            self.reshape()
         for i in range(first, last + 1):
             step = self._steps[i]
             if step.layer.dynamic_top_shapes:
@@ -217,12 +244,21 @@ class Net:
                     self.plan.reshape(i + 1)  # e.g. Filter kept a different number of rows
             else:
                 step.layer.forward(step.bottoms, step.tops)
+            if self.debug_info:
+                debug_info.emit(debug_info.forward_lines(step))
         return self.loss()
 
     def reshape(self) -> None:
         """Propagate changed input shapes through the net (pycaffe's ``net.reshape()``):
-        ``net.blobs["data"].reshape(8, 3, 32, 32); net.reshape()``."""
+        ``net.blobs["data"].reshape(8, 3, 32, 32); net.reshape()``. A forward after an input
+        blob changed shape does this by itself, as Caffe's does."""
         self.plan.reshape()
+        self._source_shapes = self._current_source_shapes()
+
+    def _current_source_shapes(self) -> list:
+        """The shapes of the tops of layers without bottoms (Input, data layers): the ones a
+        caller reshapes; everything else follows from them."""
+        return [top.shape for step in self._steps if not step.bottoms for top in step.tops]
 
     def loss(self) -> float:
         total = 0.0
@@ -265,6 +301,8 @@ class Net:
         for step in reversed(self._steps[first:last + 1]):
             if step.need_backward:
                 step.layer.backward(step.tops, step.propagate_down, step.bottoms)
+                if self.debug_info:
+                    debug_info.emit(debug_info.backward_lines(step))
 
     def forward_backward(self) -> float:
         loss = self.forward_range(0, len(self._steps) - 1)
@@ -278,7 +316,13 @@ class Net:
     # -- weights ---------------------------------------------------------------------------
     def copy_from(self, path) -> None:
         """Copy weights by layer name from a .caffemodel / .caffemodel.h5 file."""
-        weights.copy_into(self, path)
+        self._copied_layers |= weights.copy_into(self, path)
+
+    @property
+    def layers_without_weights(self) -> list[str]:
+        """Layers with parameters that no ``copy_from``/``weights`` file supplied: they hold
+        their fillers' initial values (Caffe copies by name and says nothing)."""
+        return weights.layers_lacking_weights(self, self._copied_layers)
 
     def save(self, path) -> None:
         weights.save_caffemodel(self, path)

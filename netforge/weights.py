@@ -18,7 +18,7 @@ from netforge import netforge_pb2 as pb
 from netforge.data.hdf5 import is_hdf5_file
 from netforge.data.records import array_to_blobproto, blobproto_to_array
 from netforge.errors import ConfigError, DataError, ShapeError
-from netforge.files import atomic_path, atomic_write_bytes
+from netforge.files import atomic_path, atomic_write_bytes, is_text_file
 
 log = logging.getLogger("netforge")
 
@@ -26,6 +26,12 @@ log = logging.getLogger("netforge")
 def read_caffemodel(path) -> pb.NetParameter:
     """A NetParameter with layer blobs; legacy V0/V1 ``layers`` are upgraded, as Caffe's
     ReadNetParamsFromBinaryFile does (the zoo's older .caffemodel files are V1)."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes), not weights")
+    if path.is_file() and is_text_file(path):
+        raise DataError(f"{path}: a text file (a net prototxt?), not binary weights; weights "
+                        "are the .caffemodel written by training")
     net = config.read_binary(path, pb.NetParameter(), "weights file")
     try:
         return config.upgrade_net(net, str(path))
@@ -86,8 +92,9 @@ def _blob_count_error(path, layer: str, in_file: int, in_net: int) -> ShapeError
     )
 
 
-def copy_into(net, path) -> None:
-    """Copy weights from ``path`` into ``net`` by layer name (either file format).
+def copy_into(net, path) -> set[str]:
+    """Copy weights from ``path`` into ``net`` by layer name (either file format); returns
+    the names of the net's layers that received weights.
 
     Caffe's CopyTrainedLayersFrom: a source layer the net lacks is ignored; a net layer the
     file lacks keeps its initial values; a blob count or shape that differs is an error.
@@ -96,10 +103,17 @@ def copy_into(net, path) -> None:
     if not path.exists():
         raise DataError(f"{path}: no such weights file")
     if is_hdf5_file(path):
-        _copy_from_hdf5(net, path)
-        return
-    source = nfz.read_as_net_parameter(path) if nfz.is_nfz_file(path) else read_caffemodel(path)
+        return _copy_from_hdf5(net, path)
+    if nfz.is_nfz_file(path):
+        source = nfz.read_as_net_parameter(path)
+    elif is_solver_state(path):
+        raise DataError(f"{path}: a .solverstate (training state), not weights; give the "
+                        "weights file written beside it "
+                        f"({path.with_suffix('.caffemodel').name}), or resume with --snapshot")
+    else:
+        source = read_caffemodel(path)
     layers = net.layer_dict
+    copied = set()
     for layer in source.layer:
         target = layers.get(layer.name)
         if target is None:
@@ -111,9 +125,32 @@ def copy_into(net, path) -> None:
                  len(layer.blobs))
         for k, proto in enumerate(layer.blobs):
             _copy_blob(target.blobs[k], proto, layer.name, k, path)
+        copied.add(layer.name)
+    return copied
 
 
-def _copy_from_hdf5(net, path) -> None:
+def is_solver_state(path) -> bool:
+    """Whether ``path`` holds a SolverState (binary; a ``.solverstate``): it parses as one
+    and names the weights file written with it. A NetParameter never does: its field 2 is
+    a message, not a path ending in a weights suffix."""
+    state = pb.SolverState()
+    try:
+        state.ParseFromString(Path(path).read_bytes())
+    except Exception:  # noqa: BLE001 - whatever fails to parse is not a state
+        return False
+    learned = state.learned_net  # bytes when the file's string is not UTF-8 (proto2)
+    if isinstance(learned, bytes):
+        learned = learned.decode("utf-8", "replace")
+    return learned.endswith((".caffemodel", ".h5", ".nfz"))
+
+
+def layers_lacking_weights(net, copied: set[str]) -> list[str]:
+    """The net's layers with parameters that no weights file supplied (they keep their
+    fillers' random values)."""
+    return [name for name in net.params if name not in copied]
+
+
+def _copy_from_hdf5(net, path) -> set[str]:
     import h5py
 
     try:
@@ -125,16 +162,17 @@ def _copy_from_hdf5(net, path) -> None:
         if not isinstance(group, h5py.Group):
             raise DataError(f'{path}: no "data" group; not a Caffe HDF5 weights file')
         try:
-            _copy_hdf5_group(net, group, path)
+            return _copy_hdf5_group(net, group, path)
         except (OSError, ValueError, TypeError) as exc:  # unreadable or non-numeric datasets
             raise DataError(f"{path}: damaged HDF5 weights file ({exc})") from None
 
 
-def _copy_hdf5_group(net, group, path) -> None:
+def _copy_hdf5_group(net, group, path) -> set[str]:
     import h5py
 
     owned = {(name, k) for name, k, _ in _owned_params(net)}
     layers = net.layer_dict
+    copied = set()
     for name in group:
         target = layers.get(name)
         if target is None:
@@ -155,6 +193,8 @@ def _copy_hdf5_group(net, group, path) -> None:
             if values.shape != tuple(blob.shape):
                 raise _shape_mismatch(path, name, k, str(values.shape), blob.shape)
             blob.data[...] = blob.xp.asarray(values.astype(blob.dtype))
+        copied.add(name)
+    return copied
 
 
 def net_to_proto(net, write_diff: bool = False) -> pb.NetParameter:

@@ -156,6 +156,12 @@ def test_classifier_centre_crop_and_oversample(net_file, tmp_path):
              for t, s in ((0, 0), (0, 2), (2, 0), (2, 2), (1, 1))]
     averaged = reference(net, np.stack(crops))[2].mean(axis=0)
     np.testing.assert_allclose(clf.predict([image])[0], averaged, rtol=1e-4)
+    # one image (H, W, K) rather than a list: pycaffe users write predict(im) too
+    single = clf.predict(image, oversample=False)
+    assert single.shape == centre.shape == (1, centre.shape[1])
+    np.testing.assert_allclose(single, centre, rtol=1e-6)
+    two = clf.predict(np.stack([image, image]), oversample=False)  # an (N, H, W, K) array
+    np.testing.assert_allclose(two, np.concatenate([centre, centre]), rtol=1e-6)
 
 
 def test_layer_base_class_and_exports():

@@ -140,3 +140,40 @@ def test_filter_feeding_a_split_and_in_place_layer():
     kept = np.maximum(x[[0, 2]], 0)
     np.testing.assert_array_equal(out["a"], 2 * kept)
     np.testing.assert_array_equal(out["b"], 3 * kept)
+
+
+CONV_NET = """
+layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 5 dim: 5 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: "gaussian" } } }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+        pooling_param { pool: MAX global_pooling: true } }
+"""
+
+
+def naive_conv_max(x, w, b):
+    """3x3 valid convolution then a global max, by loops."""
+    n, _, h, wd = x.shape
+    out = np.empty((n, w.shape[0]))
+    for i in range(n):
+        for o in range(w.shape[0]):
+            best = -np.inf
+            for r in range(h - 2):
+                for c in range(wd - 2):
+                    best = max(best, float((x[i, :, r:r + 3, c:c + 3] * w[o]).sum() + b[o]))
+            out[i, o] = best
+    return out
+
+
+@pytest.mark.parametrize("shape", [(5, 2, 5, 5), (3, 2, 9, 7)])
+def test_pycaffe_batch_idiom_reshapes_the_whole_net_on_forward(shape):
+    # pycaffe: net.blobs["data"].reshape(N, C, H, W); net.blobs["data"].data[...] = x;
+    # net.forward() -- no net.reshape() call; Caffe reshapes every layer on each forward.
+    net = make_net(CONV_NET, phase="test")
+    x = RNG.standard_normal(shape)
+    net.blobs["data"].reshape(*shape)
+    net.blobs["data"].data[...] = x
+    out = net.forward()["pool"]
+    w, b = (p.data for p in net.params["conv"])
+    assert out.shape == (shape[0], 3, 1, 1)
+    np.testing.assert_allclose(out[:, :, 0, 0], naive_conv_max(x, w, b), rtol=1e-10)

@@ -61,17 +61,26 @@ def preprocessing_settings(mean_file, mean_values, scale, raw_scale, channel_ord
 @preprocessing_options
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
               help="Class names, one a line (e.g. the labels.txt of `netforge convert`).")
+@click.option("--transform-from", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Take scale, mean and crop from this train_val net's TEST data layer "
+                   "(transform_param); the flags above override it.")
 @click.option("--fold-bn", is_flag=True,
               help="Fold BatchNorm (+ Scale) into the convolution before it.")
 @click.option("--drop-dropout", is_flag=True, help="Remove Dropout layers (identity at test).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def freeze(model, weights, output, mean_file, mean_values, scale, raw_scale, channel_order,
-           image_dims, labels_file, fold_bn, drop_dropout, overwrite):
+           image_dims, labels_file, transform_from, fold_bn, drop_dropout, overwrite):
     """Write one self-contained file: deploy net, weights, preprocessing and labels."""
-    from netforge.deploy import frozen
+    from netforge.deploy import frozen, transform_source
     from netforge.deploy.preprocess import with_options
 
-    settings = with_options(None, **preprocessing_settings(mean_file, mean_values, scale, raw_scale,
+    base = None
+    if transform_from:  # Caffe's TEST-phase transform_param, said out loud
+        name, input_hw = transform_source.deploy_input(model)
+        choice = transform_source.preprocess_from_train_val(transform_from, name, input_hw)
+        click.echo(f"preprocessing {'; '.join(choice.notes)}", err=True)
+        base = choice.settings
+    settings = with_options(base, **preprocessing_settings(mean_file, mean_values, scale, raw_scale,
                                                    channel_order, image_dims))
     labels = frozen.read_labels(labels_file) if labels_file else []
     param = frozen.freeze(model, weights, output, settings, labels=labels, fold_bn=fold_bn,
@@ -85,6 +94,7 @@ def freeze(model, weights, output, mean_file, mean_values, scale, raw_scale, cha
     if labels:
         notes.append(f"{len(labels)} labels")
     click.echo(f"wrote {output} ({', '.join(notes)})")
+    click.echo(f"preprocessing: {transform_source.describe(settings)}", err=True)
 
 
 @click.command()
@@ -125,7 +135,8 @@ def predict(model, inputs, weights, mean_file, mean_values, scale, raw_scale, ch
         model, weights, labels_file, output_blob,
         **preprocessing_settings(mean_file, mean_values, scale, raw_scale, channel_order,
                                  image_dims))
-    predictor = prediction.Predictor(net, settings, labels, batch_size=batch_size,
+    # A batch never larger than the images there are: the net's input is sized to it.
+    predictor = prediction.Predictor(net, settings, labels, batch_size=min(batch_size, len(paths)),
                                      output=output_blob, oversample=oversample)
     skipped = []
 

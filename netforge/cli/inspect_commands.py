@@ -45,7 +45,7 @@ def summary(net, phase, batch, level, stage):
 @options.netstate_options
 def time_command(model, weights, iterations, phase, gpu, level, stage):
     """Benchmark a net as `caffe time`: per-layer forward and backward ms, and totals."""
-    from netforge.inspect.timing import format_table, time_net
+    from netforge.inspect.timing import caffe_totals, format_table, time_net
     from netforge.net import Net
 
     options.select_device(gpu)
@@ -56,6 +56,7 @@ def time_command(model, weights, iterations, phase, gpu, level, stage):
     finally:
         net.close()
     click.echo(format_table(report))
+    click.echo("\n".join(caffe_totals(report)))
 
 
 @click.command()

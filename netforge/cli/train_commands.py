@@ -77,11 +77,13 @@ def train(solver, weights, snapshot, gpu, sigint_effect, sighup_effect, level, s
               help="Class names for --confusion, one a line (e.g. a dataset's labels.txt).")
 def test(model, weights, iterations, gpu, level, stage, confusion, labels_file):
     """Score a trained model: mean of each net output over N batches."""
+    from netforge.deploy.predict import warn_layers_without_weights
     from netforge.net import Net
     from netforge.train.evaluate import run_test
 
     select_device(gpu)
     net = Net(model, "test", weights=weights, level=level, stages=split_stages(stage))
+    warn_layers_without_weights(net, weights)
     try:
         if confusion:
             from netforge.deploy.frozen import read_labels

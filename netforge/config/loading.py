@@ -7,6 +7,7 @@ from pathlib import Path
 from netforge import netforge_pb2 as pb
 from netforge.config.text import read_text
 from netforge.config.upgrade import upgrade_net, upgrade_solver_param
+from netforge.config.validate import validate_net, validate_solver
 from netforge.errors import ConfigError
 from netforge.files import resolve_file
 
@@ -14,11 +15,33 @@ from netforge.files import resolve_file
 def load_net_param(path) -> pb.NetParameter:
     """A NetParameter from a prototxt file, with legacy forms upgraded."""
     net = read_text(path, pb.NetParameter())
-    return upgrade_net(net, str(path))
+    layer_field = "layers" if len(net.layers) and not len(net.layer) else "layer"
+    written = len(getattr(net, layer_field))
+    net = upgrade_net(net, str(path))
+    # An input header becomes Input layers in front: the file's layers start after them.
+    validate_net(net, str(path), layer_field=layer_field, first_in_file=len(net.layer) - written)
+    return net
 
 
 def load_solver_param(path) -> pb.SolverParameter:
-    return upgrade_solver_param(read_text(path, pb.SolverParameter()))
+    try:
+        solver = read_text(path, pb.SolverParameter())
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}{_net_not_solver_hint(path)}") from None
+    solver = upgrade_solver_param(solver)
+    validate_solver(solver, str(path))
+    return solver
+
+
+def _net_not_solver_hint(path) -> str:
+    """A hint when the file given as a solver is a net prototxt (a common slip)."""
+    try:
+        net = read_text(path, pb.NetParameter())
+    except ConfigError:
+        return ""
+    if len(net.layer) or len(net.layers):
+        return " (this file is a net, not a solver: give the solver prototxt that names it)"
+    return ""
 
 
 def solver_net_params(solver: pb.SolverParameter, solver_path) -> tuple:
@@ -42,7 +65,9 @@ def solver_net_params(solver: pb.SolverParameter, solver_path) -> tuple:
             return load_net_param(path), path.resolve().parent
         net = pb.NetParameter()
         net.CopyFrom(field_value)
-        return upgrade_net(net, str(solver_path)), base
+        net = upgrade_net(net, str(solver_path))
+        validate_net(net, str(solver_path))  # lines are not located inside an inline net
+        return net, base
 
     field = sources[0]
     train, net_dir = load(getattr(solver, field), field in ("net", "train_net"))

@@ -44,8 +44,11 @@ def read_text(path, message):
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read as text ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: a binary file, not a protobuf text file (a .caffemodel "
+                          "or .solverstate? those go in --weights / --snapshot)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read as text ({exc.strerror or exc})") from None
     return parse_text(text, message, str(path))
 
 

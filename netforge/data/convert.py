@@ -139,6 +139,14 @@ def convert_images(
     else:
         entries, labels = scan_class_folders(source)
 
+    summary = ConvertSummary(dest=dest, backend=backend, labels=labels)
+    workers = workers or min(8, os.cpu_count() or 1)
+    if val_fraction > 0:
+        # The split is chosen per class among the images that can be read: an unreadable
+        # file must not take a validation slot (the split would come out short).
+        readable = list(_ordered_map(lambda e: _probe(source / e[0]), entries, workers))
+        summary.skipped += [(e[0], why) for e, why in zip(entries, readable, strict=True) if why]
+        entries = [e for e, why in zip(entries, readable, strict=True) if not why]
     rng = np.random.default_rng(seed)
     splits = _split(entries, float(val_fraction), rng)
     if shuffle:
@@ -149,9 +157,7 @@ def convert_images(
         root=source, color=not gray, resize=resize, encoded=bool(encoded),
         encode_type=encode_type, want_array=backend == "hdf5",
     )
-    summary = ConvertSummary(dest=dest, backend=backend, labels=labels)
     state = {"done": 0, "total": len(entries), "shape": None, "uniform": True}
-    workers = workers or min(8, os.cpu_count() or 1)
 
     tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     if tmp.exists():
@@ -182,6 +188,23 @@ def convert_images(
     summary.image_shape = state["shape"] if state["uniform"] else None
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _probe(path: Path) -> str:
+    """"" when ``path`` looks like a readable image (its header and, for PNG, its chunk
+    checksums verify), else why not; cheaper than decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except FileNotFoundError:
+        return "no such image file"
+    except UnidentifiedImageError:
+        return "cannot decode image: not an image format Pillow reads"
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for bad files
+        return f"cannot decode image: {exc or type(exc).__name__}"
+    return ""
 
 
 def _split(entries, val_fraction: float, rng) -> dict[str, list[tuple[str, int]]]:

@@ -87,18 +87,16 @@ def load_image(
     False -> 1 channel, None -> as stored. ``resize=(H, W)`` resizes bilinearly (OpenCV's
     default); (0, 0) keeps the size. EXIF orientation is ignored.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    from netforge.data.records import pil_to_chw
+    from netforge.data.records import decode_image_bytes
 
     try:
-        with Image.open(path) as img:
-            img.load()
-            chw = pil_to_chw(img, color=color)
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: cannot read image: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read image: {exc.strerror or exc}") from None
+    # One decoder for files and stored bytes: the same errors, the one that is fuzzed.
+    chw = decode_image_bytes(data, color=color, where=str(path))
     height, width = check_resize(resize)
     if height and width and (height, width) != chw.shape[1:]:
         chw = resize_bilinear(chw, height, width)
@@ -107,7 +105,10 @@ def load_image(
 
 def check_resize(resize) -> tuple[int, int]:
     height, width = (int(v) for v in (resize or (0, 0)))
-    if height < 0 or width < 0 or (height == 0) != (width == 0):
+    if height < 0 or width < 0:
+        raise ConfigError(f"resize height and width must be >= 0 (0 keeps the size), got "
+                          f"{height}x{width}")
+    if (height == 0) != (width == 0):
         raise ConfigError(
             f"resize needs both a height and a width (or neither), got {height}x{width}"
         )

@@ -9,6 +9,7 @@ float pixels (``float_data``, used when ``data`` is empty), or the compressed im
 from __future__ import annotations
 
 import io
+import struct
 from math import prod
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def datum_to_array(
         color = True if force_color else (False if force_gray else None)
         return decode_image_bytes(datum.data, color=color), int(datum.label)
     shape = (int(datum.channels), int(datum.height), int(datum.width))
+    if min(shape) <= 0:
+        raise DataError(f"Datum has an empty or negative size {shape} (damaged database?)")
     count = prod(shape)
     if datum.data:
         if len(datum.data) != count:
@@ -104,6 +107,11 @@ def _bgr_to_gray(bgr: np.ndarray) -> np.ndarray:
     return gray.astype(bgr.dtype)[None]
 
 
+# Pillow's own warning threshold (about 89 megapixels: a 9,450-pixel square); beyond it a
+# header alone could make the decoder allocate gigabytes for a file of a few bytes.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
 def decode_image_bytes(data: bytes, *, color: bool | None = None, where: str = "image"):
     """Compressed image bytes -> (C, H, W) uint8, BGR for colour.
 
@@ -114,10 +122,21 @@ def decode_image_bytes(data: bytes, *, color: bool | None = None, where: str = "
 
     try:
         with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:  # known from the header, before decoding
+                raise DataError(f"{where}: cannot decode image: its header claims {width}×"
+                                f"{height} pixels, more than the {MAX_IMAGE_PIXELS} allowed "
+                                "(a damaged or hostile file?)")
             img.load()
             return pil_to_chw(img, color=color)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        # Pillow's own text names its in-memory stream (<_io.BytesIO object at 0x...>).
+        raise DataError(f"{where}: cannot decode image: not an image format Pillow "
+                        f"reads ({len(data)} bytes)") from None
+    except Image.DecompressionBombError as exc:  # a header claiming a gigantic size
         raise DataError(f"{where}: cannot decode image: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+        raise DataError(f"{where}: cannot decode image: {exc or type(exc).__name__}") from None
 
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
@@ -183,6 +202,8 @@ def blobproto_to_array(
 ) -> np.ndarray:
     """The blob's data (or diff) as an array of its shape; ``double_*`` wins when non-empty."""
     shape = blobproto_shape(blob)
+    if shape and min(shape) < 0:
+        raise DataError(f"{where}: negative dimension in shape {shape} (damaged file?)")
     doubles = blob.double_diff if diff else blob.double_data
     floats = blob.diff if diff else blob.data
     values = doubles if len(doubles) else floats

@@ -47,7 +47,11 @@ class Classifier(Net):
         self.image_dims = np.array(image_dims if image_dims is not None else self.crop_dims)
 
     def predict(self, inputs, oversample: bool = True) -> np.ndarray:
-        """(N, classes) scores of the net's first output for N (H, W, K) images."""
+        """(N, classes) scores of the net's first output for N (H, W, K) images: a list, an
+        (N, H, W, K) array, or one image ((H, W, K), or (H, W) grey) giving N = 1."""
+        if isinstance(inputs, np.ndarray) and inputs.ndim in (2, 3):
+            # One image, not a list of its rows (pycaffe's predict iterates its argument).
+            inputs = [inputs[..., None] if inputs.ndim == 2 else inputs]
         if not len(inputs):
             raise ConfigError("predict needs at least one image")
         dims = tuple(int(d) for d in self.image_dims)

@@ -30,7 +30,8 @@ from netforge import netforge_pb2 as pb
 from netforge.data.records import array_to_blobproto, blobproto_to_array
 from netforge.deploy.preprocess import Preprocess
 from netforge.errors import ConfigError, DataError, RunError, ShapeError
-from netforge.files import atomic_write_bytes
+from netforge.files import atomic_write_bytes, is_text_file
+from netforge.layers.python_layer import python_layers_allowed
 from netforge.net import Net
 from netforge.version import __version__
 from netforge.weights import blob_shape_matches
@@ -57,18 +58,35 @@ class FrozenModel:
 # -- reading ---------------------------------------------------------------------------------
 
 
+FROZEN_SUFFIX = ".nf"  # what `netforge freeze` users write; any name is read by content
+
+
 def read_frozen_param(path) -> pb.NetParameter | None:
     """The file's NetParameter if it is a frozen model, else None (a prototxt, a plain
     caffemodel, anything else). Damaged frozen files raise DataError."""
     path = Path(path)
     if path.suffix in (".prototxt", ".pbtxt", ".txt") or not path.is_file():
         return None
+    data = path.read_bytes()
+    named_frozen = path.suffix == FROZEN_SUFFIX
+    if not data:
+        if named_frozen:
+            raise DataError(f"{path}: empty file (0 bytes), not a frozen model; write it again "
+                            "with `netforge freeze`")
+        return None
     param = pb.NetParameter()
     try:
-        param.ParseFromString(path.read_bytes())
-    except Exception:  # not a binary NetParameter at all (a text file, say)
-        return None
-    return param if param.HasField("frozen") else None
+        param.ParseFromString(data)
+        parsed = True
+    except Exception:  # noqa: BLE001 - not a binary NetParameter (a text file, say)
+        parsed = False
+    if parsed and param.HasField("frozen"):
+        return param
+    if named_frozen or (not parsed and not is_text_file(path)):
+        # Binary, yet not a whole frozen model: truncated or damaged, not a prototxt.
+        raise DataError(f"{path}: damaged or truncated frozen model (not a complete "
+                        "`netforge freeze` file)")
+    return None
 
 
 def is_frozen_file(path) -> bool:
@@ -78,11 +96,12 @@ def is_frozen_file(path) -> bool:
 def check_self_contained(param: pb.NetParameter, where: str) -> None:
     """Refuse nets that would run code (Python layers) or read/write other files."""
     for layer in param.layer:
-        if layer.type in _CODE_LAYERS:
+        if layer.type in _CODE_LAYERS and not python_layers_allowed():
             raise ConfigError(
                 f'{where}: layer "{layer.name}" is a Python layer '
                 f'(module "{layer.python_param.module}"); frozen models never run code named '
-                "in the file, so they cannot hold Python layers"
+                "in the file unless told (--allow-python-layers, "
+                "netforge.allow_python_layers())"
             )
         if layer.type in _FILE_LAYERS:
             raise ConfigError(
@@ -233,6 +252,11 @@ def freeze(model, weights, output, preprocess: Preprocess, *, labels: list[str] 
     check_self_contained(config.filter_net(source, config.make_state("TEST"), str(model)),
                          str(model))
     net = Net(model, "test", weights=weights)
+    if net.layers_without_weights:
+        raise ConfigError(
+            f"{weights} has no weights for layer(s) {', '.join(net.layers_without_weights)} "
+            f"of {model}: a frozen model would predict with their random initial values "
+            "(renamed layers? the names must match the trained net's)")
     preprocess.input = preprocess.input or _image_input(net, str(model))
     if preprocess.input not in net.inputs:
         raise ConfigError(f'{model}: "{preprocess.input}" is not an input of the net '

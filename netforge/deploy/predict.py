@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +24,10 @@ from netforge.data.image_list import is_image_file
 from netforge.deploy import frozen
 from netforge.deploy.preprocess import Preprocess, with_options
 from netforge.errors import ConfigError, DataError
+from netforge.files import is_text_file
 from netforge.net import Net
+
+log = logging.getLogger("netforge")
 
 
 @dataclass
@@ -181,6 +185,14 @@ def format_csv_rows(p: Prediction) -> str:
 # -- opening a model -------------------------------------------------------------------------
 
 
+def warn_layers_without_weights(net, weights) -> None:
+    """Say which layers kept their initial values because ``weights`` lacks them."""
+    if net.layers_without_weights:
+        log.warning("%s has no weights for layer(s) %s: they keep their initial (filler) "
+                    "values, so the results mean little", weights,
+                    ", ".join(net.layers_without_weights))
+
+
 def open_model(model, weights=None, labels_file=None, output=None, **options):
     """``(net, preprocess, labels)`` for a frozen model, or a deploy prototxt + ``weights``.
     The net only predicts, so its activations share memory (``Net(reuse_memory=True)``).
@@ -195,10 +207,15 @@ def open_model(model, weights=None, labels_file=None, output=None, **options):
         net, labels = loaded.net, loaded.labels
         preprocess = with_options(loaded.preprocess, **options)
     else:
+        if not is_text_file(model):
+            raise ConfigError(f"{model}: a binary file, not a protobuf text file nor a frozen "
+                              "model (a .caffemodel? give the deploy prototxt as MODEL and "
+                              "this as --weights)")
         if not weights:
             raise ConfigError(f"{model} is a net prototxt: give its --weights (or predict with "
                               "a frozen model from `netforge freeze`)")
         net = Net(model, "test", weights=weights, reuse_memory=True)
+        warn_layers_without_weights(net, weights)
         preprocess = with_options(None, **options)
         labels = []
         if not preprocess.input:

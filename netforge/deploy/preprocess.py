@@ -15,6 +15,7 @@ crop, as Caffe's mean_file lines up with its crop offset.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -27,6 +28,7 @@ from netforge.deploy.caffe_io import crop_boxes
 from netforge.errors import ConfigError, ShapeError
 
 CHANNEL_ORDERS = ("bgr", "rgb")
+log = logging.getLogger("netforge")
 
 
 @dataclass
@@ -97,7 +99,13 @@ class Preprocess:
                 raise ShapeError(f"mean image of shape {mean.shape} does not fit a "
                                  f"{channels}-channel input")
             if mean.shape[1:] not in (tuple(dims), (height, width)):
-                # pycaffe's Transformer resizes a mean of another size to the input.
+                # pycaffe's Transformer resizes a mean of another size to the input; say so,
+                # since Caffe itself would crop it (with the crop of a train_val net).
+                log.warning("the mean image is %s but the input is %d×%d (and images are "
+                            "resized to %d×%d): resizing the mean to the input; if the net "
+                            "was trained with crop_size, give --image-dims H W (the stored "
+                            "image size) or --transform-from TRAIN_VAL instead",
+                            "×".join(map(str, mean.shape[1:])), height, width, *dims)
                 mean = resize_bilinear(mean, height, width)
             self.mean_image = np.ascontiguousarray(mean)
             self.mean_before_crop = mean.shape[1:] != (height, width)

@@ -11,6 +11,7 @@ from netforge.errors import GraphError
 from netforge.graph import memory_plan
 from netforge.graph.memory_plan import MemoryPlan
 from netforge.graph.shapes import reshape_step, reshare_tops
+from netforge.graph.user_names import split_aliases, user_names
 from netforge.layers.base import Layer
 
 
@@ -71,8 +72,9 @@ class Plan:
         memory = self.memory
         if memory is not None:
             self._unshare(memory)
-        for step in self.steps[start:]:
-            reshape_step(step)
+        with user_names(split_aliases(self.steps)):  # errors name the user's blobs
+            for step in self.steps[start:]:
+                reshape_step(step)
         if memory is not None:
             self.share_memory(memory.keep)
         else:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from netforge.blob import Blob, shape_string
 from netforge.errors import GraphError, ShapeError
+from netforge.graph.user_names import split_aliases, user_names
 from netforge.layers.base import Layer, LayerContext
 
 if TYPE_CHECKING:  # plan.py imports this module
@@ -32,6 +33,7 @@ def infer_shapes(steps: list[LayerStep], ctx: LayerContext) -> OrderedDict:
     """
     blobs: OrderedDict[str, Blob] = OrderedDict()
     values = 0
+    aliases = split_aliases(steps)
     for step in steps:
         layer = step.layer
         log.info("Creating Layer %s", layer.name)
@@ -39,8 +41,9 @@ def infer_shapes(steps: list[LayerStep], ctx: LayerContext) -> OrderedDict:
         for name in step.bottom_names:
             log.info("%s <- %s", layer.name, name)
         bottom_shapes = [b.shape for b in step.bottoms]
-        layer.setup(bottom_shapes)
-        top_shapes = layer.reshape(bottom_shapes)
+        with user_names(aliases):  # errors name the user's blobs, not inserted splits
+            layer.setup(bottom_shapes)
+            top_shapes = layer.reshape(bottom_shapes)
         check_top_count(layer, top_shapes, len(step.top_names))
         step.tops = []
         for j, (name, shape) in enumerate(zip(step.top_names, top_shapes, strict=True)):

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from netforge.errors import ConfigError, DataError
+from netforge.files import atomic_path
 
 _ITERATION = re.compile(r"Iteration (\d+)")
 _LR = re.compile(r"Iteration \d+, lr = ([-+0-9.eE]+|nan|inf)")
@@ -77,7 +78,7 @@ def _series(records, phase, key, output=None, net=None):
     return points
 
 
-def plot_curves(inputs, output) -> Path:
+def _pyplot():
     try:
         import matplotlib
 
@@ -85,7 +86,31 @@ def plot_curves(inputs, output) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError("netforge plot needs matplotlib: pip install 'netforge[plot]'") from None
+    return plt
 
+
+def plot_curves(inputs, output) -> Path:
+    """Draw the curves of ``inputs`` into the image ``output`` (its suffix picks the format)."""
+    plt = _pyplot()
+    output = Path(output)
+    image_format = output.suffix.lstrip(".").lower()
+    supported = sorted(plt.figure().canvas.get_supported_filetypes())
+    plt.close("all")
+    if image_format not in supported:
+        raise ConfigError(f"{output}: cannot write a .{image_format or '(no suffix)'} image; "
+                          f"give --output one of {', '.join('.' + s for s in supported)}")
+    figure = draw_curves(inputs)
+    try:
+        with atomic_path(output) as tmp:
+            figure.savefig(tmp, dpi=100, format=image_format)
+    finally:
+        plt.close(figure)
+    return output
+
+
+def draw_curves(inputs):
+    """The matplotlib figure of the loss, test output and lr curves of ``inputs``."""
+    plt = _pyplot()
     figure, (loss_ax, test_ax, lr_ax) = plt.subplots(3, 1, figsize=(8, 10), sharex=True)
     drawn = 0
     for path in inputs:
@@ -97,23 +122,30 @@ def plot_curves(inputs, output) -> Path:
                 axis.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None)
                 drawn += 1
     if not drawn:
+        plt.close(figure)
         raise DataError("nothing to plot: the inputs hold no loss, test output or lr values")
     loss_ax.set_ylabel("loss")
     if _all_positive(loss_ax):
         loss_ax.set_yscale("log")
     test_ax.set_ylabel("test outputs")
     lr_ax.set_ylabel("learning rate")
+    if _spans_decades(lr_ax):  # step/multistep/inv schedules: each drop visible
+        lr_ax.set_yscale("log")
     lr_ax.set_xlabel("iteration")
     for axis in (loss_ax, test_ax, lr_ax):
         axis.grid(True, alpha=0.3)
         if axis.lines:
             axis.legend(fontsize="small")
     figure.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=100)
-    plt.close(figure)
-    return output
+    return figure
+
+
+def _spans_decades(axis) -> bool:
+    """All values positive and the largest at least ten times the smallest."""
+    if not _all_positive(axis):
+        return False
+    values = [v for line in axis.lines for v in line.get_ydata()]
+    return max(values) >= 10 * min(values)
 
 
 def _curves(records, tag, loss_ax, test_ax, lr_ax):

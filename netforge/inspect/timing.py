@@ -107,11 +107,17 @@ def _log_report(report: TimingReport) -> None:
     for layer in report.layers:
         log.info("%10s\tforward: %.6g ms.", layer.name, layer.forward_ms)
         log.info("%10s\tbackward: %.6g ms.", layer.name, layer.backward_ms)
-    log.info("Average Forward pass: %.6g ms.", report.forward_ms)
-    log.info("Average Backward pass: %.6g ms.", report.backward_ms)
-    log.info("Average Forward-Backward: %.6g ms.", report.forward_backward_ms)
-    log.info("Total Time: %.6g ms.", report.total_ms)
+    for line in caffe_totals(report):
+        log.info("%s", line)
     log.info("*** Benchmark ends ***")
+
+
+def caffe_totals(report: TimingReport) -> list[str]:
+    """``caffe time``'s closing lines, word for word (scripts grep them)."""
+    return [f"Average Forward pass: {report.forward_ms:.6g} ms.",
+            f"Average Backward pass: {report.backward_ms:.6g} ms.",
+            f"Average Forward-Backward: {report.forward_backward_ms:.6g} ms.",
+            f"Total Time: {report.total_ms:.6g} ms."]
 
 
 def format_table(report: TimingReport) -> str:

@@ -22,12 +22,21 @@ net is built setup and reshape see stand-in blobs of the right shapes (filled wi
 forward and backward see the net's own blobs. A top whose shape the user's reshape changes
 at run time makes the net reshape the layers after it. Like Caffe, a Python layer gets a
 loss weight only from ``loss_weight`` in the prototxt.
+
+Loading a net never runs code by itself: a Python layer imports a module the *file* names,
+so it is refused unless the user allowed Python layers — ``--allow-python-layers`` on the
+command line, ``netforge.allow_python_layers()`` (the process), ``Net(...,
+allow_python_layers=True)`` (one net) or ``NETFORGE_ALLOW_PYTHON_LAYERS=1``. Frozen models
+follow the same rule.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import inspect
+import os
 import sys
 
 from netforge import netforge_pb2 as pb
@@ -35,6 +44,44 @@ from netforge.blob import Blob
 from netforge.errors import ConfigError, NetforgeError
 from netforge.layers.base import Layer
 from netforge.layers.registry import register
+
+_PROCESS_ALLOWS = {"python_layers": False}
+_NET_ALLOWS: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "netforge_allow_python_layers", default=None)
+ENV_ALLOW = "NETFORGE_ALLOW_PYTHON_LAYERS"
+
+
+def allow_python_layers(allowed: bool = True) -> None:
+    """Let nets built from now on in this process run their Python layers' modules."""
+    _PROCESS_ALLOWS["python_layers"] = bool(allowed)
+
+
+def python_layers_allowed() -> bool:
+    """Whether a Python layer may import its module now: the innermost ``allowing`` block,
+    else the process setting, else the environment variable."""
+    value = _NET_ALLOWS.get()
+    if value is not None:
+        return value
+    if _PROCESS_ALLOWS["python_layers"]:
+        return True
+    return os.environ.get(ENV_ALLOW, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@contextlib.contextmanager
+def allowing(allowed: bool | None):
+    """Within the block, Python layers are allowed (True), refused (False), or follow the
+    process setting (None): how ``Net(allow_python_layers=...)`` scopes its choice."""
+    token = _NET_ALLOWS.set(allowed)
+    try:
+        yield
+    finally:
+        _NET_ALLOWS.reset(token)
+
+
+def refusal(label: str, module: str) -> str:
+    return (f'{label} would import and run python_param.module "{module}", code named by the '
+            "file; netforge runs Python layers only when allowed: --allow-python-layers, "
+            f"netforge.allow_python_layers(), Net(..., allow_python_layers=True) or {ENV_ALLOW}=1")
 
 
 class UserLayer:
@@ -137,6 +184,8 @@ class PythonLayer(Layer):
         p = param.python_param
         if not p.module or not p.layer:
             raise ConfigError(f"{self.label}: python_param needs both module and layer")
+        if not python_layers_allowed():
+            raise ConfigError(refusal(self.label, p.module))
         module = _import(p.module, ctx.base_dirs, self.label)
         cls = getattr(module, p.layer, None)
         if cls is None or not callable(cls):

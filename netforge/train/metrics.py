@@ -2,11 +2,12 @@
 
 Train records (at each display): ``{"phase": "train", "iteration", "lr", "loss", "outputs":
 {name: value}, "seconds"}``; test records (after each test pass): ``{"phase": "test",
-"iteration", "net": i, "outputs": {...}, "seconds"}``. ``seconds`` counts wall time since this
-process started training. Each line is flushed as it is written, so a crash loses nothing
-already reported. A snapshot taken at iteration N precedes iteration N's test and display,
-so a run resumed from it first drops the records of iterations ≥ N, then appends its own:
-the file tells one consistent story.
+"iteration", "net": i, "outputs": {...}, "seconds"}``. ``seconds`` counts training wall time,
+continued across resumes (a resumed run starts from the last kept record's seconds). Each
+line is flushed as it is written, so a crash loses nothing already reported. A snapshot
+taken at iteration N precedes iteration N's test and display, so a run resumed from it first
+drops the records of iterations ≥ N, then appends its own: the file tells one consistent
+story.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 import time
 from pathlib import Path
 
+from netforge.errors import RunError
 from netforge.files import atomic_write_bytes
 
 
@@ -36,16 +38,22 @@ class MetricsWriter:
     def __init__(self, path: Path, resume_iteration: int | None = None):
         self.path = Path(path)
         self.start = time.perf_counter()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if resume_iteration is not None:
             kept = [line for line in _read_lines(self.path)
                     if json.loads(line).get("iteration", 0) < resume_iteration]
+        # A resumed run's clock goes on from where the kept records stopped, so the seconds
+        # column stays the training time so far (plots against time have no jump back).
+        self.seconds_before = float(json.loads(kept[-1]).get("seconds", 0.0)) if kept else 0.0
         atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
-        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        try:
+            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise RunError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def write(self, record: dict) -> None:
-        record = {**record, "seconds": round(time.perf_counter() - self.start, 3)}
+        elapsed = self.seconds_before + time.perf_counter() - self.start
+        record = {**record, "seconds": round(elapsed, 3)}
         if "outputs" in record:
             record["outputs"] = {k: _clean(v) for k, v in record["outputs"].items()}
         for key in ("lr", "loss"):

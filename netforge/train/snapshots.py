@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from google.protobuf.message import DecodeError
 from netforge import backend, config, weights
 from netforge import netforge_pb2 as pb
 from netforge.data.records import array_to_blobproto, blobproto_to_array
-from netforge.errors import DataError, DivergenceError, ShapeError
+from netforge.errors import ConfigError, DataError, DivergenceError, ShapeError
 from netforge.files import atomic_path, atomic_write_bytes
 from netforge.train import divergence
 from netforge.train.lr_policies import multistep_current_step
@@ -37,10 +38,26 @@ def snapshot_prefix(solver_param, solver_path) -> Path:
     return path
 
 
+def check_prefix_writable(prefix: Path, where) -> None:
+    """Refuse, before training starts, a snapshot_prefix whose folder cannot be made or
+    written (a regular file on the way, no permission), rather than failing at the first
+    snapshot hours later."""
+    folder = Path(prefix).parent.absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{where}: snapshot_prefix {prefix}: {existing} is a file, not a "
+                          "folder, so no snapshot can be written there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: snapshot_prefix {prefix}: {existing} is not writable")
+
+
 class SnapshotWriter:
     def __init__(self, solver):
         self.solver = solver
         self.prefix = snapshot_prefix(solver.param, solver.path)
+        check_prefix_writable(self.prefix, solver.path or "solver")
         self.hdf5 = solver.param.snapshot_format == pb.SolverParameter.HDF5
         self.last: Path | None = None  # the newest complete snapshot's weights (or resumed)
 
@@ -141,6 +158,19 @@ def _find_weights(learned_net: str, state_path: Path) -> Path:
     raise DataError(f"{state_path}: its weights file {learned_net} does not exist")
 
 
+def _not_a_state(path: Path) -> str:
+    try:
+        net = pb.NetParameter()
+        net.ParseFromString(path.read_bytes())
+        is_weights = bool(len(net.layer) or len(net.layers))
+    except Exception:  # noqa: BLE001 - unparseable: damaged, whatever it was
+        is_weights = False
+    if is_weights:
+        return (f"{path}: a weights file, not a solver state; resume from the .solverstate "
+                "written beside it, or finetune from these weights with --weights")
+    return f"{path}: damaged or not a solver state (.solverstate)"
+
+
 def restore_state(solver, state_file) -> None:
     state_path = Path(state_file)
     if not state_path.exists():
@@ -162,13 +192,25 @@ def restore_state(solver, state_file) -> None:
         except (OSError, KeyError, DecodeError) as exc:
             raise DataError(f"{state_path}: damaged solver state ({exc})") from None
     else:
+        if not weights.is_solver_state(state_path):
+            raise DataError(_not_a_state(state_path))
         state = config.read_binary(state_path, pb.SolverState(), "solver state")
         iteration, learned, extra = state.iter, state.learned_net, state.resume_state
+        if isinstance(learned, bytes) or isinstance(extra, bytes):  # proto2: not UTF-8
+            raise DataError(f"{state_path}: damaged solver state (a text field is not UTF-8)")
         masks = list(state.pruning_mask)
         history = [blobproto_to_array(b) for b in state.history]
     if learned:
         solver.snapshots.last = _find_weights(learned, state_path)
-        weights.copy_into(solver.net, solver.snapshots.last)
+        copied = weights.copy_into(solver.net, solver.snapshots.last)
+        missing = weights.layers_lacking_weights(solver.net, copied)
+        if missing:
+            # A resume continues the same net; a layer the snapshot lacks (renamed, added)
+            # would restart from its filler while its history slot says otherwise.
+            raise DataError(
+                f"{state_path}: its weights ({solver.snapshots.last}) have no layer(s) "
+                f"{', '.join(missing)} of this net, so it cannot resume it (renamed or new "
+                "layers?); to start from those weights instead, pass them as --weights")
     slots = solver.rule.history
     flat = [(k, i) for k in range(len(slots)) for i in range(len(slots[k]))]
     if len(history) != len(flat):
@@ -188,5 +230,11 @@ def restore_state(solver, state_file) -> None:
     if masks:
         solver.masks = ParamMasks.from_protos(solver.net.learnable_params, masks, str(state_path))
         solver.masks.apply(solver.rule.history)
-    _apply_resume_state(solver, extra)
+    try:
+        _apply_resume_state(solver, extra)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        # json errors are ValueErrors; a generator or cursor state of the wrong form is
+        # any of the others.
+        raise DataError(f"{state_path}: damaged resume state (random generators and data "
+                        f"positions): {type(exc).__name__}: {exc}") from None
     log.info("SGDSolver: restoring history")

@@ -18,6 +18,7 @@ from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.backend import to_host
 from netforge.errors import ConfigError
+from netforge.graph import debug_info
 from netforge.net import Net
 from netforge.train import divergence, lr_policies
 from netforge.train.evaluate import add_outputs
@@ -67,6 +68,8 @@ class Solver:
         metrics: write ``<snapshot_prefix>_metrics.jsonl`` (JSON lines) while training.
     """
 
+    forced_type: str | None = None  # set by the pycaffe-named subclasses
+
     def __init__(self, solver, *, level: int = 0, stages=(), signals: SignalRequests | None = None,
                  dtype=np.float32, metrics: bool = True):
         if isinstance(solver, (str, Path)):
@@ -77,6 +80,9 @@ class Solver:
             sp = pb.SolverParameter()
             sp.CopyFrom(solver)
             config.upgrade_solver_param(sp)
+            config.validate_solver(sp, "solver")
+        if self.forced_type:  # pycaffe's SGDSolver, AdamSolver, ... (solver_classes)
+            sp.type = self.forced_type
         self.param = sp
         if not sp.lr_policy:
             raise ConfigError(f"{self.path or 'solver'}: lr_policy is not set "
@@ -198,6 +204,8 @@ class Solver:
                 if on_start:
                     on_start()
             display = sp.display and self.iter % sp.display == 0
+            if sp.debug_info:  # Caffe: the per-layer magnitudes on display iterations only
+                self.net.debug_info = bool(display)
             loss = 0.0
             for _ in range(sp.iter_size):
                 loss += self.net.forward_backward()
@@ -217,6 +225,8 @@ class Solver:
             # Last look before the weights change: a NaN/Inf stops here, weights untouched.
             divergence.check(self.net, self.iter, loss, self.snapshots.last)
             self.apply_update()
+            if sp.debug_info and display:
+                debug_info.emit(debug_info.update_lines(self.net.learnable_params))
             self.iter += 1
             request = self.signals.take() if self.signals else "none"
             if (sp.snapshot and self.iter % sp.snapshot == 0) or request == "snapshot":

@@ -13,7 +13,7 @@ from netforge.cli.main import main
 from netforge.errors import ConfigError, RunError
 
 COMMANDS = {"convert", "mean", "train", "test", "freeze", "predict", "export-onnx", "summary",
-            "time", "draw", "plot", "serve", "compress"}
+            "time", "draw", "plot", "serve", "compress", "extract-features", "upgrade"}
 
 
 def test_the_console_entry_point_is_the_group_with_every_command():

@@ -133,7 +133,8 @@ def test_v1_inline_solver_net_is_upgraded(tmp_path):
     # Caffe's lenet_consolidated_solver keeps its whole net inline in the V1 syntax.
     solver = config.parse_text(
         'net_param { name: "n" layers { name: "ip" type: INNER_PRODUCT blobs_lr: 1 '
-        "blobs_lr: 2 weight_decay: 1 weight_decay: 0 } } test_iter: 1 test_interval: 1",
+        "blobs_lr: 2 weight_decay: 1 weight_decay: 0 inner_product_param { num_output: 3 } } } "
+        "test_iter: 1 test_interval: 1",
         pb.SolverParameter())
     train, tests, _ = config.solver_net_params(solver, tmp_path / "s.prototxt")
     layer = train.layer[0]

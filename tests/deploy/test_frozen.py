@@ -224,3 +224,26 @@ def test_training_nets_with_data_layers_cannot_be_frozen(tmp_path):
     with pytest.raises(ConfigError, match="self-contained"):
         freeze(root / "configs" / "lenet_train_test.prototxt", tmp_path / "w", tmp_path / "o.nf",
                Preprocess())
+
+
+def test_python_layer_in_a_frozen_file_runs_when_told(tmp_path, monkeypatch):
+    (tmp_path / "nf_frozen_told.py").write_text(
+        "class Double:\n    def setup(self, b, t): pass\n"
+        "    def reshape(self, b, t): t[0].reshape(*b[0].data.shape)\n"
+        "    def forward(self, b, t): t[0].data[...] = 2 * b[0].data\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    param = pb.NetParameter(name="told")
+    data = param.layer.add(name="data", type="Input", top=["data"])
+    data.input_param.shape.add().dim.extend([1, 1, 2, 2])
+    py = param.layer.add(name="double", type="Python", bottom=["data"], top=["out"])
+    py.python_param.module, py.python_param.layer = "nf_frozen_told", "Double"
+    param.frozen.format_version = 1
+    path = tmp_path / "told.nf"
+    path.write_bytes(param.SerializeToString())
+    monkeypatch.setenv("NETFORGE_ALLOW_PYTHON_LAYERS", "1")
+    try:
+        net = load_frozen(path).net
+        x = np.arange(4.0).reshape(1, 1, 2, 2)
+        np.testing.assert_array_equal(net.forward(data=x)["out"], 2 * x)
+    finally:
+        sys.modules.pop("nf_frozen_told", None)

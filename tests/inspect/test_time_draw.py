@@ -84,8 +84,8 @@ def test_time_and_test_commands(loss_net):
     assert result.stdout.splitlines()[0].split()[:2] == ["layer", "type"]
     weights = loss_net.with_suffix(".caffemodel")
     Net(loss_net, "test").save(weights)
-    result = run("test", "--model", str(loss_net), "--weights", str(weights),
-                 "--iterations", "2")
+    result = run("-v", "test", "--model", str(loss_net), "--weights", str(weights),
+                 "--iterations", "2")  # -v: `test` is quiet by default, its result on stdout
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "loss = 0.125"
     log = result.stderr

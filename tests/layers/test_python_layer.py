@@ -90,8 +90,10 @@ INPUT = 'layer {{ name: "{0}" type: "Input" top: "{0}" input_param {{ shape {{ {
 
 
 @pytest.fixture
-def user_module(tmp_path):
-    """Write ``<name>.py`` beside the net file; forget the module afterwards."""
+def user_module(tmp_path, monkeypatch):
+    """Write ``<name>.py`` beside the net file; forget the module afterwards. The tests
+    using it allow Python layers (the environment variable; refused by default)."""
+    monkeypatch.setenv("NETFORGE_ALLOW_PYTHON_LAYERS", "1")
     written = []
 
     def write(name: str, source: str):
@@ -193,3 +195,64 @@ def test_errors_in_forward_keep_the_users_exception(tmp_path, user_module):
     with pytest.raises(KeyError) as info:
         net.forward()
     assert any('Python "py"' in note for note in info.value.__notes__)
+
+
+MARKING = """\
+import pathlib
+pathlib.Path(__file__).with_name("ran.txt").write_text("imported")
+class Square:
+    def setup(self, bottom, top): pass
+    def reshape(self, bottom, top): top[0].reshape(*bottom[0].data.shape)
+    def forward(self, bottom, top): top[0].data[...] = bottom[0].data ** 2
+    def backward(self, top, propagate_down, bottom): pass
+"""
+
+
+def _marking_net(tmp_path):
+    (tmp_path / "nf_py_marking.py").write_text(MARKING)
+    return write_net(tmp_path, INPUT.format("x", "dim: 2 dim: 3")
+                     + python_layer(["x"], ["y"], "nf_py_marking", "Square"))
+
+
+def test_loading_a_net_never_runs_its_python_module_unless_allowed(tmp_path, monkeypatch):
+    monkeypatch.delenv("NETFORGE_ALLOW_PYTHON_LAYERS", raising=False)
+    path = _marking_net(tmp_path)
+    with pytest.raises(ConfigError, match='would import and run python_param.module '
+                                          '"nf_py_marking"'):
+        Net(path, phase="test")
+    assert not (tmp_path / "ran.txt").exists() and "nf_py_marking" not in sys.modules
+    try:
+        net = Net(path, phase="test", allow_python_layers=True)  # this net only
+        x = np.arange(6.0).reshape(2, 3)
+        np.testing.assert_array_equal(net.forward(x=x)["y"], x ** 2)
+        assert (tmp_path / "ran.txt").exists()
+        with pytest.raises(ConfigError, match="would import"):
+            Net(path, phase="test")  # the next net is refused again
+        import netforge
+        netforge.allow_python_layers()  # the process
+        try:
+            Net(path, phase="test")
+        finally:
+            netforge.allow_python_layers(False)
+        with pytest.raises(ConfigError, match="would import"):
+            Net(path, phase="test", allow_python_layers=False)
+    finally:
+        sys.modules.pop("nf_py_marking", None)
+
+
+def test_cli_runs_python_layers_only_with_the_flag(tmp_path, monkeypatch, capsys):
+    from netforge.cli.main import main
+
+    monkeypatch.delenv("NETFORGE_ALLOW_PYTHON_LAYERS", raising=False)
+    path = _marking_net(tmp_path)
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(["-q", "summary", path])
+        assert info.value.code == 2 and not (tmp_path / "ran.txt").exists()
+        assert "--allow-python-layers" in capsys.readouterr().err
+        main(["-q", "--allow-python-layers", "summary", path])
+        assert (tmp_path / "ran.txt").exists()
+    finally:
+        import netforge
+        netforge.allow_python_layers(False)
+        sys.modules.pop("nf_py_marking", None)
