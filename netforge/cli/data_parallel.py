@@ -27,8 +27,8 @@ def wants_several_gpus(gpu: str | None) -> bool:
     return gpu is not None and (gpu.strip() == "all" or "," in gpu)
 
 
-def launch_gpu_ranks(gpu: str, argv: list[str]) -> int:
-    """Start ``netforge <argv>`` once per GPU of ``gpu`` (mpiexec); its exit status."""
+def _visible_gpus(gpu: str) -> int:
+    """How many GPUs this process sees; a DeviceError saying why when none is usable."""
     try:
         import cupy
 
@@ -40,21 +40,32 @@ def launch_gpu_ranks(gpu: str, argv: list[str]) -> int:
         raise DeviceError(f"--gpu {gpu}: no GPU is usable here ({exc})") from None
     if count == 0:
         raise DeviceError(f"--gpu {gpu}: no GPU is visible here")
-    gpus = launch.gpu_list(gpu, count)
+    return count
+
+
+def launch_gpu_ranks(gpu: str, argv: list[str]) -> int:
+    """Start ``netforge <argv>`` once per GPU of ``gpu`` (mpiexec); its exit status."""
+    gpus = launch.gpu_list(gpu, _visible_gpus(gpu))
     command = launch.rank_command(gpus, argv)
     return subprocess.run(command, check=False).returncode
 
 
 def join_job(gpu: str | None) -> DataParallel | None:
-    """This rank's DataParallel when the launcher started several ranks, else None."""
+    """This rank's DataParallel when the launcher started several ranks, else None.
+
+    The rank's GPU: the one ``launch_gpu_ranks`` gave it, or, under mpirun/srun with
+    ``--gpu all`` or a list, the list's entry at the rank's local rank."""
     info = launch.rank_info()
     if info.world == 1:
         return None
     device = launch.device_for_rank(info)
-    if device is None and gpu not in (None, "-1"):
+    if device is None and wants_several_gpus(gpu):
+        gpus = launch.gpu_list(gpu, _visible_gpus(gpu))
+        device = gpus[info.local_rank % len(gpus)]
+    elif device is None and gpu not in (None, "-1"):
         raise ConfigError(f"--gpu {gpu} under a launcher of {info.world} ranks would put every "
-                          "rank on one GPU; start the ranks with netforge train --gpu 0,1,... "
-                          "(or --gpu all) instead")
+                          "rank on one GPU; give --gpu all or a list (0,1,...): each rank then "
+                          "takes the GPU at its local rank")
     if device is not None:
         backend.set_device(device)
         backend.set_mode_gpu()

@@ -350,9 +350,10 @@ def test_a_hung_rank_makes_the_other_stop_after_the_timeout(tmp_path, lmdb_db):
 
 
 @needs_mpi
-def test_ctrl_c_on_rank_0_stops_both_with_one_usable_snapshot(tmp_path, lmdb_db):
+@pytest.mark.parametrize("target", ["rank 0", "mpiexec"])  # mpiexec forwards a terminal's ^C
+def test_ctrl_c_stops_both_ranks_with_one_usable_snapshot(tmp_path, lmdb_db, target):
     process, marker, _ = _start_job(tmp_path, lmdb_db)
-    os.kill(_rank_pid(marker, 0), signal.SIGINT)
+    os.kill(_rank_pid(marker, 0) if target == "rank 0" else process.pid, signal.SIGINT)
     code, rest, _ = _finish(process)
     assert code == 0, rest[-3000:]
     assert "Optimization stopped early." in "".join(_rank_lines(rest, 0))
@@ -366,3 +367,27 @@ def test_ctrl_c_on_rank_0_stops_both_with_one_usable_snapshot(tmp_path, lmdb_db)
     solver.restore(states[0])
     assert solver.iter == stopped_at
     solver.close()
+
+
+@needs_mpi
+def test_sighup_on_rank_1_makes_rank_0_snapshot_and_both_go_on(tmp_path, lmdb_db):
+    process, marker, _ = _start_job(tmp_path, lmdb_db)
+    os.kill(_rank_pid(marker, 1), signal.SIGHUP)
+    seen = []
+    deadline = time.monotonic() + 60
+    for line in process.stdout:
+        seen.append(line)
+        if "Snapshotting solver state" in line or time.monotonic() > deadline:
+            break
+    for line in process.stdout:  # training goes on after the snapshot
+        seen.append(line)
+        if line.startswith("[0] ") and "Iteration" in line and "loss" in line:
+            break
+    os.kill(process.pid, signal.SIGINT)
+    rest, _ = process.communicate(timeout=60)
+    text = "".join(seen)
+    assert "[0] " in text and any(line.startswith("[0] ") and "Snapshotting solver state" in line
+                                  for line in seen), text[-3000:]
+    assert not any(line.startswith("[1] ") and "Snapshotting" in line
+                   for line in text.splitlines() + rest.splitlines())
+    assert len(list(tmp_path.glob("s_iter_*.solverstate"))) == 2  # SIGHUP's, then ^C's

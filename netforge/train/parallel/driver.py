@@ -3,6 +3,7 @@
     job = DataParallel.from_environment()            # rank/world from mpirun/srun/torchrun
     solver = Solver("solver.prototxt", parallel=job, metrics=job.is_root)
     solver.solve(resume_file)                        # on every rank
+    job.finish()                                     # all ranks end together
 
 What the Solver asks of it (its ``parallel`` hooks), and what each rank then does:
 
@@ -27,6 +28,7 @@ import sys
 
 import numpy as np
 
+from netforge.errors import ConfigError
 from netforge.train.parallel import collectives
 from netforge.train.parallel.launch import RankInfo, rank_info
 
@@ -72,8 +74,9 @@ class DataParallel:
         timeout = float(env.get("NETFORGE_RANK_TIMEOUT", collectives.DEFAULT_TIMEOUT_S))
         comm = collectives.MpiComm(timeout)
         if comm.world != info.world:
-            raise collectives.RankFailure(
-                f"{info.source} says {info.world} ranks but MPI joined {comm.world}: start "
+            raise ConfigError(
+                f"the {info.source} variables say {info.world} ranks but MPI joined "
+                f"{comm.world}: start "
                 "netforge under mpirun/mpiexec or srun (torchrun starts no MPI job; on GPUs "
                 "use netforge train --gpu)")
         options.setdefault("bucket_bytes",
@@ -145,6 +148,13 @@ class DataParallel:
             self.reducer.wait(requests, "the BatchNorm statistics")
             for array in arrays:
                 array *= 1.0 / self.world
+
+    def finish(self) -> None:
+        """End the run together: no rank exits (and finalizes MPI) while rank 0 still tests
+        or snapshots; afterwards a launcher's failure notice is moot."""
+        self.comm.allreduce_max(np.zeros(1, dtype=np.int32), "the other ranks to finish")
+        if hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
     @property
     def allreduce_seconds(self) -> float:
