@@ -391,3 +391,37 @@ def test_sighup_on_rank_1_makes_rank_0_snapshot_and_both_go_on(tmp_path, lmdb_db
     assert not any(line.startswith("[1] ") and "Snapshotting" in line
                    for line in text.splitlines() + rest.splitlines())
     assert len(list(tmp_path.glob("s_iter_*.solverstate"))) == 2  # SIGHUP's, then ^C's
+
+
+# -- BatchNorm statistics: per rank, or averaged ------------------------------------------------
+class _OtherRankAddsTwo(_RecordingComm):
+    """The other rank holds this rank's values + 2, so the average is ours + 1."""
+
+    def start_allreduce(self, buffer):
+        buffer[...] = buffer + (buffer + 2)
+        return None
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_batchnorm_statistics_stay_per_rank_or_are_averaged(sync):
+    from netforge import config
+    from netforge import netforge_pb2 as pb
+    from netforge.train.parallel.driver import DataParallel
+
+    net = Net(config.parse_text("""
+        layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }
+        layer { name: "bn" type: "BatchNorm" bottom: "x" top: "y" }
+        layer { name: "ip" type: "InnerProduct" bottom: "y" top: "z"
+                inner_product_param { num_output: 2 } }
+        """, pb.NetParameter()), "train", seed=1)
+    for blob in net.layer_dict["bn"].blobs:
+        blob.data[...] = np.arange(blob.count, dtype=np.float32).reshape(blob.shape) + 5
+    before = [np.array(b.data) for b in net.layer_dict["bn"].blobs]
+    weights = np.array(net.params["ip"][0].data)
+    comm = _OtherRankAddsTwo()
+    comm.rank = 0
+    job = DataParallel(comm, sync_batchnorm=sync)
+    job.after_update(net)
+    for old, blob in zip(before, net.layer_dict["bn"].blobs, strict=True):
+        np.testing.assert_array_equal(blob.data, old + 1 if sync else old)
+    np.testing.assert_array_equal(net.params["ip"][0].data, weights)  # only BatchNorm's

@@ -183,7 +183,6 @@ class GradientBuckets:
                 bucket_start = offset
         if offset > bucket_start:
             self.buckets.append((bucket_start, offset, bucket_ready))
-        self.host = xp is np
 
     @staticmethod
     def _repoint(steps, owner, view) -> None:
@@ -222,8 +221,9 @@ class GradientBuckets:
 
 class NcclReducer:
     """GPU all-reduce of the same flat buffer through NCCL (CuPy's bindings), one call per
-    bucket on the compute stream, so NCCL orders itself after backward's kernels and overlaps
-    the remaining ones. MPI hands the NCCL unique id from rank 0 to the others.
+    bucket on a stream of its own that first waits for the compute stream's work so far; so
+    bucket k is reduced while backward's kernels for the layers below it run. MPI hands the
+    NCCL unique id from rank 0 to the others.
 
     Not run in CI (no GPU there); the README says what was and was not verified.
     """
@@ -244,6 +244,7 @@ class NcclReducer:
         uid = comm.comm.bcast(uid, root=0)
         with cupy.cuda.Device(device_id):
             self.nccl_comm = nccl.NcclCommunicator(comm.world, uid, comm.rank)
+            self.stream = cupy.cuda.Stream(non_blocking=True)
         self.timeout = comm.timeout
 
     def _dtype(self, array):
@@ -251,11 +252,15 @@ class NcclReducer:
                 np.dtype(np.float64): self.nccl.NCCL_FLOAT64,
                 np.dtype(np.float16): self.nccl.NCCL_FLOAT16}[np.dtype(array.dtype)]
 
+    def _after_compute(self) -> None:
+        """Order the NCCL stream after everything queued on the compute stream so far."""
+        self.stream.wait_event(self.cupy.cuda.get_current_stream().record())
+
     def start_allreduce(self, buffer):
-        stream = self.cupy.cuda.get_current_stream()
+        self._after_compute()
         self.nccl_comm.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size,
-                                 self._dtype(buffer), self.nccl.NCCL_SUM, stream.ptr)
-        return stream.record()
+                                 self._dtype(buffer), self.nccl.NCCL_SUM, self.stream.ptr)
+        return self.stream.record()
 
     def progress(self, requests) -> None:
         pass
@@ -274,6 +279,7 @@ class NcclReducer:
         self.wait_seconds += time.perf_counter() - began
 
     def broadcast(self, buffer, what: str) -> None:
-        stream = self.cupy.cuda.get_current_stream()
-        self.nccl_comm.bcast(buffer.data.ptr, buffer.size, self._dtype(buffer), 0, stream.ptr)
-        self.wait([stream.record()], what)
+        self._after_compute()
+        self.nccl_comm.bcast(buffer.data.ptr, buffer.size, self._dtype(buffer), 0,
+                             self.stream.ptr)
+        self.wait([self.stream.record()], what)
