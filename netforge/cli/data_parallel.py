@@ -71,9 +71,10 @@ def join_job(gpu: str | None) -> DataParallel | None:
         backend.set_mode_gpu()
     else:
         backend.set_mode_cpu()
-    install_failure_notice(info.rank)
     quiet_other_ranks(info.rank)
-    return DataParallel.from_environment(info, device_id=device)
+    job = DataParallel.from_environment(info, device_id=device)
+    install_failure_notice(info.rank)  # after MPI_Init: MPICH installs a SIGUSR1 handler too
+    return job
 
 
 @contextlib.contextmanager

@@ -55,6 +55,9 @@ class MpiComm:
     def __init__(self, timeout: float = DEFAULT_TIMEOUT_S):
         mpi = import_mpi()
         self.MPI = mpi
+        # Errors as exceptions, on the world too: MPICH otherwise aborts the job from inside
+        # a wait when it notices a dead peer, before this rank can say what happened.
+        mpi.COMM_WORLD.Set_errhandler(mpi.ERRORS_RETURN)
         self.comm = mpi.COMM_WORLD.Dup()
         self.comm.Set_errhandler(mpi.ERRORS_RETURN)
         self.rank = self.comm.Get_rank()
@@ -75,7 +78,7 @@ class MpiComm:
         try:
             while not self.MPI.Request.Testall(requests):
                 now = time.perf_counter()
-                if self._drain_keepalives():
+                if self.drain_keepalives():
                     deadline = now + self.timeout
                 if now > deadline:
                     raise RankFailure(
@@ -87,8 +90,9 @@ class MpiComm:
                 pause = min(pause + 2e-5, 1e-3)
                 time.sleep(pause)
         except self.MPI.Exception as exc:
-            raise RankFailure(f"rank {self.rank}: MPI failed while waiting for {what} "
-                              f"({exc.Get_error_string().strip()}); stopping all ranks") from None
+            raise RankFailure(f"rank {self.rank}: another rank of the job failed (MPI: "
+                              f"{exc.Get_error_string().strip()}, while waiting for {what}); "
+                              "stopping") from None
         finally:
             self.wait_seconds += time.perf_counter() - began
 
@@ -110,7 +114,8 @@ class MpiComm:
             self._keepalive_requests.append(
                 self.comm.Isend(self._keepalive_buffer, dest=other, tag=KEEPALIVE_TAG))
 
-    def _drain_keepalives(self) -> bool:
+    def drain_keepalives(self) -> bool:
+        """Receive the keepalives that arrived; whether there were any."""
         seen = False
         while self.comm.Iprobe(source=0, tag=KEEPALIVE_TAG):
             self.comm.Recv(np.empty(1, dtype=np.int32), source=0, tag=KEEPALIVE_TAG)

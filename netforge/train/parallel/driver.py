@@ -153,6 +153,7 @@ class DataParallel:
         """End the run together: no rank exits (and finalizes MPI) while rank 0 still tests
         or snapshots; afterwards a launcher's failure notice is moot."""
         self.comm.allreduce_max(np.zeros(1, dtype=np.int32), "the other ranks to finish")
+        self.comm.drain_keepalives()  # none left unreceived when MPI finalizes
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
