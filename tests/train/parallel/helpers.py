@@ -1,12 +1,37 @@
-"""The small LMDB-fed net and solver the data-parallel tests train (shared with the worker)."""
+"""Shared by the data-parallel tests: the LMDB-fed net and solver, and running ranks.
+
+The 2-process cases run under the mpiexec of the ``[mpi]`` extra (MPICH wheel), which the
+``test`` extra installs; they are skipped only where mpi4py/mpiexec are missing.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.train.solver import Solver
+
+MPIEXEC = Path(sys.executable).with_name("mpiexec")
+ROOT = Path(__file__).resolve().parents[3]
+needs_mpi = pytest.mark.skipif(
+    not MPIEXEC.exists() or subprocess.run([sys.executable, "-c", "import mpi4py"]).returncode,
+    reason="the [mpi] extra (mpi4py + mpich) is not installed")
+
+
+def rank_env(**extra) -> dict:
+    """The environment for a job started from a test: this checkout first on the path, and
+    no launcher variables inherited from outside."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "RANK"):
+        env.pop(name, None)
+    return env
 
 
 def data_net(db, batch: int) -> str:

@@ -1,6 +1,6 @@
 """One rank of the data-parallel equivalence test (run under mpiexec by test_parallel.py).
 
-    mpiexec -n 2 python -m tests.train.parallel_worker OUT_DIR DB RULE BATCH
+    mpiexec -n 2 python -m tests.train.parallel.worker OUT_DIR DB RULE BATCH
 
 Trains 50 iterations straight, and 25 + snapshot + resume in a new solver + 25; rank 0
 saves both runs' weights to OUT_DIR/straight.npz and OUT_DIR/resumed.npz.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from netforge.train.parallel.driver import DataParallel
-from tests.train.parallel_nets import make_solver
+from tests.train.parallel.helpers import make_solver
 
 
 def main(out_dir: str, db: str, rule: str, global_batch: str) -> None:
