@@ -22,6 +22,7 @@ _EXPORTS = {
     "Net": ("netforge.net", "Net"),
     "Solver": ("netforge.train.solver", "Solver"),
     "get_solver": ("netforge.train.solver", "get_solver"),
+    "DataParallel": ("netforge.train.parallel.driver", "DataParallel"),
     "Classifier": ("netforge.deploy.classifier", "Classifier"),
     "load_frozen": ("netforge.deploy.frozen", "load_frozen"),
     "io": ("netforge.deploy.caffe_io", None),
@@ -74,4 +75,4 @@ __all__ = ["Net", "Classifier", "Layer", "Solver", "get_solver", "load_frozen", 
            "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
            "allow_python_layers",
            "set_mode_cpu", "set_mode_gpu", "set_device", "layer_type_list", "TRAIN", "TEST",
-           "__version__"]
+           "__version__", "DataParallel"]

@@ -24,7 +24,7 @@ from netforge.errors import ConfigError
               help="Pretrained weights to finetune from: W1[,W2...] copied in order by layer name.")
 @click.option("--snapshot", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A .solverstate to resume from.")
-@gpu_option(help="-1 for CPU, a device id, or all.")
+@gpu_option(help="-1 for CPU, a device id, or several: a list 0,1 or all (one rank per GPU).")
 @click.option("--sigint-effect", type=click.Choice(["stop", "snapshot", "none"]), default="stop",
               show_default=True, help="What Ctrl-C does.")
 @click.option("--sighup-effect", type=click.Choice(["stop", "snapshot", "none"]),
@@ -33,15 +33,22 @@ from netforge.errors import ConfigError
 def train(solver, weights, snapshot, gpu, sigint_effect, sighup_effect, level, stage):
     """Train the net of a solver file (with testing and snapshots)."""
     from netforge import config
+    from netforge.cli import data_parallel
     from netforge.cli.progress import TrainingBar
     from netforge.train.solver import SignalRequests, Solver
 
     if weights and snapshot:
         raise ConfigError("give either --weights (finetune) or --snapshot (resume), not both")
     solver_param = config.load_solver_param(solver)
-    select_device(gpu, solver_param)
+    if data_parallel.wants_several_gpus(gpu) and data_parallel.launch.rank_info().world == 1:
+        sys.exit(data_parallel.launch_gpu_ranks(gpu, sys.argv[1:]))  # one rank per GPU
+    job = data_parallel.join_job(gpu)  # None unless mpirun/srun started several ranks
+    if job is None:
+        select_device(gpu, solver_param)
     signals = SignalRequests(sigint_effect, sighup_effect)
-    trainer = Solver(solver, level=level, stages=split_stages(stage), signals=signals)
+    with data_parallel.ending_the_job_on_failure(job):
+        trainer = Solver(solver, level=level, stages=split_stages(stage), signals=signals,
+                         parallel=job, metrics=job is None or job.is_root)
     bar = None
     try:
         # --weights, else the solver file's weights fields; each may list W1,W2,...
@@ -54,7 +61,10 @@ def train(solver, weights, snapshot, gpu, sigint_effect, sighup_effect, level, s
         if bar:
             bar.attach()
         signals.install()
-        trainer.solve(resume_file=snapshot)
+        with data_parallel.ending_the_job_on_failure(job):
+            trainer.solve(resume_file=snapshot)
+            if job:
+                job.finish()
     finally:
         signals.uninstall()
         if bar:

@@ -50,8 +50,29 @@ class BatchLoader:
         self.dtype = np.dtype(dtype)
         self.label = label
         self.origin = 0
+        # Data-parallel sharding (Caffe's): with ``world`` ranks, batch k of the stream is
+        # world × batch_size records and rank r keeps rows r, r+world, ...; 1 rank = all.
+        self.rank, self.world = 0, 1
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.pool = RowPool(workers, name="netforge-decode")
+
+    def shard(self, rank: int, world: int) -> None:
+        """Read as rank ``rank`` of ``world``: stream positions ``start + i*world + rank``
+        for row i. The state stays the global stream's, so every rank resumes alike."""
+        if not 0 <= rank < world:
+            raise DataError(f"{self.label}: rank {rank} is outside a world of {world}")
+        self.rank, self.world = int(rank), int(world)
+
+    def row_positions(self, index: int) -> list[int]:
+        """Stream positions of this rank's rows of batch ``index``."""
+        start = self.start(index)
+        return [start + i * self.world + self.rank for i in range(self.batch_size)]
+
+    def row_draws(self, index: int, transformer: Transformer) -> np.ndarray:
+        """This rank's rows of the global batch's random draws (crops, mirrors), so that N
+        ranks × batch B transform each record exactly as 1 rank × batch N·B would."""
+        draws = transformer.draw(self.batch_rng(index), self.batch_size * self.world)
+        return draws[self.rank :: self.world]
 
     def allocate(self) -> dict[str, np.ndarray]:
         """One set of batch buffers, ``(N, *item shape)`` per top key."""
@@ -66,8 +87,8 @@ class BatchLoader:
         return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(_EPOCH, *key)))
 
     def start(self, index: int) -> int:
-        """Stream position of batch ``index``'s first record."""
-        return self.origin + index * self.batch_size
+        """Stream position of (global) batch ``index``'s first record."""
+        return self.origin + index * self.batch_size * self.world
 
     def wrap(self, position: int) -> int:
         """How a stream position is reported in the state (subclasses may reduce it)."""
@@ -83,7 +104,7 @@ class BatchLoader:
         if "seed" in state:
             self.seed = int(state["seed"])
         next_batch = int(state.get("batch_index", 0))
-        self.origin = int(state.get("position", 0)) - next_batch * self.batch_size
+        self.origin = int(state.get("position", 0)) - next_batch * self.batch_size * self.world
         return next_batch
 
     def load_batch(self, index: int, out: dict[str, np.ndarray]) -> None:
@@ -130,9 +151,14 @@ class DatumLoader(BatchLoader):
         n = self.batch_size
         # The cursor is sequential (and not thread-safe): read the raw records first, then
         # decode and transform them on the workers.
-        self.reader.seek(self.wrap(self.start(index)))
-        records = [self.reader.next() for _ in range(n)]
-        draws = self.transformer.draw(self.batch_rng(index), n)
+        self.reader.seek(self.wrap(self.start(index) + self.rank))
+        records = []
+        for i in range(n):
+            records.append(self.reader.next())
+            if i + 1 < n:
+                for _ in range(self.world - 1):  # the other ranks' records
+                    self.reader.next()
+        draws = self.row_draws(index, self.transformer)
         data, labels = out["data"], out["label"]
 
         def one(i: int) -> None:
@@ -203,9 +229,8 @@ class ImageListLoader(BatchLoader):
 
     def load_batch(self, index: int, out: dict[str, np.ndarray]) -> None:
         n = self.batch_size
-        start = self.start(index)
-        entries = [self.entry(start + i) for i in range(n)]
-        draws = self.transformer.draw(self.batch_rng(index), n)
+        entries = [self.entry(position) for position in self.row_positions(index)]
+        draws = self.row_draws(index, self.transformer)
         data, labels = out["data"], out["label"]
 
         def one(i: int) -> None:
@@ -275,14 +300,26 @@ class Hdf5Loader(BatchLoader):
         return self._loaded[1], self._loaded[2]
 
     def load_batch(self, index: int, out: dict[str, np.ndarray]) -> None:
-        position, filled = self.start(index), 0
-        while filled < self.batch_size:
+        if self.world == 1:
+            self._load_rows(self.start(index), self.batch_size, out)
+            return
+        # Rows live in memory, so read the global batch and keep this rank's rows.
+        whole = {name: np.empty((self.batch_size * self.world, *self.shapes[name]),
+                                dtype=self.dtype) for name in self.names}
+        self._load_rows(self.start(index), self.batch_size * self.world, whole)
+        for name in self.names:
+            out[name][...] = whole[name][self.rank :: self.world]
+
+    def _load_rows(self, position: int, count: int, out: dict[str, np.ndarray]) -> None:
+        """``count`` consecutive stream rows from ``position`` into ``out``."""
+        filled = 0
+        while filled < count:
             epoch, offset = divmod(position, self.total)
             order, starts = self._epoch_layout(epoch)
             slot = bisect.bisect_right(starts, offset) - 1
             f = order[slot]
             row = offset - starts[slot]
-            take = min(self.batch_size - filled, self.files[f].rows - row)
+            take = min(count - filled, self.files[f].rows - row)
             arrays, rows = self._file_rows(epoch, f)
             picked = rows[row : row + take]
             for name in self.names:

@@ -163,6 +163,12 @@ class PrefetchingLayer(Layer):
         for top, key in zip(tops, self.top_keys(), strict=True):
             _copy_to_top(top.data, batch[key])
 
+    def shard(self, rank: int, world: int) -> None:
+        """Data-parallel reading: rank ``rank`` of ``world`` takes records r, r+N, ... of
+        each global batch (see ``BatchLoader.shard``); batches not yet read are dropped."""
+        self._stop_prefetch()
+        self.loader.shard(rank, world)
+
     def get_state(self) -> dict:
         """Where the stream is: ``position`` (next record), ``batch_index``, ``seed``."""
         return self.loader.state(self._next_batch)

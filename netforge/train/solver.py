@@ -66,12 +66,14 @@ class Solver:
         level, stages: NetState level/stages merged into the train net's state.
         signals: a SignalRequests the CLI installs; None means signals are not watched.
         metrics: write ``<snapshot_prefix>_metrics.jsonl`` (JSON lines) while training.
+        parallel: this rank's ``netforge.train.parallel.DataParallel`` in a data-parallel job
+            (None: a single process). Its hooks are the ``self.parallel`` lines below.
     """
 
     forced_type: str | None = None  # set by the pycaffe-named subclasses
 
     def __init__(self, solver, *, level: int = 0, stages=(), signals: SignalRequests | None = None,
-                 dtype=np.float32, metrics: bool = True):
+                 dtype=np.float32, metrics: bool = True, parallel=None):
         if isinstance(solver, (str, Path)):
             self.path = Path(solver)
             sp = config.load_solver_param(solver)
@@ -90,6 +92,9 @@ class Solver:
         lr_policies.learning_rate(sp, 0)  # fail early on a bad policy
         self.signals = signals
         seed = sp.random_seed if sp.random_seed >= 0 else None
+        self.parallel = parallel
+        if parallel:  # every rank draws the same data stream
+            seed = parallel.common_seed(seed)
         self.rng = np.random.default_rng(seed)
 
         train_param, test_params, net_dir = config.solver_net_params(sp, self.path)
@@ -131,6 +136,8 @@ class Solver:
         self._losses: list[float] = []
         self.stop_requested = False
         self.test_results: list[dict] = []  # last test pass: one {name: mean} per test net
+        if parallel:  # shard the data, one flat gradient buffer, rank 0's weights
+            parallel.attach(self)
 
     def _child_rng(self) -> np.random.Generator:
         return np.random.default_rng(self.rng.integers(2**63))
@@ -207,8 +214,11 @@ class Solver:
             if sp.debug_info:  # Caffe: the per-layer magnitudes on display iterations only
                 self.net.debug_info = bool(display)
             loss = 0.0
-            for _ in range(sp.iter_size):
-                loss += self.net.forward_backward()
+            for k in range(sp.iter_size):
+                if self.parallel and k == sp.iter_size - 1:  # all-reduce during backward
+                    loss += self.parallel.forward_backward(self.net)
+                else:
+                    loss += self.net.forward_backward()
             loss /= sp.iter_size
             self._update_smoothed_loss(loss, start_iter)
             if display:
@@ -227,8 +237,12 @@ class Solver:
             self.apply_update()
             if sp.debug_info and display:
                 debug_info.emit(debug_info.update_lines(self.net.learnable_params))
+            if self.parallel:
+                self.parallel.after_update(self.net)
             self.iter += 1
             request = self.signals.take() if self.signals else "none"
+            if self.parallel:  # any rank's signal stops/snapshots all ranks together
+                request = self.parallel.agree(request)
             if (sp.snapshot and self.iter % sp.snapshot == 0) or request == "snapshot":
                 self.snapshot()
             for _, _, on_end in self.callbacks:
@@ -286,6 +300,8 @@ class Solver:
     # -- testing ---------------------------------------------------------------------------
     def test_all(self) -> None:
         self.test_results = []
+        if self.parallel and not self.parallel.is_root:
+            return  # rank 0 alone tests
         for i in range(len(self.test_nets)):
             self.test(i)
             if self.stop_requested:
@@ -300,7 +316,13 @@ class Solver:
         n_iter = sp.test_iter[index]
         last = len(net.plan.steps) - 1
         for _ in range(n_iter):
-            request = self.signals.take() if self.signals else "none"
+            if self.parallel:
+                # A request waits for the ranks' agreement after the iteration; meanwhile
+                # rank 0 tells the waiting ranks that it is alive.
+                self.parallel.keepalive()
+                request = "none"
+            else:
+                request = self.signals.take() if self.signals else "none"
             while request != "none":
                 if request == "snapshot":
                     self.snapshot()
@@ -323,7 +345,9 @@ class Solver:
         return result
 
     # -- snapshots -------------------------------------------------------------------------
-    def snapshot(self) -> tuple[Path, Path]:
+    def snapshot(self) -> tuple[Path, Path] | None:
+        if self.parallel and not self.parallel.is_root:
+            return None  # rank 0 alone snapshots
         return self.snapshots.write()
 
     def restore(self, state_file) -> None:
