@@ -48,6 +48,10 @@ def linear_forward(x: Array, w: Array, b: Array | None, y: Array, *,
         x: (M, K); w: (N, K), or (K, N) when transpose; b: (N,) or None; y: (M, N), assigned.
     """
     xp = get_array_module(x)
+    if xp is not numpy:  # cuDNN matmul: capturable, unlike cupy.matmul (ops/cuda/conv.py)
+        from netforge.ops.cuda import conv as cuda_conv
+        if cuda_conv.linear_forward(x, w, b, y, transpose=transpose):
+            return
     xp.matmul(x, w if transpose else w.T, out=y)
     if b is not None:
         xp.add(y, b, out=y)
@@ -57,6 +61,10 @@ def linear_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Arra
                     db: Array | None, transpose: bool = False, ws: dict | None = None) -> None:
     """Gradients of ``linear_forward``: dx (M, K) assigned, dw and db accumulated."""
     xp = get_array_module(dy)
+    if xp is not numpy:  # cuDNN matmul (netforge/ops/cuda/conv.py)
+        from netforge.ops.cuda import conv as cuda_conv
+        if cuda_conv.linear_backward(dy, x, w, dx=dx, dw=dw, db=db, transpose=transpose):
+            return
     if dw is not None:
         stage = scratch(ws, "dw", dw.shape, dw.dtype, xp)
         xp.matmul(x.T, dy, out=stage) if transpose else xp.matmul(dy.T, x, out=stage)

@@ -356,6 +356,10 @@ def lrn_forward(x: Array, y: Array, scale: Array, inv_pow: Array, *, size: int, 
             backward (scale and scale ** -beta). size: odd window size.
     """
     xp = get_array_module(x)
+    if xp is not numpy and region == ACROSS_CHANNELS:  # netforge/ops/cuda/normalization.py
+        from netforge.ops.cuda import normalization as cuda_norm
+        return cuda_norm.lrn_across_forward(x, y, scale, inv_pow, size=size, alpha=alpha,
+                                            beta=beta, k=k)
     half = (size - 1) // 2
     squares = scratch(ws, "tmp", x.shape, x.dtype, xp)
     if region == ACROSS_CHANNELS and compiled.active(x, y, scale, inv_pow):
@@ -385,6 +389,10 @@ def lrn_backward(dy: Array, x: Array, scale: Array, inv_pow: Array, dx: Array, *
     layer may have overwritten (Caffe reads the top).
     """
     xp = get_array_module(dy)
+    if xp is not numpy and region == ACROSS_CHANNELS:
+        from netforge.ops.cuda import normalization as cuda_norm
+        return cuda_norm.lrn_across_backward(dy, x, scale, inv_pow, dx, size=size,
+                                             alpha=alpha, beta=beta)
     half = (size - 1) // 2
     ratio = scratch(ws, "tmp", dy.shape, dy.dtype, xp)
     if region == ACROSS_CHANNELS and compiled.active(dy, x, scale, inv_pow, dx, ratio):

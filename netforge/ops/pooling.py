@@ -317,6 +317,9 @@ def max_pool_forward(x: Array, y: Array, argmax: Array | None, *, kernel: IntPai
     """
     xp = get_array_module(x)
     geo = pool_geometry(x.shape, y.shape, kernel, stride, pad)
+    if xp is not numpy:  # one CuPy kernel, no scratch (netforge/ops/cuda/pooling.py)
+        from netforge.ops.cuda import pooling as cuda_pooling
+        return cuda_pooling.max_pool_forward(x, y, argmax, geo)
     if geo.is_global:
         x3 = view_as(x, (geo.n, geo.c, geo.h * geo.w))
         if argmax is not None:
@@ -368,6 +371,9 @@ def max_pool_backward(dy: Array, argmax: Array, dx: Array, *, kernel: IntPair,
     """
     xp = get_array_module(dy)
     geo = pool_geometry(dx.shape, dy.shape, kernel, stride, pad)
+    if xp is not numpy:
+        from netforge.ops.cuda import pooling as cuda_pooling
+        return cuda_pooling.max_pool_backward(dy, argmax, dx, geo)
     if geo.is_global:
         # One compare against 0..H*W-1 marks every argmax; the product places dy there.
         hw = geo.h * geo.w
@@ -469,6 +475,9 @@ def ave_pool_forward(x: Array, y: Array, *, kernel: IntPair, stride: IntPair,
     """
     xp = get_array_module(x)
     geo = pool_geometry(x.shape, y.shape, kernel, stride, pad)
+    if xp is not numpy:
+        from netforge.ops.cuda import pooling as cuda_pooling
+        return cuda_pooling.ave_pool_forward(x, y, geo)
     if geo.is_global:  # one reduction over a contiguous axis
         xp.sum(view_as(x, (geo.n, geo.c, geo.h * geo.w)), axis=2,
                out=view_as(y, (geo.n, geo.c)))
@@ -500,6 +509,9 @@ def ave_pool_backward(dy: Array, dx: Array, *, kernel: IntPair, stride: IntPair,
     """dx (N, C, H, W), assigned: dy (N, C, OH, OW) / window size spread over each window."""
     xp = get_array_module(dy)
     geo = pool_geometry(dx.shape, dy.shape, kernel, stride, pad)
+    if xp is not numpy:
+        from netforge.ops.cuda import pooling as cuda_pooling
+        return cuda_pooling.ave_pool_backward(dy, dx, geo)
     if geo.is_global:
         xp.multiply(view_as(dy, (geo.n, geo.c, 1)), 1.0 / (geo.h * geo.w),
                     out=view_as(dx, (geo.n, geo.c, geo.h * geo.w)))

@@ -366,6 +366,11 @@ def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPa
         ws: workspace from ``conv_workspace_shapes``.
     """
     xp = get_array_module(x)
+    if xp is not numpy:  # cuDNN when installed (netforge/ops/cuda/conv.py), else below
+        from netforge.ops.cuda import conv as cuda_conv
+        if cuda_conv.conv_forward(x, w, b, y, stride=pair(stride), pad=pair(pad),
+                                  dilation=pair(dilation)):
+            return
     geo = _conv_geom(x.shape, w.shape, stride, pad, dilation, group)
     g, og, cg, lp = geo.g, geo.o // geo.g, geo.c // geo.g, geo.lp
     if geo.mode == "pointwise":
@@ -421,6 +426,11 @@ def conv_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Array 
             when the batch is processed in several chunks (large images).
     """
     xp = get_array_module(dy)
+    if xp is not numpy:  # cuDNN dgrad/wgrad when installed (netforge/ops/cuda/conv.py)
+        from netforge.ops.cuda import conv as cuda_conv
+        if cuda_conv.conv_backward(dy, x, w, dx=dx, dw=dw, db=db, stride=pair(stride),
+                                   pad=pair(pad), dilation=pair(dilation)):
+            return
     geo = _conv_geom(x.shape, w.shape, stride, pad, dilation, group)
     dy3 = view_as(dy, (geo.n, geo.o, geo.lp))
     if geo.mode == "pointwise":
