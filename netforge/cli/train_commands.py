@@ -29,8 +29,10 @@ from netforge.errors import ConfigError
               show_default=True, help="What Ctrl-C does.")
 @click.option("--sighup-effect", type=click.Choice(["stop", "snapshot", "none"]),
               default="snapshot", show_default=True, help="What SIGHUP does.")
+@click.option("--no-graph", is_flag=True, default=False,
+              help="GPU: never capture the training step as a CUDA graph.")
 @netstate_options
-def train(solver, weights, snapshot, gpu, sigint_effect, sighup_effect, level, stage):
+def train(solver, weights, snapshot, gpu, sigint_effect, sighup_effect, no_graph, level, stage):
     """Train the net of a solver file (with testing and snapshots)."""
     from netforge import config
     from netforge.cli import data_parallel
@@ -48,7 +50,8 @@ def train(solver, weights, snapshot, gpu, sigint_effect, sighup_effect, level, s
     signals = SignalRequests(sigint_effect, sighup_effect)
     with data_parallel.ending_the_job_on_failure(job):
         trainer = Solver(solver, level=level, stages=split_stages(stage), signals=signals,
-                         parallel=job, metrics=job is None or job.is_root)
+                         parallel=job, metrics=job is None or job.is_root,
+                         no_graph=no_graph)
     bar = None
     try:
         # --weights, else the solver file's weights fields; each may list W1,W2,...

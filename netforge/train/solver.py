@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge import config
+from netforge import backend, config
 from netforge import netforge_pb2 as pb
 from netforge.backend import to_host
 from netforge.errors import ConfigError
 from netforge.graph import debug_info
 from netforge.net import Net
-from netforge.train import divergence, lr_policies
+from netforge.train import cuda_graph, divergence, lr_policies, mixed_precision
 from netforge.train.evaluate import add_outputs
 from netforge.train.metrics import MetricsWriter, metrics_path
 from netforge.train.snapshots import SnapshotWriter, restore_state
@@ -68,12 +68,14 @@ class Solver:
         metrics: write ``<snapshot_prefix>_metrics.jsonl`` (JSON lines) while training.
         parallel: this rank's ``netforge.train.parallel.DataParallel`` in a data-parallel job
             (None: a single process). Its hooks are the ``self.parallel`` lines below.
+        no_graph: never capture the step as a CUDA graph (``--no-graph``; GPU only).
     """
 
     forced_type: str | None = None  # set by the pycaffe-named subclasses
 
     def __init__(self, solver, *, level: int = 0, stages=(), signals: SignalRequests | None = None,
-                 dtype=np.float32, metrics: bool = True, parallel=None):
+                 dtype=np.float32, metrics: bool = True, parallel=None,
+                 no_graph: bool = False):
         if isinstance(solver, (str, Path)):
             self.path = Path(solver)
             sp = config.load_solver_param(solver)
@@ -98,6 +100,13 @@ class Solver:
         self.rng = np.random.default_rng(seed)
 
         train_param, test_params, net_dir = config.solver_net_params(sp, self.path)
+        # Mixed precision is parsed and checked here; running a net in FLOAT16/BFLOAT16
+        # (loss-diff seeding with the scale, MasterWeights) is not wired into the loop yet.
+        precision = mixed_precision.check_single_precision(train_param)
+        if precision.compute != "FLOAT32":
+            raise ConfigError(f"{self.path or 'solver'}: net precision {precision.compute} is "
+                              "parsed but training in it is not supported yet (FLOAT32 only)")
+        self.use_cuda_graph = cuda_graph.wanted(sp, no_graph, backend.mode())
         self.net_dir = net_dir
         base_dirs = (net_dir,) + ((self.path.resolve().parent,) if self.path else ())
         train_state = pb.NetState(phase=pb.TRAIN)
