@@ -8,7 +8,7 @@ function that needs it, so CuPy (and cuDNN) load only once a CuPy array reaches 
     pooling.py        MAX/AVE pooling forward and backward (one thread per output / input)
     normalization.py  LRN across channels, forward and backward
     loss.py           softmax + multinomial logistic loss into a 0-d device loss
-    elementwise.py    scatter-add, clipped put, dtype casts, bias+ReLU chains
+    elementwise.py    dtype casts, bias+ReLU chains, ReLU backward, device-scalar fill
     optimizers.py     SGD / Nesterov / Adam updates reading the learning rate from the device
     amp.py            mixed precision: fused unscale + non-finite check, loss-scale update
     cudnn_adapter.py  the ONE module importing ``cudnn`` (nvidia-cudnn-frontend)

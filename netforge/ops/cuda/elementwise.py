@@ -1,10 +1,9 @@
-"""Elementwise chains and the numpy calls CuPy lacks, as single CuPy kernels.
+"""Elementwise chains as single CuPy kernels.
 
-- ``scatter_add(dst, index, values)``: numpy's ``add.at`` (Embed and BatchReindex backward);
-  ``cupyx.scatter_add`` is CuPy's own (atomicAdd, so sums of duplicates are not bitwise
-  deterministic).
-- ``put_clipped(flat, index, values)``: numpy's ``put(mode="clip")``; CuPy's ``put`` has
-  modes but ``take`` has none, so both go through an explicit clip.
+(numpy's ``add.at`` and ``take/put(mode=...)`` already have CuPy branches in the xp-generic
+ops: ``cupyx.scatter_add`` and mode-free forms. MAX pooling's ``take(mode="clip")`` table
+lookups are replaced wholesale by ``pooling.py``.)
+
 - ``cast(src, dst)``: dtype conversion into an existing buffer (fp32 masters ↔ bf16/fp16
   working copies), one launch, no temporary.
 - ``bias_relu(x, bias, y, negative_slope)``: Convolution's bias add and a following ReLU in
@@ -14,23 +13,7 @@
 
 from __future__ import annotations
 
-import cupy
-import cupyx
-
 from netforge.ops.cuda.compile import elementwise
-
-
-def scatter_add(dst, index, values) -> None:
-    """dst[index] += values along axis 0, duplicates summed (numpy ``add.at``)."""
-    cupyx.scatter_add(dst, index, values)
-
-
-def put_clipped(flat, index, values) -> None:
-    """flat[clip(index, 0, size-1)] = values."""
-    kernel = elementwise("nf_put_clipped", "I index, T value, int64 size", "raw T flat",
-                         "long j = (long)index; j = j < 0 ? 0 : (j >= size ? size - 1 : j);"
-                         " flat[j] = value;")
-    kernel(index, values, flat.size, flat)
 
 
 def cast(src, dst) -> None:
@@ -62,6 +45,3 @@ def fill_scalar(dst, value_dev) -> None:
     elementwise("nf_fill_from_device", "raw S value", "T dst", "dst = (T)value[0]")(
         value_dev, dst)
 
-
-def zeros_like_device(a):
-    return cupy.zeros_like(a)
