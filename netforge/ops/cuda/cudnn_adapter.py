@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import cudnn
 import cupy
+import numpy
 
 # cudnn.data_type for the storage dtypes netforge uses (bf16 through ml_dtypes' dtype name).
 _DATA_TYPES = {
@@ -106,13 +107,14 @@ def _new_graph(io_dtype, allow_tf32: bool):
     return graph
 
 
-def _finish(graph, tensors, allow_tf32: bool) -> BuiltGraph:
+def _finish(graph, tensors, allow_tf32: bool, io_dtype=None) -> BuiltGraph:
     graph.validate()
     graph.build_operation_graph()
-    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-    if not allow_tf32 and hasattr(graph, "deselect_numeric_notes"):
-        # strict fp32 (Caffe's numbers): keep TF32 tensor-core engines out
+    if not allow_tf32 and io_dtype is not None and cupy.dtype(io_dtype) == cupy.float32:
+        # strict fp32 (Caffe's numbers): keep TF32 tensor-core engines out — fp32 graphs
+        # only; half-precision graphs need the tensor cores
         graph.deselect_numeric_notes([cudnn.numerical_note.TENSOR_CORE])
+    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
     graph.check_support()
     graph.build_plans()
     return BuiltGraph(graph, tensors, int(graph.get_workspace_size()))
@@ -159,7 +161,7 @@ def conv_forward(x, w, y, *, pad, stride, dilation, bias=None, relu: bool = Fals
             out = g.relu(name="relu", input=out)
         out.set_output(True).set_data_type(data_type(y.dtype))
         out.set_dim(list(y.shape)).set_stride(strides_in_elements(y))
-        return _finish(g, tensors + [out], allow_tf32)
+        return _finish(g, tensors + [out], allow_tf32, x.dtype)
 
     _cached("conv_fprop", arrays, options, build).execute(*arrays)
 
@@ -175,7 +177,7 @@ def conv_backward_data(dy, w, dx, *, pad, stride, dilation, allow_tf32: bool = F
                            dilation=list(dilation))
         out.set_output(True).set_dim(list(dx.shape)).set_stride(strides_in_elements(dx))
         out.set_data_type(data_type(dx.dtype))
-        return _finish(g, [tdy, tw, out], allow_tf32)
+        return _finish(g, [tdy, tw, out], allow_tf32, dy.dtype)
 
     _cached("conv_dgrad", [dy, w, dx], options, build).execute(dy, w, dx)
 
@@ -191,7 +193,7 @@ def conv_backward_filter(x, dy, dw, *, pad, stride, dilation, allow_tf32: bool =
                            dilation=list(dilation))
         out.set_output(True).set_dim(list(dw.shape)).set_stride(strides_in_elements(dw))
         out.set_data_type(data_type(dw.dtype))
-        return _finish(g, [tx, tdy, out], allow_tf32)
+        return _finish(g, [tx, tdy, out], allow_tf32, x.dtype)
 
     _cached("conv_wgrad", [x, dy, dw], options, build).execute(x, dy, dw)
 
@@ -210,7 +212,7 @@ def matmul(a, b, c, *, allow_tf32: bool = False) -> None:
         out = g.matmul(name="matmul", A=ta, B=tb)
         out.set_output(True).set_data_type(data_type(c3.dtype))
         out.set_dim(list(c3.shape)).set_stride(strides_in_elements(c3))
-        return _finish(g, [ta, tb, out], allow_tf32)
+        return _finish(g, [ta, tb, out], allow_tf32, a3.dtype)
 
     _cached("matmul", [a3, b3, c3], (allow_tf32,), build).execute(a3, b3, c3)
 
@@ -246,8 +248,13 @@ def batch_norm_train(x, scale, bias, running_mean, running_var, y, saved_mean, s
     pack = {t: int(a.data.ptr) for t, a in zip(built.tensors, arrays, strict=True)}
     pack[built.next_stats[0]] = int(running_mean.data.ptr)
     pack[built.next_stats[1]] = int(running_var.data.ptr)
-    pack[built.scalars[0]] = cupy.float32(epsilon).item()
-    pack[built.scalars[1]] = cupy.float32(momentum).item()
+    # pass-by-value scalars come from host memory (the frontend's tests pass CPU tensors);
+    # kept on the built graph so the buffers outlive any captured replay
+    if not hasattr(built, "host_scalars"):
+        built.host_scalars = (numpy.full((1, 1, 1, 1), epsilon, numpy.float32),
+                              numpy.full((1, 1, 1, 1), momentum, numpy.float32))
+    pack[built.scalars[0]] = built.host_scalars[0].ctypes.data
+    pack[built.scalars[1]] = built.host_scalars[1].ctypes.data
     built.graph.execute(pack, _handles.workspace(built.workspace_bytes), handle=_handles.handle())
 
 
