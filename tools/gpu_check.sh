@@ -39,7 +39,7 @@ PY=python3
 cat "$OUT/environment.txt"
 
 echo "== pytest -m gpu ($(( $(date +%s) - start )) s)"
-timeout 200 $PY -m pytest -q -m gpu tests/gpu -x --maxfail=20 -p no:cacheprovider \
+timeout 200 $PY -m pytest -q -m gpu tests/gpu --maxfail=30 -p no:cacheprovider -rf \
     > "$OUT/pytest_gpu.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"
 tail -n 30 "$OUT/pytest_gpu.log"
