@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -18,6 +19,7 @@ from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, ShapeError
 from netforge.graph.compile import build_plan
 from netforge.layers.base import LayerContext
+from netforge.ops.random import philox_key
 
 log = logging.getLogger("netforge")
 
@@ -31,7 +33,9 @@ class Net:
         weights: optional .caffemodel / .caffemodel.h5 to copy weights from (by layer name).
         level, stages: NetState level and stages used to filter layers.
         dtype: float32 (default) or float64 (gradient checks).
-        seed: seeds the generator that fills weights and drives Dropout/data augmentation.
+        seed: seeds the generator that fills weights and the key of the counter-based
+            streams of Dropout and stochastic pooling (``random_key`` sets that key alone;
+            the solver passes one derived from random_seed).
         reuse_memory: for nets loaded only to predict: activations never alive together share
             memory (``netforge.graph.memory_plan``); backward is then refused, and after a forward
             only the outputs, inputs and ``keep_blobs`` hold their values.
@@ -40,7 +44,8 @@ class Net:
     def __init__(self, net, phase: str = "test", weights: str | None = None, level: int = 0,
                  stages=(), *, dtype=np.float32, seed: int | None = None,
                  rng: np.random.Generator | None = None, base_dirs=(),
-                 reuse_memory: bool = False, keep_blobs=()):
+                 reuse_memory: bool = False, keep_blobs=(),
+                 random_key: tuple[int, int] | None = None):
         if str(weights).lower() in ("train", "test") and str(phase).upper() not in config.PHASES:
             # pycaffe's legacy order: Net(prototxt, caffemodel, phase).
             phase, weights = weights, phase
@@ -60,8 +65,13 @@ class Net:
         merged.phase = state.phase
         self.source = source
         self.rng = rng if rng is not None else np.random.default_rng(seed)
+        if random_key is None:
+            # From the seed, else from a copy of the generator (which it leaves untouched, so
+            # the weights it fills do not change).
+            random_key = philox_key(seed if seed is not None else
+                                    int(copy.deepcopy(self.rng).integers(2**63)))
         self.ctx = LayerContext(phase, np.dtype(dtype), backend.array_module(), self.rng,
-                                tuple(Path(b) for b in base_dirs))
+                                tuple(Path(b) for b in base_dirs), tuple(random_key))
         log.info("Initializing net from parameters (%s, phase %s)", source, phase)
         # upgrade -> filter by NetState -> the graph passes (netforge.graph.compile)
         filtered, self.plan = build_plan(param, merged, self.ctx, source)

@@ -58,10 +58,6 @@ class BatchLoader:
         return {key: np.empty((self.batch_size, *shape), dtype=self.dtype)
                 for key, shape in self.shapes.items()}
 
-    def batch_rng(self, index: int) -> np.random.Generator:
-        """The generator of batch ``index``: a pure function of (seed, index)."""
-        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(index,)))
-
     def epoch_rng(self, *key: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(_EPOCH, *key)))
 
@@ -132,7 +128,7 @@ class DatumLoader(BatchLoader):
         # decode and transform them on the workers.
         self.reader.seek(self.wrap(self.start(index)))
         records = [self.reader.next() for _ in range(n)]
-        draws = self.transformer.draw(self.batch_rng(index), n)
+        draws = self.transformer.batch_draws(self.seed, index, n)
         data, labels = out["data"], out["label"]
 
         def one(i: int) -> None:
@@ -205,7 +201,7 @@ class ImageListLoader(BatchLoader):
         n = self.batch_size
         start = self.start(index)
         entries = [self.entry(start + i) for i in range(n)]
-        draws = self.transformer.draw(self.batch_rng(index), n)
+        draws = self.transformer.batch_draws(self.seed, index, n)
         data, labels = out["data"], out["label"]
 
         def one(i: int) -> None:

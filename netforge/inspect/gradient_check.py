@@ -25,6 +25,7 @@ from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.graph.compile import compile_net
 from netforge.layers.base import LayerContext
+from netforge.ops.random import philox_key
 
 
 @dataclass
@@ -48,7 +49,8 @@ def build_single_layer(layer_text: str, bottoms: list[np.ndarray], *, phase: str
         inp.top.append(f"b{j}")
         inp.input_param.shape.add().dim.extend(array.shape)
     config.parse_text(layer_text, net.layer.add(), "layer under test")
-    ctx = LayerContext(phase=phase, dtype=np.dtype(dtype), rng=np.random.default_rng(seed))
+    ctx = LayerContext(phase=phase, dtype=np.dtype(dtype), rng=np.random.default_rng(seed),
+                       random_key=philox_key(seed))
     plan = compile_net(net, ctx)
     for j, array in enumerate(bottoms):
         plan.blobs[f"b{j}"].data[...] = array
@@ -57,8 +59,11 @@ def build_single_layer(layer_text: str, bottoms: list[np.ndarray], *, phase: str
 
 def run_forward(plan, seed: int = 1701) -> None:
     for step in plan.steps:
-        # Reseed random layers (Dropout) so every forward draws the same mask.
-        if hasattr(step.layer, "rng"):
+        # Rewind random layers (Dropout) so every forward draws the same mask.
+        stream = getattr(step.layer, "random", None)
+        if stream is not None:  # a counter-based stream (ops/random.py)
+            stream.draws[...] = 0
+        elif hasattr(step.layer, "rng"):
             step.layer.rng = np.random.default_rng(seed)
         step.layer.forward(step.bottoms, step.tops)
 

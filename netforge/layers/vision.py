@@ -313,7 +313,7 @@ class PoolingLayer(Layer):
         self.method = p.pool
         self.stochastic = self.method == pb.PoolingParameter.STOCHASTIC
         if self.stochastic:
-            self.rng = self.ctx.rng
+            self.random_stream()
         self.global_pooling = p.global_pooling
         if self.global_pooling:
             if p.kernel_size or p.HasField("kernel_h"):
@@ -352,6 +352,7 @@ class PoolingLayer(Layer):
             self.argmax = self.xp.empty(top, dtype=self.xp.int32)
         elif self.stochastic:
             self.sample = self.xp.empty(top, dtype=self.xp.int32)  # TRAIN's sampled pixels
+            self.random.reserve(self.sample.size)
         # MAX and AVE run each slice of the batch on its own core (netforge.ops.batch_split),
         # with its own workspace; STOCHASTIC draws in one sequence, unsplit.
         count = 1 if self.stochastic else parallel.parts(self.xp)
@@ -402,7 +403,7 @@ class PoolingLayer(Layer):
         elif self.stochastic:
             window = {"kernel": self.kernel, "stride": self.stride, "ws": self.ws}
             if self.phase == "TRAIN":
-                stochastic.stochastic_pool_forward_train(x, y, self.sample, rng=self.rng, **window)
+                stochastic.stochastic_pool_forward_train(x, y, self.sample, rng=self.random, **window)
             else:
                 stochastic.stochastic_pool_forward_test(x, y, **window)
         else:
@@ -457,7 +458,7 @@ class SPPLayer(Layer):
             raise ConfigError(f"{self.label}: pyramid_height must be at least 1, "
                               f"got {self.pyramid_height}")
         self.method = _SPP_METHODS[p.pool]
-        self.rng = self.ctx.rng
+        self.random_stream()
 
     def reshape(self, bottom_shapes):
         shape = bottom_shapes[0]
@@ -469,11 +470,13 @@ class SPPLayer(Layer):
         except ValueError as err:
             raise self.shape_error(f'bottom "{self.param.bottom[0]}" {shape}: {err}') from None
         self.ws = [allocate(spec, self.xp) for spec in specs]
-        return [spp.spp_output_shape(shape, self.levels)]
+        top = spp.spp_output_shape(shape, self.levels)
+        self.random.reserve(top[0] * top[1])
+        return [top]
 
     def forward(self, bottoms, tops):
         spp.spp_forward(bottoms[0].data, tops[0].data, levels=self.levels, method=self.method,
-                        ws=self.ws, rng=self.rng, train=self.phase == "TRAIN")
+                        ws=self.ws, rng=self.random, train=self.phase == "TRAIN")
 
     def backward(self, tops, propagate_down, bottoms):
         if propagate_down[0]:

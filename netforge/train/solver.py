@@ -19,6 +19,7 @@ from netforge import netforge_pb2 as pb
 from netforge.backend import to_host
 from netforge.errors import ConfigError
 from netforge.net import Net
+from netforge.ops.random import philox_key
 from netforge.train import divergence, lr_policies
 from netforge.train.evaluate import add_outputs
 from netforge.train.metrics import MetricsWriter, metrics_path
@@ -85,6 +86,10 @@ class Solver:
         self.signals = signals
         seed = sp.random_seed if sp.random_seed >= 0 else None
         self.rng = np.random.default_rng(seed)
+        # The counter-based streams (Dropout, stochastic pooling) are keyed by the seed and
+        # the net's index; an unseeded run draws its seed once (and snapshots keep it).
+        self.random_seed = seed if seed is not None else int(
+            np.random.SeedSequence().entropy % 2**63)
 
         train_param, test_params, net_dir = config.solver_net_params(sp, self.path)
         self.net_dir = net_dir
@@ -97,7 +102,7 @@ class Solver:
         train_param.state.CopyFrom(train_state)
         self.net = Net(train_param, "train", level=train_state.level,
                        stages=list(train_state.stage), dtype=dtype, rng=self._child_rng(),
-                       base_dirs=base_dirs)
+                       base_dirs=base_dirs, random_key=philox_key(self.random_seed, 0))
         self.test_nets: list[Net] = []
         for i, test_param in enumerate(test_params):
             param = pb.NetParameter()
@@ -108,7 +113,8 @@ class Solver:
                 state.MergeFrom(sp.test_state[i])
             param.state.CopyFrom(state)
             test_net = Net(param, "test", level=state.level, stages=list(state.stage),
-                           dtype=dtype, rng=self._child_rng(), base_dirs=base_dirs)
+                           dtype=dtype, rng=self._child_rng(), base_dirs=base_dirs,
+                           random_key=philox_key(self.random_seed, i + 1))
             test_net.share_trained_layers(self.net)
             self.test_nets.append(test_net)
 
