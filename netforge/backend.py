@@ -6,12 +6,15 @@ global state netforge keeps, as pycaffe does. Everything else receives ``xp`` ex
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from netforge.errors import DeviceError
 
 _mode = "cpu"
 _device_id = 0
+_debug_checks: bool | None = None  # None: from NETFORGE_DEBUG, else host arrays only
 
 
 def set_mode_cpu() -> None:
@@ -76,3 +79,19 @@ def to_host(array) -> np.ndarray:
         return array
     get = getattr(array, "get", None)
     return get() if get is not None else np.asarray(array)
+
+
+def set_debug_checks(on: bool | None) -> None:
+    """Force the data-dependent range checks (labels, indices) on or off; None restores the
+    default: on for host (numpy) arrays, on device arrays only when NETFORGE_DEBUG=1."""
+    global _debug_checks
+    _debug_checks = on
+
+
+def range_checks(xp) -> bool:
+    """Whether kernels should check labels/indices against their range. The check reads the
+    values back; on the host that is free, on a device it is a synchronisation (and breaks
+    a CUDA-graph capture), so there it runs only in debug mode, as Caffe's CHECKs do."""
+    if _debug_checks is not None:
+        return _debug_checks
+    return xp is np or os.environ.get("NETFORGE_DEBUG", "") not in ("", "0")
