@@ -79,6 +79,7 @@ class Net:
         self.param = filtered
         self._steps = self.plan.steps
         self._loss_tops = self.plan.loss_tops
+        self._loss_scalars = None  # 0-d device buffers of loss_array, made on first use
         if weights:
             for path in str(weights).split(","):
                 self.copy_from(path)
@@ -215,7 +216,13 @@ class Net:
         blob.data[...] = self.ctx.xp.asarray(value)
 
     def forward_range(self, first: int, last: int) -> float:
-        """Forward layers first..last (inclusive); returns the weighted loss of those tops."""
+        """Forward layers first..last (inclusive); returns the weighted loss (read back from
+        the device: the solver uses ``run_forward`` and ``loss_array`` instead)."""
+        self.run_forward(first, last)
+        return self.loss()
+
+    def run_forward(self, first: int, last: int) -> None:
+        """Forward layers first..last (inclusive); reads nothing back from the device."""
         if first and self.plan.memory is not None:
             self.plan.check_resume(first)
         for i in range(first, last + 1):
@@ -227,7 +234,6 @@ class Net:
                     self.plan.reshape(i + 1)  # e.g. Filter kept a different number of rows
             else:
                 step.layer.forward(step.bottoms, step.tops)
-        return self.loss()
 
     def reshape(self) -> None:
         """Propagate changed input shapes through the net (pycaffe's ``net.reshape()``):
@@ -235,9 +241,23 @@ class Net:
         self.plan.reshape()
 
     def loss(self) -> float:
-        total = 0.0
-        for top, w in self._loss_tops:
-            total += w * float(top.data.sum())
+        """The weighted sum of the loss tops, as a Python float (a host read)."""
+        return float(backend.to_host(self.loss_array()))
+
+    def loss_array(self):
+        """The weighted loss as a 0-d float64 array on the compute device (nothing read
+        back): Σ w · sum(top), each top summed in its own dtype, as ``loss`` always did."""
+        xp = self.ctx.xp
+        if self._loss_scalars is None:
+            self._loss_scalars = (xp.zeros((), dtype=xp.float64), xp.zeros((), dtype=xp.float64),
+                                  [xp.zeros((), dtype=top.data.dtype) for top, _ in
+                                   self._loss_tops])
+        total, term, sums = self._loss_scalars
+        total.fill(0)
+        for (top, w), part in zip(self._loss_tops, sums, strict=True):
+            xp.sum(top.data, out=part)
+            xp.multiply(part, w, out=term, dtype=xp.float64)
+            xp.add(total, term, out=total)
         return total
 
     def backward(self, diffs=None, start: str | None = None, end: str | None = None,

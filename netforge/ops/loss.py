@@ -222,8 +222,9 @@ def accuracy(x: Array, label: Array, *, top_k: int = 1, axis: int = 1,
 
     Returns:
         (accuracy, per_class): the accuracy is ``out`` (0-d, assigned on the device, nothing
-        read back) when given, else a Python float; per_class (C,) holds hits / count per label class (0 for
-        a class absent from the labels), or None when ``per_class`` is False.
+        read back) when given, else a Python float; per_class (C,) holds hits / count per
+        label class (0 for a class absent from the labels), or None when ``per_class`` is
+        False.
     """
     xp = get_array_module(x)
     outer, c, inner = outer_channels_inner(x.shape, axis)

@@ -3,6 +3,10 @@
 Per parameter, in Caffe's order: normalize (÷ iter_size) → regularize (L2/L1 with decay_mult)
 → compute the update value into ``diff`` → ``data -= diff``. Gradient clipping runs before,
 on all parameters together. Every buffer is allocated once, when the rule is created.
+
+Nothing is read back from the compute device: the clipping norm and factor are 0-d device
+arrays, and a device flag (the divergence guard's) turns the weight update into a no-op —
+the update values are zeroed when it is set — so the step needs no host decision.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 
+from netforge.backend import to_host
 from netforge.errors import ConfigError
 
 log = logging.getLogger("netforge")
@@ -37,38 +42,56 @@ class UpdateRule:
             views.append([shared[:p.blob.count].reshape(p.blob.shape) for p in params])
         self.temp = views[0]
         self.temp2 = views[1] if len(views) > 1 else []  # Nesterov and AdaDelta need two
+        # 0-d device scalars for clipping: Σ g² (float64), one parameter's share, the factor
+        self._sumsq = xp.zeros((), dtype="float64") if params else None
+        self._part = xp.zeros((), dtype=dtype) if params else None
+        self._factor = xp.zeros((), dtype=dtype) if params else None
         self._check()
 
     def _check(self) -> None:
         pass
 
-    def apply(self, rate: float, iteration: int) -> None:
-        self.clip_gradients()
+    def apply(self, rate: float, iteration: int, *, skip=None, verbose: bool = True) -> None:
+        """One update. ``skip``: a 0-d bool device array; when it holds True the weights are
+        left untouched (the update values are zeroed on the device, nothing is read back).
+        ``verbose``: log gradient clipping (reads its norm back; the solver asks on display
+        iterations only)."""
+        self.clip_gradients(verbose)
         for i, p in enumerate(self.params):
             if p.lr_mult == 0:
                 continue
             self.normalize(p)
             self.regularize(i, p)
             self.compute_update(i, p, rate * p.lr_mult, iteration)
+            if skip is not None:
+                p.blob.xp.copyto(p.blob.diff, 0, where=skip)
             p.blob.data -= p.blob.diff
 
-    def clip_gradients(self) -> None:
+    def clip_gradients(self, verbose: bool = True) -> None:
         threshold = self.sp.clip_gradients
-        if threshold < 0:
+        if threshold < 0 or not self.params:
             return
-        sumsq = 0.0
+        xp = self.params[0].blob.xp
+        sumsq, part, factor = self._sumsq, self._part, self._factor
+        sumsq.fill(0)
         for i, p in enumerate(self.params):
             if p.lr_mult:
-                p.blob.xp.multiply(p.blob.diff, p.blob.diff, out=self.temp[i])
-                sumsq += float(self.temp[i].sum())
-        norm = math.sqrt(sumsq)
-        if norm > threshold:
-            factor = threshold / norm
-            log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale "
-                     "factor %g", norm, threshold, factor)
-            for p in self.params:
-                if p.lr_mult:
-                    p.blob.diff *= factor
+                xp.multiply(p.blob.diff, p.blob.diff, out=self.temp[i])
+                xp.sum(self.temp[i], out=part)
+                xp.add(sumsq, part, out=sumsq)
+        if verbose:
+            norm = math.sqrt(float(to_host(sumsq)))
+            if norm > threshold:
+                log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by "
+                         "scale factor %g", norm, threshold, threshold / norm)
+        # factor = threshold / max(norm, threshold): threshold / norm when clipping, exactly 1
+        # otherwise; computed in float64 and rounded once, as a Python float operand is.
+        xp.sqrt(sumsq, out=sumsq)
+        xp.maximum(sumsq, threshold, out=sumsq)
+        xp.divide(threshold, sumsq, out=factor, casting="same_kind")
+        for p in self.params:
+            if p.lr_mult:
+                p.blob.diff *= factor
 
     def normalize(self, p) -> None:
         if self.sp.iter_size > 1:
