@@ -403,7 +403,8 @@ class PoolingLayer(Layer):
         elif self.stochastic:
             window = {"kernel": self.kernel, "stride": self.stride, "ws": self.ws}
             if self.phase == "TRAIN":
-                stochastic.stochastic_pool_forward_train(x, y, self.sample, rng=self.random, **window)
+                stochastic.stochastic_pool_forward_train(x, y, self.sample, rng=self.random,
+                                                         **window)
             else:
                 stochastic.stochastic_pool_forward_test(x, y, **window)
         else:
