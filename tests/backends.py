@@ -1,5 +1,6 @@
 """The array modules a table of tests runs on: numpy always, CuPy under the ``gpu`` marker
-(tests/conftest.py skips those where no GPU is usable)."""
+(tests/conftest.py skips those where no GPU is usable), and the counting stand-in device of
+tests/device_shim.py ("shim"): CuPy's code paths (``xp is not numpy``) on any machine."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import importlib
 import pytest
 
 ARRAY_MODULES = [pytest.param("numpy", id="numpy"),
+                 pytest.param("shim", id="shim"),
                  pytest.param("cupy", id="cupy", marks=pytest.mark.gpu)]
 
 
 def load(name: str):
     """The module named by an ARRAY_MODULES parameter."""
+    if name == "shim":
+        from tests import device_shim
+
+        return device_shim.module
     return importlib.import_module(name)
 
 
