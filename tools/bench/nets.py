@@ -1,12 +1,12 @@
 """The bench's nets, built for netforge and translated layer by layer into PyTorch.
 
 Named nets (``NETS``): Caffe's LeNet and CIFAR-10 quick (configs/), AlexNet, ResNet-50
-and DenseNet-121 (configs/zoo/). For a TRAIN step the net is the train_val prototxt with its data layers
-replaced by Input layers of the same shapes (random images, random labels); for predict it
-is the deploy prototxt in the TEST phase. tools/bench/torch_translate.py turns the netforge
-plan into a torch module running the same layers with copies of the same weights, in train
-or eval mode, so that both frameworks time the same arithmetic; the helpers at the end feed
-and step that module.
+and DenseNet-121 (configs/zoo/). For a TRAIN step the net is the train_val prototxt with its
+data layers replaced by Input layers of the same shapes (random images, random labels); for
+predict it is the deploy prototxt in the TEST phase. tools/bench/torch_translate.py turns
+the netforge plan into a torch module running the same layers with copies of the same
+weights, in train or eval mode, so that both frameworks time the same arithmetic; the
+helpers at the end feed and step that module.
 
 PyTorch is a benchmark oracle only; netforge never imports it.
 """
