@@ -122,6 +122,11 @@ class Solver:
             test_net.share_trained_layers(self.net)
             self.test_nets.append(test_net)
 
+        # Nothing reads the train net's intermediate diffs, nor the test nets' intermediate
+        # activations: both share memory by liveness (graph/train_memory.py, memory_plan.py).
+        self.net.plan.share_diffs()
+        for test_net in self.test_nets:
+            test_net.plan.share_memory(())
         self.iter = 0
         self.rule = make_update_rule(sp, self.net.learnable_params)
         # Pruning (train/pruning.py sets it): a ParamMasks that keeps pruned weights and
