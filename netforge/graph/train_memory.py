@@ -25,6 +25,11 @@ backward assigns the bottom diffs it propagates to, in full (Caffe's contract: b
 are never cleared between iterations, so a layer relying on zeros would already be wrong on
 its second iteration), hence a shared diff is always written before it is read.
 
+``share_batch_norm_copies(plan)`` (run by ``share_diffs`` too) is Caffe's BatchNorm→Scale
+chain made cheap: an in-place BatchNorm computing batch statistics keeps a copy of its
+output (x_norm) for backward, and the in-place Scale right after it keeps a copy of its
+bottom — the same values; the Scale then reads BatchNorm's copy instead of making its own.
+
 What changes for a caller: after ``backward``, only the diffs of the net's inputs, of the
 loss tops and of the private groups keep their values; an intermediate blob's diff holds
 some later gradient. So the solver opts in for its train net (``Plan.share_diffs``), where
@@ -50,6 +55,7 @@ class DiffPlan:
     shared_blobs: list[str] = field(default_factory=list)
     private_blobs: list[str] = field(default_factory=list)
     bytes_before: int = 0
+    copy_bytes_saved: int = 0  # Scale copies replaced by BatchNorm's (share_batch_norm_copies)
 
     @property
     def shared_bytes(self) -> int:
@@ -73,9 +79,29 @@ class _DiffGroup:
         self.lo = index if self.lo < 0 else min(self.lo, index)
 
 
+def share_batch_norm_copies(plan) -> int:
+    """Point every in-place Scale that directly follows an in-place, batch-statistics
+    BatchNorm on the same blob at the BatchNorm's x_norm; returns the bytes saved."""
+    saved = 0
+    for first, second in zip(plan.steps, plan.steps[1:], strict=False):
+        bn, scale = first.layer, second.layer
+        if (bn.type != "BatchNorm" or scale.type != "Scale" or not first.in_place(0)
+                or not second.in_place(0) or len(second.bottoms) != 1
+                or second.bottoms[0] is not first.tops[0]
+                or getattr(bn, "x_norm", None) is None
+                or getattr(scale, "bottom_copy", None) is None):
+            continue
+        shape = second.bottoms[0].shape
+        if not scale.copy_borrowed:
+            saved += nbytes(scale.bottom_copy)
+        scale.borrow_bottom_copy(bn.x_norm.reshape(shape))
+    return saved
+
+
 def share_diffs(plan) -> DiffPlan:
     """Share the diff memory of ``plan``'s blobs by liveness (see the module docstring)."""
     report = DiffPlan()
+    report.copy_bytes_saved = share_batch_norm_copies(plan)
     groups: dict[int, _DiffGroup] = {}
 
     def group_of(name: str, blob) -> _DiffGroup | None:

@@ -77,6 +77,9 @@ def _pair():
 def test_parameter_gradients_are_bit_identical_with_shared_diffs():
     plain, shared, report = _pair()
     assert report.slots and report.shared_bytes < report.bytes_before
+    scale = shared.layer_dict["scale1"]  # reads BatchNorm's x_norm, not a copy of its own
+    assert report.copy_bytes_saved > 0 and np.shares_memory(scale.bottom_copy,
+                                                            shared.layer_dict["bn1"].x_norm)
     for seed in range(3):  # several passes: slots hold stale gradients from the last one
         for net in (plain, shared):
             _inputs(net, seed)
