@@ -156,9 +156,14 @@ class ConvolutionLayer(Layer):
         return {"stride": self.stride, "pad": self.pad, "dilation": self.dilation,
                 "group": self.group}
 
+    # Whether backward reuses the columns forward built (reuse_col: no second im2col, but a
+    # private column buffer per layer) or rebuilds them in shared scratch. The graph's
+    # training-memory plan turns it off (netforge.graph.train_memory.recompute_columns).
+    keep_columns = True
+
     def kept_for_backward(self, ws: dict) -> tuple[str, ...]:
         """The workspace arrays backward reads (reuse_col: the columns forward built)."""
-        return ("col",)
+        return ("col",) if self.keep_columns else ()
 
     def scratch_buffers(self) -> list[ScratchBuffer]:
         """Every workspace array of every batch slice: all hold nothing from one call to the
@@ -194,7 +199,7 @@ class ConvolutionLayer(Layer):
             dx = bottom.diff if propagate_down[j] else None
             if len(parts) == 1:
                 ops.conv_backward(top.diff, bottom.data, w, dx=dx, dw=dw, db=db,
-                                  ws=parts[0][2], reuse_col=True, **geometry)
+                                  ws=parts[0][2], reuse_col=self.keep_columns, **geometry)
                 continue
             self._backward_parts(top.diff, bottom.data, w, dx, dw, db, parts, geometry)
 
@@ -208,7 +213,8 @@ class ConvolutionLayer(Layer):
                 if acc is not None:
                     acc.fill(0)
             ops.conv_backward(dy[lo:hi], x[lo:hi], w, dx=None if dx is None else dx[lo:hi],
-                              dw=part_dw, db=part_db, ws=ws, reuse_col=True, **geometry)
+                              dw=part_dw, db=part_db, ws=ws, reuse_col=self.keep_columns,
+                              **geometry)
 
         parallel.run([lambda p=p: task(*p) for p in parts])
         for _, _, ws in parts:

@@ -22,6 +22,7 @@ from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.backend import to_host
 from netforge.errors import ConfigError
+from netforge.graph import train_memory
 from netforge.net import Net
 from netforge.ops.random import philox_key
 from netforge.train import divergence, lr_policies
@@ -70,10 +71,12 @@ class Solver:
         level, stages: NetState level/stages merged into the train net's state.
         signals: a SignalRequests the CLI installs; None means signals are not watched.
         metrics: write ``<snapshot_prefix>_metrics.jsonl`` (JSON lines) while training.
+        recompute_columns: convolutions rebuild their im2col columns in backward instead of
+            keeping them per layer: less memory, more time (graph/train_memory.py).
     """
 
     def __init__(self, solver, *, level: int = 0, stages=(), signals: SignalRequests | None = None,
-                 dtype=np.float32, metrics: bool = True):
+                 dtype=np.float32, metrics: bool = True, recompute_columns: bool = False):
         if isinstance(solver, (str, Path)):
             self.path = Path(solver)
             sp = config.load_solver_param(solver)
@@ -125,6 +128,8 @@ class Solver:
         # Nothing reads the train net's intermediate diffs, nor the test nets' intermediate
         # activations: both share memory by liveness (graph/train_memory.py, memory_plan.py).
         self.net.plan.share_diffs()
+        if recompute_columns:
+            train_memory.recompute_columns(self.net.plan)
         for test_net in self.test_nets:
             test_net.plan.share_memory(())
         self.iter = 0
