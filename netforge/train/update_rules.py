@@ -19,12 +19,18 @@ from netforge.errors import ConfigError
 
 log = logging.getLogger("netforge")
 
+CHUNK = 1 << 18  # elements of the bounded scratch (1 MB in float32)
+
 
 class UpdateRule:
     """Base: owns the history blobs (``history``: one list of arrays per history slot)."""
 
     slots = 1  # history arrays per parameter (Caffe stores all of slot 0, then slot 1)
     scratch_buffers = 1  # shared scratch arrays a rule needs for one parameter's update
+    # Whether compute_update uses ``temp`` as one whole-parameter array. When it does not
+    # (SGD), the scratch is one bounded chunk that regularization and clipping walk a
+    # parameter with: AlexNet's fc6 no longer costs a 151 MB scratch.
+    whole_parameter_scratch = True
 
     def __init__(self, solver_param, params):
         self.sp = solver_param
@@ -37,9 +43,13 @@ class UpdateRule:
         largest = max((p.blob.count for p in params), default=0)
         dtype = params[0].blob.data.dtype if params else None
         views = []
+        if not self.whole_parameter_scratch:
+            largest = min(largest, CHUNK)
         for _ in range(self.scratch_buffers):
             shared = xp.zeros(largest, dtype=dtype) if params else None
-            views.append([shared[:p.blob.count].reshape(p.blob.shape) for p in params])
+            views.append([shared[:p.blob.count].reshape(p.blob.shape)
+                          if p.blob.count <= largest else None for p in params])
+        self._chunk = shared[:largest] if params else None
         self.temp = views[0]
         self.temp2 = views[1] if len(views) > 1 else []  # Nesterov and AdaDelta need two
         # 0-d device scalars for clipping: Σ g² (float64), one parameter's share, the factor
@@ -74,11 +84,12 @@ class UpdateRule:
         xp = self.params[0].blob.xp
         sumsq, part, factor = self._sumsq, self._part, self._factor
         sumsq.fill(0)
-        for i, p in enumerate(self.params):
+        for p in self.params:
             if p.lr_mult:
-                xp.multiply(p.blob.diff, p.blob.diff, out=self.temp[i])
-                xp.sum(self.temp[i], out=part)
-                xp.add(sumsq, part, out=sumsq)
+                for g, _, t in self._chunks(p.blob.diff, p.blob.diff):
+                    xp.multiply(g, g, out=t)
+                    xp.sum(t, out=part)
+                    xp.add(sumsq, part, out=sumsq)
         if verbose:
             norm = math.sqrt(float(to_host(sumsq)))
             if norm > threshold:
@@ -93,6 +104,15 @@ class UpdateRule:
             if p.lr_mult:
                 p.blob.diff *= factor
 
+    def _chunks(self, a, b):
+        """(a piece, b piece, scratch piece) over the flat arrays a and b (same size), in
+        pieces as large as the scratch: bounded memory, the same elementwise results."""
+        flat_a, flat_b, n = a.reshape(-1), b.reshape(-1), a.size
+        step = self._chunk.size
+        for lo in range(0, n, step):
+            hi = min(lo + step, n)
+            yield flat_a[lo:hi], flat_b[lo:hi], self._chunk[:hi - lo]
+
     def normalize(self, p) -> None:
         if self.sp.iter_size > 1:
             p.blob.diff *= 1.0 / self.sp.iter_size
@@ -102,15 +122,16 @@ class UpdateRule:
         if not decay:
             return
         kind = self.sp.regularization_type
-        xp = p.blob.xp
-        if kind == "L2":
-            xp.multiply(p.blob.data, decay, out=self.temp[i])
-        elif kind == "L1":
-            xp.sign(p.blob.data, out=self.temp[i])
-            self.temp[i] *= decay
-        else:
+        if kind not in ("L2", "L1"):
             raise ConfigError(f'unknown regularization_type "{kind}" (use "L2" or "L1")')
-        p.blob.diff += self.temp[i]
+        xp = p.blob.xp
+        for w, g, t in self._chunks(p.blob.data, p.blob.diff):
+            if kind == "L2":
+                xp.multiply(w, decay, out=t)
+            else:
+                xp.sign(w, out=t)
+                t *= decay
+            g += t
 
     def compute_update(self, i: int, p, local_rate: float, iteration: int) -> None:
         raise NotImplementedError
@@ -119,18 +140,23 @@ class UpdateRule:
 class SGD(UpdateRule):
     """v = momentum·v + lr·g; diff = v (the rate lives inside the momentum buffer)."""
 
+    whole_parameter_scratch = False
+
     def compute_update(self, i, p, local_rate, iteration):
-        # Five passes over the parameter's size (memory-bound for AlexNet's 61M weights);
-        # the same operations, in the same order, as v = momentum·v + lr·g.
-        xp, v, t = p.blob.xp, self.history[0][i], self.temp[i]
+        # Four passes over the parameter's size (memory-bound for AlexNet's 61M weights);
+        # the same operations, in the same order, as v = momentum·v + lr·g — lr·g is formed
+        # in the gradient itself, which becomes v anyway, so no scratch is needed.
+        xp, v, g = p.blob.xp, self.history[0][i], p.blob.diff
         v *= self.sp.momentum
-        xp.multiply(p.blob.diff, local_rate, out=t)
-        v += t
-        xp.copyto(p.blob.diff, v)
+        xp.multiply(g, local_rate, out=g)
+        v += g
+        xp.copyto(g, v)
 
 
 class Nesterov(SGD):
     """v' = momentum·v + lr·g; diff = (1+momentum)·v' − momentum·v."""
+
+    whole_parameter_scratch = True
 
     scratch_buffers = 2
 
@@ -149,6 +175,8 @@ class Nesterov(SGD):
 class AdaGrad(SGD):
     """h += g²; diff = lr·g / (√h + delta)."""
 
+    whole_parameter_scratch = True
+
     def _check(self):
         if self.sp.momentum != 0:
             raise ConfigError("AdaGrad does not use momentum; set momentum: 0")
@@ -162,6 +190,8 @@ class AdaGrad(SGD):
 
 class RMSProp(SGD):
     """h = d·h + (1−d)·g²; diff = lr·g / (√h + delta)."""
+
+    whole_parameter_scratch = True
 
     def _check(self):
         if self.sp.momentum != 0:
@@ -180,6 +210,8 @@ class RMSProp(SGD):
 
 class AdaDelta(SGD):
     """h = m·h + (1−m)g²; u = g·√((h2+δ)/(h+δ)); h2 = m·h2 + (1−m)u²; diff = lr·u."""
+
+    whole_parameter_scratch = True
 
     slots = 2
     scratch_buffers = 2
@@ -206,6 +238,8 @@ class AdaDelta(SGD):
 
 class Adam(SGD):
     """m, v moments; diff = lr·√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + delta), t = iteration + 1."""
+
+    whole_parameter_scratch = True
 
     slots = 2
 
