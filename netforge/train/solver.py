@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +201,12 @@ class Solver:
     def step(self, iters: int) -> None:
         # Overflow and NaN are reported by the divergence guard, naming the layer, rather
         # than as numpy warnings scattered through the log.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        # np.errstate is per thread and the batch-split workers compute too, so numpy's
+        # RuntimeWarnings are filtered as well (the guard may read its flag iterations
+        # after the first overflow: the weights stay put meanwhile, the warnings would not).
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             self._step(iters)
             self.guard.raise_if_diverged(self)  # the host read that ends a step
 
