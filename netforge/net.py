@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -20,6 +21,7 @@ from netforge.graph import debug_info
 from netforge.graph.compile import build_plan
 from netforge.layers import python_layer
 from netforge.layers.base import LayerContext
+from netforge.ops.random import philox_key
 
 log = logging.getLogger("netforge")
 
@@ -33,7 +35,9 @@ class Net:
         weights: optional .caffemodel / .caffemodel.h5 to copy weights from (by layer name).
         level, stages: NetState level and stages used to filter layers.
         dtype: float32 (default) or float64 (gradient checks).
-        seed: seeds the generator that fills weights and drives Dropout/data augmentation.
+        seed: seeds the generator that fills weights and the key of the counter-based
+            streams of Dropout and stochastic pooling (``random_key`` sets that key alone;
+            the solver passes one derived from random_seed).
         reuse_memory: for nets loaded only to predict: activations never alive together share
             memory (``netforge.graph.memory_plan``); backward is then refused, and after a forward
             only the outputs, inputs and ``keep_blobs`` hold their values.
@@ -45,7 +49,8 @@ class Net:
                  stages=(), *, dtype=np.float32, seed: int | None = None,
                  rng: np.random.Generator | None = None, base_dirs=(),
                  reuse_memory: bool = False, keep_blobs=(),
-                 allow_python_layers: bool | None = None):
+                 allow_python_layers: bool | None = None,
+                 random_key: tuple[int, int] | None = None):
         if str(weights).lower() in ("train", "test") and str(phase).upper() not in config.PHASES:
             # pycaffe's legacy order: Net(prototxt, caffemodel, phase).
             phase, weights = weights, phase
@@ -70,8 +75,13 @@ class Net:
         merged.phase = state.phase
         self.source = source
         self.rng = rng if rng is not None else np.random.default_rng(seed)
+        if random_key is None:
+            # From the seed, else from a copy of the generator (which it leaves untouched, so
+            # the weights it fills do not change).
+            random_key = philox_key(seed if seed is not None else
+                                    int(copy.deepcopy(self.rng).integers(2**63)))
         self.ctx = LayerContext(phase, np.dtype(dtype), backend.array_module(), self.rng,
-                                tuple(Path(b) for b in base_dirs))
+                                tuple(Path(b) for b in base_dirs), tuple(random_key))
         log.info("Initializing net from parameters (%s, phase %s)", source, phase)
         try:
             # upgrade -> filter by NetState -> the graph passes (netforge.graph.compile)
@@ -92,6 +102,7 @@ class Net:
         # this on for display iterations when its own debug_info is set.
         self.debug_info = bool(param.debug_info)
         self._copied_layers: set[str] = set()
+        self._loss_scalars = None  # 0-d device buffers of loss_array, made on first use
         if weights:
             for path in str(weights).split(","):
                 self.copy_from(path)
@@ -228,7 +239,13 @@ class Net:
         blob.data[...] = self.ctx.xp.asarray(value)
 
     def forward_range(self, first: int, last: int) -> float:
-        """Forward layers first..last (inclusive); returns the weighted loss of those tops."""
+        """Forward layers first..last (inclusive); returns the weighted loss (read back from
+        the device: the solver uses ``run_forward`` and ``loss_array`` instead)."""
+        self.run_forward(first, last)
+        return self.loss()
+
+    def run_forward(self, first: int, last: int) -> None:
+        """Forward layers first..last (inclusive); reads nothing back from the device."""
         if first and self.plan.memory is not None:
             self.plan.check_resume(first)
         if self._current_source_shapes() != self._source_shapes:
@@ -246,7 +263,6 @@ class Net:
                 step.layer.forward(step.bottoms, step.tops)
             if self.debug_info:
                 debug_info.emit(debug_info.forward_lines(step))
-        return self.loss()
 
     def reshape(self) -> None:
         """Propagate changed input shapes through the net (pycaffe's ``net.reshape()``):
@@ -261,9 +277,23 @@ class Net:
         return [top.shape for step in self._steps if not step.bottoms for top in step.tops]
 
     def loss(self) -> float:
-        total = 0.0
-        for top, w in self._loss_tops:
-            total += w * float(top.data.sum())
+        """The weighted sum of the loss tops, as a Python float (a host read)."""
+        return float(backend.to_host(self.loss_array()))
+
+    def loss_array(self):
+        """The weighted loss as a 0-d float64 array on the compute device (nothing read
+        back): Σ w · sum(top), each top summed in its own dtype, as ``loss`` always did."""
+        xp = self.ctx.xp
+        if self._loss_scalars is None:
+            self._loss_scalars = (xp.zeros((), dtype=xp.float64), xp.zeros((), dtype=xp.float64),
+                                  [xp.zeros((), dtype=top.data.dtype) for top, _ in
+                                   self._loss_tops])
+        total, term, sums = self._loss_scalars
+        total.fill(0)
+        for (top, w), part in zip(self._loss_tops, sums, strict=True):
+            xp.sum(top.data, out=part)
+            xp.multiply(part, w, out=term, dtype=xp.float64)
+            xp.add(total, term, out=total)
         return total
 
     def backward(self, diffs=None, start: str | None = None, end: str | None = None,

@@ -71,17 +71,13 @@ class BatchLoader:
     def row_draws(self, index: int, transformer: Transformer) -> np.ndarray:
         """This rank's rows of the global batch's random draws (crops, mirrors), so that N
         ranks × batch B transform each record exactly as 1 rank × batch N·B would."""
-        draws = transformer.draw(self.batch_rng(index), self.batch_size * self.world)
+        draws = transformer.batch_draws(self.seed, index, self.batch_size * self.world)
         return draws[self.rank :: self.world]
 
     def allocate(self) -> dict[str, np.ndarray]:
         """One set of batch buffers, ``(N, *item shape)`` per top key."""
         return {key: np.empty((self.batch_size, *shape), dtype=self.dtype)
                 for key, shape in self.shapes.items()}
-
-    def batch_rng(self, index: int) -> np.random.Generator:
-        """The generator of batch ``index``: a pure function of (seed, index)."""
-        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(index,)))
 
     def epoch_rng(self, *key: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(_EPOCH, *key)))

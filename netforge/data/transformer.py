@@ -5,9 +5,11 @@ TEST; with ``mirror`` each image is flipped horizontally with probability 0.5 in
 phases. A mean image is indexed at the crop offset, so it must have the stored image size.
 
 Randomness: each image gets three uniform numbers in [0, 1) (its "draw": mirror, crop row
-offset, crop column offset, Caffe's order). A batch's draws are taken from its generator in one
-call before any image is transformed, so parallel workers may transform the images in any
-order and the batch stays bit-identical.
+offset, crop column offset, Caffe's order). A batch's draws are taken in one call before any
+image is transformed, so parallel workers may transform the images in any order and the
+batch stays bit-identical. The loaders take them from ``batch_draws``: the Philox stream of
+ops/random.py keyed by the layer's seed, its draw counter the batch index — a pure function
+of (seed, batch), so a resumed run sees the same crops and mirrors.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from netforge.errors import DataError
+from netforge.ops.random import RandomStream, philox_key, stream_id
 
 DRAWS_PER_IMAGE = 3  # mirror, crop row offset, crop column offset
 
@@ -97,6 +100,12 @@ class Transformer:
         """``(count, 3)`` uniforms in [0, 1): one row per image, consumed by ``offsets``."""
         rng = rng if rng is not None else self.rng
         return rng.random((int(count), DRAWS_PER_IMAGE))
+
+    def batch_draws(self, seed: int, index: int, count: int) -> np.ndarray:
+        """``(count, 3)`` uniforms of batch ``index``: Philox (seed, batch), see above."""
+        stream = RandomStream(philox_key(seed), stream_id("transform_param"))
+        stream.draws[...] = int(index)
+        return stream.random(out=np.empty((int(count), DRAWS_PER_IMAGE)))
 
     def offsets(self, height: int, width: int, rng: np.random.Generator | None = None,
                 *, draw=None):

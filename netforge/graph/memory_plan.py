@@ -60,19 +60,21 @@ class MemoryPlan:
         return sum(self.slots)
 
 
-def _root(array) -> object:
+def root_of(array) -> object:
     """The array that owns ``array``'s memory (following views)."""
     while getattr(array, "base", None) is not None and not isinstance(array.base, bytes):
         array = array.base
     return array
 
 
-def _nbytes(array) -> int:
+def nbytes(array) -> int:
+    """The bytes of ``array``'s elements."""
     return int(array.size) * array.dtype.itemsize
 
 
-def _aligned(nbytes: int) -> int:
-    return -(-nbytes // _ALIGN) * _ALIGN
+def aligned_bytes(size: int) -> int:
+    """``size`` rounded up to the alignment of slots and arena pieces."""
+    return -(-size // _ALIGN) * _ALIGN
 
 
 def unsupported_reason(plan) -> str | None:
@@ -124,7 +126,7 @@ def _share_activations(plan, report: MemoryPlan) -> None:
     groups: dict[int, _Group] = {}
 
     def group_of(blob) -> _Group:
-        root = _root(blob.data)
+        root = root_of(blob.data)
         group = groups.get(id(root))
         if group is None:
             group = groups[id(root)] = _Group(root)
@@ -150,13 +152,13 @@ def _share_activations(plan, report: MemoryPlan) -> None:
     for group in groups.values():
         if group.owner is None or group.first < 0:
             group.pinned = True  # memory we did not allocate, or never written here
-    report.activation_bytes_before = sum(_nbytes(g.root) for g in groups.values()
+    report.activation_bytes_before = sum(nbytes(g.root) for g in groups.values()
                                          if not g.pinned)
 
     # Greedy slot assignment in order of first write.
     slots: list[list] = []  # [size in bytes, free from step, groups]
     for group in sorted((g for g in groups.values() if not g.pinned), key=lambda g: g.first):
-        size = _aligned(_nbytes(group.root))
+        size = aligned_bytes(nbytes(group.root))
         free = [s for s in slots if s[1] < group.first]
         if free:
             # Closest in size: the smallest that fits, else the largest (which then grows).
@@ -173,7 +175,7 @@ def _share_activations(plan, report: MemoryPlan) -> None:
         arena = np.empty(size, dtype=np.uint8)
         for group in members:
             data = group.owner.data
-            view = arena[:_nbytes(data)].view(data.dtype).reshape(data.shape)
+            view = arena[:nbytes(data)].view(data.dtype).reshape(data.shape)
             group.owner.data = view
             report.shared_blobs.extend(group.names)
         report.slots.append(size)
@@ -195,7 +197,7 @@ def _drop_diffs(plan, report: MemoryPlan) -> None:
             continue
         seen.add(id(blob))
         if blob.diff.base is None:
-            report.diff_bytes_dropped += _nbytes(blob.diff)
+            report.diff_bytes_dropped += nbytes(blob.diff)
         blob.diff = blob.xp.broadcast_to(blob.xp.zeros((), dtype=blob.diff.dtype),
                                          blob.diff.shape)
 
@@ -219,7 +221,7 @@ def share_scratch(plan, forward_only: bool = False) -> tuple[int, int]:
     (Convolution's columns). Returns (bytes before, arena bytes)."""
     layers = [buffers for step in plan.steps
               if (buffers := shareable_scratch(step.layer, forward_only))]
-    sizes = [sum(_aligned(_nbytes(buffer.array)) for buffer in buffers) for buffers in layers]
+    sizes = [sum(aligned_bytes(nbytes(buffer.array)) for buffer in buffers) for buffers in layers]
     if not sizes or max(sizes) == 0:
         return 0, 0
     xp = plan.steps[0].layer.xp if plan.steps else np
@@ -228,9 +230,9 @@ def share_scratch(plan, forward_only: bool = False) -> tuple[int, int]:
         at = 0
         for buffer in buffers:
             array = buffer.array
-            nbytes = _nbytes(array)
-            buffer.place(arena[at:at + nbytes].view(array.dtype).reshape(array.shape))
-            at += _aligned(nbytes)
+            size = nbytes(array)
+            buffer.place(arena[at:at + size].view(array.dtype).reshape(array.shape))
+            at += aligned_bytes(size)
     return sum(sizes), max(sizes)
 
 

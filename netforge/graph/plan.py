@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 
 from netforge.blob import Blob
 from netforge.errors import GraphError
-from netforge.graph import memory_plan
+from netforge.graph import memory_plan, train_memory
 from netforge.graph.memory_plan import MemoryPlan
 from netforge.graph.shapes import reshape_step, reshare_tops
+from netforge.graph.train_memory import DiffPlan
 from netforge.graph.user_names import split_aliases, user_names
 from netforge.layers.base import Layer
 
@@ -59,6 +60,7 @@ class Plan:
     layer_params: OrderedDict  # layer name -> list of param Blobs (layers with params only)
     loss_tops: list[tuple[Blob, float]]  # (top blob, loss weight) for weighted tops
     memory: MemoryPlan | None = None  # set by share_memory (forward-only nets)
+    diffs: DiffPlan | None = None  # set by share_diffs (train nets of a solver)
 
     def reshape(self, start: int = 0) -> None:
         """Re-run shape inference for layers ``start``.. with the current bottom shapes
@@ -69,12 +71,16 @@ class Plan:
         after a layer with ``dynamic_top_shapes`` (Filter) changed its tops' shapes. A plan
         that shares memory gets private blobs back first and is planned again after.
         """
-        memory = self.memory
+        memory, diffs = self.memory, self.diffs
         if memory is not None:
             self._unshare(memory)
+        if diffs is not None:
+            self._unshare_diffs(diffs)
         with user_names(split_aliases(self.steps)):  # errors name the user's blobs
             for step in self.steps[start:]:
                 reshape_step(step)
+        if diffs is not None:
+            self.share_diffs()
         if memory is not None:
             self.share_memory(memory.keep)
         else:
@@ -87,6 +93,21 @@ class Plan:
         forward."""
         self.memory = memory_plan.share_memory(self, keep)
         return self.memory
+
+    def share_diffs(self) -> DiffPlan:
+        """Let blob diffs that are never alive together share memory
+        (``netforge.graph.train_memory``): for a solver's train net, where nothing reads an
+        intermediate diff after backward."""
+        self.diffs = train_memory.share_diffs(self)
+        return self.diffs
+
+    def _unshare_diffs(self, diffs: DiffPlan) -> None:
+        for name in diffs.shared_blobs:
+            blob = self.blobs[name]
+            if blob.diff is not None and blob.diff.base is not None:
+                blob.diff = blob.xp.zeros(blob.shape, dtype=blob.dtype)
+        reshare_tops(self.steps)
+        self.diffs = None
 
     def check_readable(self, names) -> None:
         """Refuse to hand out blobs whose memory a later layer reuses (see share_memory)."""

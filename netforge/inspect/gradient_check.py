@@ -25,6 +25,7 @@ from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.graph.compile import compile_net
 from netforge.layers.base import LayerContext
+from netforge.ops.random import philox_key
 
 
 @dataclass
@@ -36,10 +37,11 @@ class GradientMismatch:
 
 
 def build_single_layer(layer_text: str, bottoms: list[np.ndarray], *, phase: str = "TRAIN",
-                       seed: int = 1701, dtype=np.float64):
+                       seed: int = 1701, dtype=np.float64, xp=np):
     """A plan with Input layers feeding ``bottoms`` into the one layer of ``layer_text``.
 
-    Bottoms are named ``b0``, ``b1``, ...; the layer text must use those names.
+    Bottoms are named ``b0``, ``b1``, ...; the layer text must use those names. ``xp``: the
+    array module the plan computes with (numpy, or cupy: the same table rows on the GPU).
     Returns (plan, step of the layer under test).
     """
     net = pb.NetParameter(name="check", force_backward=True)
@@ -48,17 +50,21 @@ def build_single_layer(layer_text: str, bottoms: list[np.ndarray], *, phase: str
         inp.top.append(f"b{j}")
         inp.input_param.shape.add().dim.extend(array.shape)
     config.parse_text(layer_text, net.layer.add(), "layer under test")
-    ctx = LayerContext(phase=phase, dtype=np.dtype(dtype), rng=np.random.default_rng(seed))
+    ctx = LayerContext(phase=phase, dtype=np.dtype(dtype), xp=xp,
+                       rng=np.random.default_rng(seed), random_key=philox_key(seed))
     plan = compile_net(net, ctx)
     for j, array in enumerate(bottoms):
-        plan.blobs[f"b{j}"].data[...] = array
+        plan.blobs[f"b{j}"].data[...] = xp.asarray(array)
     return plan, plan.steps[-1]
 
 
 def run_forward(plan, seed: int = 1701) -> None:
     for step in plan.steps:
-        # Reseed random layers (Dropout) so every forward draws the same mask.
-        if hasattr(step.layer, "rng"):
+        # Rewind random layers (Dropout) so every forward draws the same mask.
+        stream = getattr(step.layer, "random", None)
+        if stream is not None:  # a counter-based stream (ops/random.py)
+            stream.draws[...] = 0
+        elif hasattr(step.layer, "rng"):
             step.layer.rng = np.random.default_rng(seed)
         step.layer.forward(step.bottoms, step.tops)
 

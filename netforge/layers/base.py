@@ -19,6 +19,7 @@ from netforge.blob import Blob
 from netforge.errors import ConfigError, ShapeError, layer_label
 from netforge.files import resolve_file
 from netforge.fillers import fill
+from netforge.ops.random import RandomStream, stream_id
 
 
 @dataclass
@@ -30,6 +31,9 @@ class LayerContext:
     xp: object = np
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng())
     base_dirs: tuple[Path, ...] = ()  # where relative paths in the net file may live
+    # The Philox key of the net's counter-based streams (Dropout, stochastic pooling): see
+    # ops/random.py. The solver derives it from random_seed and the net's index.
+    random_key: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,12 @@ class Layer:
         self.blobs.append(blob)
         self.param_propagate_down.append(True)
         return blob
+
+    def random_stream(self) -> RandomStream:
+        """This layer's counter-based stream (``self.random``; saved in snapshots): keyed by
+        the net's key, told apart from other layers' by the layer name."""
+        self.random = RandomStream(self.ctx.random_key, stream_id(self.name), self.xp)
+        return self.random
 
     def empty(self, shape, dtype=None):
         """A workspace array allocated at reshape time (never in forward/backward)."""

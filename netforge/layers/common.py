@@ -55,7 +55,8 @@ class InnerProductLayer(Layer):
         self.ws = allocate(ops.linear_workspace_shapes(self.blobs[0].shape,
                                                        transpose=self.transpose,
                                                        dtype=self.dtype), self.xp)
-        self.plan = engine.linear_plan(self.m, n, self.xp)  # slices for the cores
+        self.plan = engine.linear_plan(self.m, n, self.xp, w_shape=self.blobs[0].shape,
+                                       transpose=self.transpose, dtype=self.dtype)  # cores
         return [(*shape[: self.axis], n)]
 
     def scratch_buffers(self) -> list[ScratchBuffer]:

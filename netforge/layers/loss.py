@@ -43,9 +43,10 @@ def _ignore_label(layer) -> int | None:
     return lp.ignore_label if lp.HasField("ignore_label") else None
 
 
-def _loss_weight(tops) -> float:
-    """The loss weight the net seeded into the top's diff."""
-    return float(tops[0].diff.reshape(-1)[0])
+def _loss_weight(tops):
+    """The loss weight the net seeded into the top's diff: a 0-d view of it, so that
+    backward never reads it back to the host."""
+    return tops[0].diff.reshape(-1)[:1].reshape(())
 
 
 def _count(shape) -> int:
@@ -121,11 +122,10 @@ class SoftmaxWithLossLayer(LossLayer):
 
     def forward(self, bottoms, tops):
         try:
-            loss = ops.softmax_loss_forward(bottoms[0].data, bottoms[1].data, self.prob,
-                                            **self._kwargs())
+            ops.softmax_loss_forward(bottoms[0].data, bottoms[1].data, self.prob,
+                                     out=tops[0].data, **self._kwargs())
         except ValueError as exc:  # a label outside [0, C)
             raise DataError(f'{self.label}: bottom "{self.param.bottom[1]}": {exc}') from None
-        tops[0].data[...] = loss
         if len(tops) == 2:
             self.xp.copyto(tops[1].data, self.prob)
 
@@ -171,12 +171,12 @@ class AccuracyLayer(Layer):
 
     def forward(self, bottoms, tops):
         try:
-            accuracy, per_class = ops.accuracy(
+            _, per_class = ops.accuracy(
                 bottoms[0].data, bottoms[1].data, top_k=self.top_k, axis=self.axis,
-                ignore_label=self.ignore_label, per_class=len(tops) == 2, ws=self.ws)
+                ignore_label=self.ignore_label, per_class=len(tops) == 2, ws=self.ws,
+                out=tops[0].data)
         except ValueError as exc:
             raise DataError(f'{self.label}: bottom "{self.param.bottom[1]}": {exc}') from None
-        tops[0].data[...] = accuracy
         if len(tops) == 2:
             tops[1].data[...] = self.xp.asarray(per_class)
 
@@ -199,8 +199,8 @@ class EuclideanLossLayer(LossLayer):
         return [()]
 
     def forward(self, bottoms, tops):
-        tops[0].data[...] = ops.euclidean_loss_forward(bottoms[0].data, bottoms[1].data,
-                                                       self.diff)
+        ops.euclidean_loss_forward(bottoms[0].data, bottoms[1].data, self.diff,
+                                   out=tops[0].data)
 
     def backward(self, tops, propagate_down, bottoms):
         ops.euclidean_loss_backward(
@@ -234,8 +234,8 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
                 "ws": self.ws}
 
     def forward(self, bottoms, tops):
-        tops[0].data[...] = ops.sigmoid_cross_entropy_forward(bottoms[0].data, bottoms[1].data,
-                                                              **self._kwargs())
+        ops.sigmoid_cross_entropy_forward(bottoms[0].data, bottoms[1].data, out=tops[0].data,
+                                          **self._kwargs())
 
     def backward(self, tops, propagate_down, bottoms):
         if propagate_down[0]:
@@ -268,8 +268,8 @@ class MultinomialLogisticLossLayer(LossLayer):
 
     def forward(self, bottoms, tops):
         try:
-            tops[0].data[...] = ops.multinomial_logistic_forward(bottoms[0].data,
-                                                                 bottoms[1].data, ws=self.ws)
+            ops.multinomial_logistic_forward(bottoms[0].data, bottoms[1].data, ws=self.ws,
+                                             out=tops[0].data)
         except ValueError as exc:
             raise _data_error(self, exc) from None
 
@@ -336,8 +336,8 @@ class InfogainLossLayer(LossLayer):
     def forward(self, bottoms, tops):
         h = bottoms[2].data if len(bottoms) == 3 else self.h
         try:
-            tops[0].data[...] = ops.infogain_forward(bottoms[0].data, bottoms[1].data, h,
-                                                     self.prob, **self._kwargs())
+            ops.infogain_forward(bottoms[0].data, bottoms[1].data, h, self.prob,
+                                 out=tops[0].data, **self._kwargs())
         except ValueError as exc:
             raise _data_error(self, exc) from None
         if len(tops) == 2:
@@ -365,8 +365,8 @@ class HingeLossLayer(LossLayer):
 
     def forward(self, bottoms, tops):
         try:
-            tops[0].data[...] = ops.hinge_forward(bottoms[0].data, bottoms[1].data,
-                                                  self.margins, norm=self.norm, ws=self.ws)
+            ops.hinge_forward(bottoms[0].data, bottoms[1].data, self.margins, norm=self.norm,
+                              ws=self.ws, out=tops[0].data)
         except ValueError as exc:
             raise _data_error(self, exc) from None
 
@@ -411,9 +411,8 @@ class ContrastiveLossLayer(LossLayer):
         return {"margin": self.margin, "legacy": self.legacy, "ws": self.ws}
 
     def forward(self, bottoms, tops):
-        tops[0].data[...] = ops.contrastive_forward(bottoms[0].data, bottoms[1].data,
-                                                    bottoms[2].data, self.diff, self.dist_sq,
-                                                    **self._kwargs())
+        ops.contrastive_forward(bottoms[0].data, bottoms[1].data, bottoms[2].data, self.diff,
+                                self.dist_sq, out=tops[0].data, **self._kwargs())
 
     def backward(self, tops, propagate_down, bottoms):
         ops.contrastive_backward(

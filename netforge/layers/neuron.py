@@ -75,15 +75,17 @@ class DropoutLayer(NeuronLayer):
         self.ratio = float(self.param.dropout_param.dropout_ratio)
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"{self.label}: dropout_ratio must be in [0, 1), got {self.ratio}")
-        self.rng = self.ctx.rng
+        self.random_stream()
 
     def reshape(self, bottom_shapes):
         self.mask = self.xp.empty(bottom_shapes[0], dtype=self.xp.bool_)
+        self.random.reserve(self.mask.size)
         return [bottom_shapes[0]]
 
     def forward(self, bottoms, tops):
         if self.phase == "TRAIN":
-            ops.dropout_forward(bottoms[0].data, tops[0].data, self.mask, self.ratio, self.rng)
+            ops.dropout_forward(bottoms[0].data, tops[0].data, self.mask, self.ratio,
+                                self.random)
         elif tops[0].data is not bottoms[0].data:
             self.xp.copyto(tops[0].data, bottoms[0].data)
 

@@ -187,14 +187,23 @@ class ScaleLayer(_BroadcastLayer):
         self.view = self._broadcast_view(self.param.scale_param, shape, operand_shape, "scale")
         # Run in place, forward overwrites x, which the scale's gradient needs (Caffe's temp_).
         self.bottom_copy = self.empty(shape) if _runs_in_place(self.param) else None
+        self.copy_borrowed = False
         self.ws = allocate(ops.channel_sum_workspace_shapes(self.view, self.dtype), self.xp)
         return [shape]
 
     def _scale(self, bottoms):
         return bottoms[1] if self.two_bottoms else self.blobs[0]
 
+    def borrow_bottom_copy(self, array) -> None:
+        """Use ``array`` (the bottom's shape), which the layer before already fills with a
+        copy of this layer's bottom each forward (an in-place BatchNorm's x_norm), as the
+        copy that backward reads: one copy of the activation instead of two (the graph's
+        BatchNorm→Scale pass, netforge.graph.train_memory)."""
+        self.bottom_copy = array
+        self.copy_borrowed = True
+
     def forward(self, bottoms, tops):
-        if tops[0] is bottoms[0] and self.need_backward:  # (a net that predicts skips it)
+        if tops[0] is bottoms[0] and self.need_backward and not self.copy_borrowed:
             if self.bottom_copy is None or self.bottom_copy.shape != bottoms[0].shape:
                 self.bottom_copy = self.empty(bottoms[0].shape)
             self.xp.copyto(self.bottom_copy, bottoms[0].data)

@@ -149,9 +149,14 @@ class ConvolutionLayer(Layer):
         return {"stride": self.stride, "pad": self.pad, "dilation": self.dilation,
                 "group": self.group}
 
+    # Whether backward reuses the columns forward built (reuse_col: no second im2col, but a
+    # private column buffer per layer) or rebuilds them in shared scratch. The graph's
+    # training-memory plan turns it off (netforge.graph.train_memory.recompute_columns).
+    keep_columns = True
+
     def kept_for_backward(self, ws: dict) -> tuple[str, ...]:
         """The workspace arrays backward reads (reuse_col: the columns forward built)."""
-        return ("col",)
+        return ("col",) if self.keep_columns else ()
 
     def scratch_buffers(self) -> list[ScratchBuffer]:
         """Every workspace array of every batch slice: all hold nothing from one call to the
@@ -176,12 +181,13 @@ class ConvolutionLayer(Layer):
     def backward(self, tops, propagate_down, bottoms):
         w = self.blobs[0].data
         dw, db = self._param_diffs()
-        # Each bottom's workspaces still hold the columns its forward built (reuse_col).
+        # Each bottom's workspaces still hold the columns its forward built (reuse_col),
+        # unless keep_columns is off: then backward rebuilds them.
         for j, (bottom, top, parts) in enumerate(zip(bottoms, tops, self.workspaces,
                                                      strict=True)):
             dx = bottom.diff if propagate_down[j] else None
             engine.conv_backward(parts, top.diff, bottom.data, w, dx=dx, dw=dw, db=db,
-                                 **self._geometry())
+                                 reuse_col=self.keep_columns, **self._geometry())
 
 
 @register("Deconvolution")
@@ -279,7 +285,7 @@ class PoolingLayer(Layer):
         self.method = p.pool
         self.stochastic = self.method == pb.PoolingParameter.STOCHASTIC
         if self.stochastic:
-            self.rng = self.ctx.rng
+            self.random_stream()
         self.global_pooling = p.global_pooling
         if self.global_pooling:
             if p.kernel_size or p.HasField("kernel_h"):
@@ -318,6 +324,7 @@ class PoolingLayer(Layer):
             self.argmax = self.xp.empty(top, dtype=self.xp.int32)
         elif self.stochastic:
             self.sample = self.xp.empty(top, dtype=self.xp.int32)  # TRAIN's sampled pixels
+            self.random.reserve(self.sample.size)
         # MAX and AVE run each slice of the batch on its own core (netforge.ops.engine), with
         # its own workspace; STOCHASTIC draws in one sequence, unsplit.
         self.parts = engine.slice_plan(
@@ -363,7 +370,8 @@ class PoolingLayer(Layer):
         elif self.stochastic:
             window = {"kernel": self.kernel, "stride": self.stride, "ws": self.ws}
             if self.phase == "TRAIN":
-                stochastic.stochastic_pool_forward_train(x, y, self.sample, rng=self.rng, **window)
+                stochastic.stochastic_pool_forward_train(x, y, self.sample, rng=self.random,
+                                                         **window)
             else:
                 stochastic.stochastic_pool_forward_test(x, y, **window)
         else:
@@ -418,7 +426,7 @@ class SPPLayer(Layer):
             raise ConfigError(f"{self.label}: pyramid_height must be at least 1, "
                               f"got {self.pyramid_height}")
         self.method = _SPP_METHODS[p.pool]
-        self.rng = self.ctx.rng
+        self.random_stream()
 
     def reshape(self, bottom_shapes):
         shape = bottom_shapes[0]
@@ -430,11 +438,13 @@ class SPPLayer(Layer):
         except ValueError as err:
             raise self.shape_error(f'bottom "{self.param.bottom[0]}" {shape}: {err}') from None
         self.ws = [allocate(spec, self.xp) for spec in specs]
-        return [spp.spp_output_shape(shape, self.levels)]
+        top = spp.spp_output_shape(shape, self.levels)
+        self.random.reserve(top[0] * top[1])
+        return [top]
 
     def forward(self, bottoms, tops):
         spp.spp_forward(bottoms[0].data, tops[0].data, levels=self.levels, method=self.method,
-                        ws=self.ws, rng=self.rng, train=self.phase == "TRAIN")
+                        ws=self.ws, rng=self.random, train=self.phase == "TRAIN")
 
     def backward(self, tops, propagate_down, bottoms):
         if propagate_down[0]:

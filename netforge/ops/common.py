@@ -32,12 +32,23 @@ from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch, vie
 # --------------------------------------------------------------------------- linear
 
 
+# Elements of the staging block of a weight gradient: the stage is (rows, w_shape[1]) with
+# rows = what fits, so a large weight (AlexNet's fc6: 151 MB) costs a 4 MB stage, not a copy.
+LINEAR_STAGE = 1 << 20
+
+
+def _stage_rows(w_shape: tuple[int, ...]) -> int:
+    return max(1, min(int(w_shape[0]), LINEAR_STAGE // max(int(w_shape[1]), 1)))
+
+
 def linear_workspace_shapes(w_shape: tuple[int, ...], *, transpose: bool = False,
                             dtype: numpy.dtype = numpy.float32) -> WorkspaceSpec:
-    """``dw`` (w's shape) and ``db`` (N,) stage the parameter gradients before they are
-    accumulated: numpy's matmul has no beta = 1 form that would add into dw directly."""
+    """``dw`` (a block of w's rows) and ``db`` (N,) stage the parameter gradients before
+    they are accumulated: numpy's matmul has no beta = 1 form that would add into dw
+    directly. The weight gradient is formed block of rows by block of rows."""
     n = w_shape[1] if transpose else w_shape[0]
-    return {"dw": (tuple(w_shape), numpy.dtype(dtype)), "db": ((n,), numpy.dtype(dtype))}
+    stage = (_stage_rows(w_shape), int(w_shape[1]))
+    return {"dw": (stage, numpy.dtype(dtype)), "db": ((n,), numpy.dtype(dtype))}
 
 
 def linear_forward(x: Array, w: Array, b: Array | None, y: Array, *,
@@ -66,9 +77,16 @@ def linear_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Arra
         if cuda_conv.linear_backward(dy, x, w, dx=dx, dw=dw, db=db, transpose=transpose):
             return
     if dw is not None:
-        stage = scratch(ws, "dw", dw.shape, dw.dtype, xp)
-        xp.matmul(x.T, dy, out=stage) if transpose else xp.matmul(dy.T, x, out=stage)
-        xp.add(dw, stage, out=dw)
+        rows = _stage_rows(dw.shape)
+        stage = scratch(ws, "dw", (rows, dw.shape[1]), dw.dtype, xp)
+        for lo in range(0, dw.shape[0], rows):  # dw[lo:hi] += its block of the product
+            hi = min(lo + rows, dw.shape[0])
+            block = stage[:hi - lo]
+            if transpose:  # dw (K, N) = x.T @ dy
+                xp.matmul(x[:, lo:hi].T, dy, out=block)
+            else:  # dw (N, K) = dy.T @ x
+                xp.matmul(dy[:, lo:hi].T, x, out=block)
+            xp.add(dw[lo:hi], block, out=dw[lo:hi])
     if db is not None:
         stage = scratch(ws, "db", db.shape, db.dtype, xp)
         xp.sum(dy, axis=0, out=stage)

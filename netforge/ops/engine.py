@@ -72,11 +72,13 @@ def conv_forward(parts: list[Part], x: Array, w: Array, b: Array | None, y: Arra
 
 
 def conv_backward(parts: list[Part], dy: Array, x: Array, w: Array, *, dx: Array | None,
-                  dw: Array | None, db: Array | None, **geometry) -> None:
-    """The workspaces still hold the columns forward built (``reuse_col``)."""
+                  dw: Array | None, db: Array | None, reuse_col: bool = True,
+                  **geometry) -> None:
+    """``reuse_col``: the workspaces still hold the columns forward built (else backward
+    rebuilds them: a layer whose columns live in shared scratch)."""
     if len(parts) == 1:
-        vision.conv_backward(dy, x, w, dx=dx, dw=dw, db=db, ws=parts[0][2], reuse_col=True,
-                             **geometry)
+        vision.conv_backward(dy, x, w, dx=dx, dw=dw, db=db, ws=parts[0][2],
+                             reuse_col=reuse_col, **geometry)
         return
 
     def task(dys, xs, dxs, ws):
@@ -86,7 +88,7 @@ def conv_backward(parts: list[Part], dy: Array, x: Array, w: Array, *, dx: Array
             if acc is not None:
                 acc.fill(0)
         vision.conv_backward(dys, xs, w, dx=dxs, dw=part_dw, db=part_db, ws=ws,
-                             reuse_col=True, **geometry)
+                             reuse_col=reuse_col, **geometry)
 
     run_slices(parts, task, dy, x, dx)
     for _, _, ws in parts:
@@ -99,22 +101,33 @@ def conv_backward(parts: list[Part], dy: Array, x: Array, w: Array, *, dx: Array
 # --------------------------------------------------------------------------- inner product
 
 
-def linear_plan(rows: int, outputs: int, xp) -> tuple[list[tuple[int, int]], ...]:
-    """(row slices, output slices) of an inner product with ``rows`` samples."""
+def linear_plan(rows: int, outputs: int, xp, *, w_shape: tuple[int, ...] | None = None,
+                transpose: bool = False, dtype=None) -> tuple[list, list, list[dict]]:
+    """(row slices, output slices, a weight-gradient stage per output slice) of an inner
+    product with ``rows`` samples. The stages are bounded blocks (ops.common stages dw a
+    block of rows at a time), one per slice so that the cores never share one; none when
+    the work runs unsplit (the layer's own workspace serves) or ``w_shape`` is not given."""
     count = batch_split.parts(xp)
-    return batch_split.split(rows, count), batch_split.split(outputs, count)
+    row_parts, output_parts = batch_split.split(rows, count), batch_split.split(outputs, count)
+    stages = []
+    if w_shape is not None and len(row_parts) > 1:
+        for lo, hi in output_parts:  # the slice's own rows of W (its columns, transposed)
+            part = (w_shape[0], hi - lo) if transpose else (hi - lo, w_shape[1])
+            spec = linear_ops.linear_workspace_shapes(part, transpose=transpose, dtype=dtype)
+            stages.append(allocate({"dw": spec["dw"]}, xp))
+    return row_parts, output_parts, stages
 
 
 def linear_forward(plan, x: Array, w: Array, b: Array | None, y: Array, *,
                    transpose: bool) -> None:
-    row_parts, _ = plan
+    row_parts = plan[0]
     batch_split.run([lambda lo=lo, hi=hi: linear_ops.linear_forward(
         x[lo:hi], w, b, y[lo:hi], transpose=transpose) for lo, hi in row_parts])
 
 
 def linear_backward(plan, dy: Array, x: Array, w: Array, *, dx: Array | None,
                     dw: Array | None, db: Array | None, transpose: bool, ws: dict) -> None:
-    row_parts, output_parts = plan
+    row_parts, output_parts, stages = plan
     if len(row_parts) == 1:
         linear_ops.linear_backward(dy, x, w, dx=dx, dw=dw, db=db, transpose=transpose, ws=ws)
         return
@@ -124,18 +137,20 @@ def linear_backward(plan, dy: Array, x: Array, w: Array, *, dx: Array | None,
             dy[lo:hi], x[lo:hi], w, dx=dx[lo:hi], dw=None, db=None, transpose=transpose)
             for lo, hi in row_parts]
     if dw is not None:
-        tasks += [lambda lo=lo, hi=hi: _weight_rows(dy, x, dw, lo, hi, transpose, ws)
-                  for lo, hi in output_parts]
+        tasks += [lambda lo=lo, hi=hi, k=k: _weight_rows(
+            dy, x, dw, lo, hi, transpose, stages[k] if stages else None)
+            for k, (lo, hi) in enumerate(output_parts)]
     batch_split.run(tasks)
     if db is not None:
         linear_ops.linear_backward(dy, x, w, dx=None, dw=None, db=db, ws=ws)
 
 
-def _weight_rows(dy, x, dw, lo: int, hi: int, transpose: bool, ws: dict) -> None:
-    """dw for outputs lo:hi (rows of W, or its columns when transposed)."""
+def _weight_rows(dy, x, dw, lo: int, hi: int, transpose: bool, stage: dict | None) -> None:
+    """dw for outputs lo:hi (rows of W, or its columns when transposed), staged in the
+    slice's own block (``stage``; None: a per-call one)."""
     if transpose:
         linear_ops.linear_backward(dy[:, lo:hi], x, None, dx=None, dw=dw[:, lo:hi], db=None,
-                                   transpose=True, ws={"dw": ws["dw"][:, lo:hi]})
+                                   transpose=True, ws=stage)
     else:
         linear_ops.linear_backward(dy[:, lo:hi], x, None, dx=None, dw=dw[lo:hi], db=None,
-                                   ws={"dw": ws["dw"][lo:hi]})
+                                   ws=stage)

@@ -25,13 +25,21 @@
     contrastive_backward(diff, dist_sq, similar, da, db, *, margin, legacy, loss_weight, ws)
 
 The backward kernels take ``loss_weight``, the top's diff that the net seeds (Caffe scales
-every loss gradient by it), and assign the bottom gradients.
+every loss gradient by it): a number, or the 0-d array of that diff, which is then never
+read back to the host. They assign the bottom gradients.
+
+Every forward kernel takes ``out``: a 0-d array that is assigned the loss on the compute
+device — nothing is read back, so a training step can be captured as a CUDA graph — and is
+returned; without it the loss is returned as a Python float. The normalizer, too, stays on
+the device when it depends on the data (VALID with an ignore_label).
 
 Scores x are (outer, C, inner) around ``axis`` (e.g. (N, C) or (N, C, H, W) with axis 1);
 ``label`` holds outer * inner integer-valued numbers (any shape with that many elements,
 e.g. (N,), (N, 1, 1, 1) or (N, H, W)); a label is truncated to int as Caffe's static_cast
 does. ``ignore_label`` None means no label is ignored. A label outside [0, C) that is not
-ignored raises ValueError (Caffe only checks it in debug builds).
+ignored raises ValueError where ``backend.range_checks`` says so: always for host (numpy)
+arrays, for device arrays only in debug mode (Caffe only checks it in debug builds) — the
+check reads the labels back.
 
 Normalization (Caffe's LossParameter): "FULL" divides by outer * inner, "VALID" by the
 number of non-ignored labels, "BATCH_SIZE" by outer, "NONE" by 1; the divisor is clamped to
@@ -43,6 +51,7 @@ from __future__ import annotations
 
 import numpy
 
+from netforge.backend import range_checks
 from netforge.ops import compiled
 from netforge.ops.common import outer_channels_inner, softmax_forward
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
@@ -63,11 +72,35 @@ def loss_workspace_shapes(x_shape: tuple[int, ...], axis: int = 1,
             "ge": ((outer, c, inner), numpy.dtype(bool))}
 
 
-def _normalizer(mode: str, outer: int, inner: int, valid: int) -> float:
+def _normalizer(mode: str, outer: int, inner: int, valid) -> float | Array:
+    """The divisor, at least 1: a float, or a 0-d device array when ``valid`` (the count of
+    non-ignored labels) is one."""
     if mode not in _MODES:
         raise ValueError(f"normalization must be one of {', '.join(_MODES)}, got {mode!r}")
     value = {"FULL": outer * inner, "VALID": valid, "BATCH_SIZE": outer, "NONE": 1}[mode]
-    return float(max(value, 1))
+    if isinstance(value, (int, numpy.integer)):
+        return float(max(int(value), 1))
+    return get_array_module(value).maximum(value, 1)
+
+
+def _scale(xp, loss_weight, normalizer, dtype) -> float | Array:
+    """loss_weight / normalizer in float64, rounded to ``dtype`` once, as a Python float
+    operand would be: a float when both are host numbers, else a 0-d device array."""
+    if isinstance(loss_weight, (int, float)) and isinstance(normalizer, (int, float)):
+        return float(loss_weight) / normalizer
+    value = xp.asarray(loss_weight, dtype=xp.float64) / normalizer
+    return xp.asarray(value, dtype=dtype)
+
+
+def _finish(xp, total, normalizer, out: Array | None, negate: bool = False) -> float | Array:
+    """The loss ``±total / normalizer`` (float64 arithmetic): assigned to ``out`` on the
+    device and returned when ``out`` is given, else read back as a Python float."""
+    if out is None:
+        value = float(total) / float(normalizer)
+        return -value if negate else value
+    value = xp.asarray(total, dtype=xp.float64) / normalizer
+    out[...] = -value if negate else value
+    return out
 
 
 def _labels(xp, label: Array, outer: int, c: int, inner: int, ignore_label: int | None,
@@ -83,8 +116,8 @@ def _labels(xp, label: Array, outer: int, c: int, inner: int, ignore_label: int 
         valid = scratch(ws, "valid", (outer, inner), bool, xp)
         xp.not_equal(lab, int(ignore_label), out=valid)
         xp.multiply(lab, valid, out=lab)
-        count = int(xp.count_nonzero(valid))
-    if lab.size:
+        count = xp.count_nonzero(valid)  # an int for numpy, a 0-d array on a device
+    if lab.size and range_checks(xp):  # reads the labels back: see the module docstring
         _check_label_range(int(lab.min()), int(lab.max()), c, ignore_label)
     return lab, valid, count
 
@@ -128,7 +161,7 @@ def _gather(xp, flat: Array, idx: Array, out: Array, axis: int | None = None) ->
 
 def softmax_loss_forward(x: Array, label: Array, prob: Array, *, axis: int = 1,
                          ignore_label: int | None = None, normalization: str = "VALID",
-                         ws: dict | None = None) -> float:
+                         ws: dict | None = None, out: Array | None = None) -> float | Array:
     """loss = -sum over non-ignored positions of log(max(prob[label], FLT_MIN)) / normalizer.
 
     Args:
@@ -136,7 +169,7 @@ def softmax_loss_forward(x: Array, label: Array, prob: Array, *, axis: int = 1,
         label: outer * inner integer-valued labels.
         prob: x's shape, assigned softmax(x) along ``axis`` (kept for backward).
     Returns:
-        The loss as a Python float.
+        The loss: ``out`` (0-d, assigned on the device) when given, else a Python float.
     """
     xp = get_array_module(x)
     outer, c, inner = outer_channels_inner(x.shape, axis)
@@ -144,9 +177,11 @@ def softmax_loss_forward(x: Array, label: Array, prob: Array, *, axis: int = 1,
         total, count, low, high = compiled.load("loss").softmax_loss_forward(
             view_as(x, (outer, c, inner)), view_as(label, (label.size,)),
             view_as(prob, (outer, c, inner)), ignore_label)
-        if count:
+        if count and range_checks(numpy):
             _check_label_range(low, high, c, ignore_label)
-        return total / _normalizer(normalization, outer, inner, count)
+        # Host arrays: the total is a host number already; ``out`` is still honoured, so
+        # the step's loss buffer is assigned the same way on every path.
+        return _finish(numpy, total, _normalizer(normalization, outer, inner, count), out)
     softmax_forward(x, prob, axis=axis, ws=ws)
     lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
     idx = _flat_index(xp, lab, outer, c, inner, ws)
@@ -156,7 +191,8 @@ def softmax_loss_forward(x: Array, label: Array, prob: Array, *, axis: int = 1,
     xp.log(picked, out=picked)
     if valid is not None:
         xp.multiply(picked, valid, out=picked)
-    return -float(picked.sum()) / _normalizer(normalization, outer, inner, count)
+    return _finish(xp, picked.sum(), _normalizer(normalization, outer, inner, count), out,
+                   negate=True)
 
 
 def softmax_loss_backward(prob: Array, label: Array, dx: Array, *, axis: int = 1,
@@ -174,7 +210,7 @@ def softmax_loss_backward(prob: Array, label: Array, dx: Array, *, axis: int = 1
         kernels = compiled.load("loss")
         label_flat = view_as(label, (label.size,))
         count, low, high = kernels.label_range(label_flat, c, ignore_label)
-        if count:
+        if count and range_checks(numpy):
             _check_label_range(low, high, c, ignore_label)
         scale = float(loss_weight) / _normalizer(normalization, outer, inner, count)
         kernels.softmax_loss_backward(view_as(prob, (outer, c, inner)), label_flat,
@@ -182,7 +218,7 @@ def softmax_loss_backward(prob: Array, label: Array, dx: Array, *, axis: int = 1
         return
     lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
     idx = _flat_index(xp, lab, outer, c, inner, ws)
-    scale = float(loss_weight) / _normalizer(normalization, outer, inner, count)
+    scale = _scale(xp, loss_weight, _normalizer(normalization, outer, inner, count), dx.dtype)
     xp.multiply(prob, scale, out=dx)
     # Subtract the scaled one-hot at one entry per position: take, adjust, put back.
     flat = view_as(dx, (dx.size,))
@@ -200,7 +236,8 @@ def softmax_loss_backward(prob: Array, label: Array, dx: Array, *, axis: int = 1
 
 def accuracy(x: Array, label: Array, *, top_k: int = 1, axis: int = 1,
              ignore_label: int | None = None, per_class: bool = True,
-             ws: dict | None = None) -> tuple[float, Array | None]:
+             ws: dict | None = None, out: Array | None = None
+             ) -> tuple[float | Array, Array | None]:
     """Top-k accuracy with Caffe's tie rule, and per-class accuracy.
 
     A position counts as correct when fewer than ``top_k`` *other* classes score greater
@@ -209,8 +246,10 @@ def accuracy(x: Array, label: Array, *, top_k: int = 1, axis: int = 1,
     class index). Ignored positions are skipped; with none left the accuracy is 0.
 
     Returns:
-        (accuracy, per_class) where per_class (C,) holds hits / count per label class (0 for
-        a class absent from the labels), or None when ``per_class`` is False.
+        (accuracy, per_class): the accuracy is ``out`` (0-d, assigned on the device, nothing
+        read back) when given, else a Python float; per_class (C,) holds hits / count per
+        label class (0 for a class absent from the labels), or None when ``per_class`` is
+        False.
     """
     xp = get_array_module(x)
     outer, c, inner = outer_channels_inner(x.shape, axis)
@@ -226,8 +265,12 @@ def accuracy(x: Array, label: Array, *, top_k: int = 1, axis: int = 1,
     xp.less_equal(at_least, top_k, out=correct)  # the label itself is among the counted
     if valid is not None:
         xp.logical_and(correct, valid, out=correct)
-    hits = int(xp.count_nonzero(correct))
-    acc = hits / count if count else 0.0
+    hits = xp.count_nonzero(correct)
+    if out is None:
+        acc = int(hits) / int(count) if int(count) else 0.0
+    else:  # no hits when nothing counts, so hits / max(count, 1) is the 0 of that case
+        out[...] = xp.asarray(hits, dtype=xp.float64) / xp.maximum(count, 1)
+        acc = out
     if not per_class:
         return acc, None
     # Per-class figures are a small metric: bincount on label-sized vectors is fine here.
@@ -241,7 +284,8 @@ def accuracy(x: Array, label: Array, *, top_k: int = 1, axis: int = 1,
 # --------------------------------------------------------------------------- euclidean
 
 
-def euclidean_loss_forward(a: Array, b: Array, diff: Array) -> float:
+def euclidean_loss_forward(a: Array, b: Array, diff: Array, *,
+                           out: Array | None = None) -> float | Array:
     """loss = Σ (a − b)² / (2N), N = a.shape[0]; ``diff`` (a's shape) keeps a − b.
 
     ``b`` may have another shape with a's count (e.g. (N, C) against (N, C, 1, 1)).
@@ -249,14 +293,14 @@ def euclidean_loss_forward(a: Array, b: Array, diff: Array) -> float:
     xp = get_array_module(a)
     xp.subtract(a, view_as(b, a.shape), out=diff)
     flat = view_as(diff, (diff.size,))
-    return float(xp.dot(flat, flat)) / a.shape[0] / 2
+    return _finish(xp, xp.dot(flat, flat), 2.0 * a.shape[0], out)
 
 
 def euclidean_loss_backward(diff: Array, da: Array | None, db: Array | None, *,
                             loss_weight: float = 1.0) -> None:
     """da = loss_weight · diff / N and db = −da: the gradient reaches both bottoms."""
     xp = get_array_module(diff)
-    scale = float(loss_weight) / diff.shape[0]
+    scale = _scale(xp, loss_weight, diff.shape[0], diff.dtype)
     if da is not None:
         xp.multiply(diff, scale, out=view_as(da, diff.shape))
     if db is not None:
@@ -285,12 +329,13 @@ def _target_mask(xp, target: Array, ignore_label: int | None, ws: dict | None
     xp.copyto(lab, view_as(target, (n,)), casting="unsafe")
     valid = scratch(ws, "valid", (n,), bool, xp)
     xp.not_equal(lab, int(ignore_label), out=valid)
-    return valid, int(xp.count_nonzero(valid))
+    return valid, xp.count_nonzero(valid)
 
 
 def sigmoid_cross_entropy_forward(x: Array, target: Array, *, ignore_label: int | None = None,
                                   normalization: str = "BATCH_SIZE",
-                                  ws: dict | None = None) -> float:
+                                  ws: dict | None = None,
+                                  out: Array | None = None) -> float | Array:
     """Cross-entropy of sigmoid(x) against targets in [0, 1], in Caffe's stable form:
     Σ log(1 + e^(−|x|)) − x·(t − [x ≥ 0]) over non-ignored entries, / normalizer.
 
@@ -315,7 +360,8 @@ def sigmoid_cross_entropy_forward(x: Array, target: Array, *, ignore_label: int 
     if valid is not None:
         xp.multiply(term, valid, out=term)
     outer = x.shape[0] if x.ndim else 1
-    return float(term.sum()) / _normalizer(normalization, outer, n // max(outer, 1), count)
+    return _finish(xp, term.sum(), _normalizer(normalization, outer, n // max(outer, 1), count),
+                   out)
 
 
 def sigmoid_cross_entropy_backward(x: Array, target: Array, dx: Array, *,
@@ -335,7 +381,8 @@ def sigmoid_cross_entropy_backward(x: Array, target: Array, dx: Array, *,
     if valid is not None:
         xp.multiply(dx1, valid, out=dx1)
     outer = x.shape[0] if x.ndim else 1
-    scale = float(loss_weight) / _normalizer(normalization, outer, n // max(outer, 1), count)
+    scale = _scale(xp, loss_weight, _normalizer(normalization, outer, n // max(outer, 1), count),
+                   dx.dtype)
     xp.multiply(dx1, scale, out=dx1)
 
 
@@ -359,7 +406,8 @@ def _picked(xp, prob: Array, label: Array, ws: dict | None) -> tuple[Array, Arra
     return idx, picked
 
 
-def multinomial_logistic_forward(prob: Array, label: Array, *, ws: dict | None = None) -> float:
+def multinomial_logistic_forward(prob: Array, label: Array, *, ws: dict | None = None,
+                                 out: Array | None = None) -> float | Array:
     """loss = −Σ_i log(max(prob[i, label[i]], 1e-20)) / N.
 
     Args:
@@ -369,7 +417,7 @@ def multinomial_logistic_forward(prob: Array, label: Array, *, ws: dict | None =
     xp = get_array_module(prob)
     _, picked = _picked(xp, prob, label, ws)
     xp.log(picked, out=picked)
-    return -float(picked.sum()) / prob.shape[0]
+    return _finish(xp, picked.sum(), float(prob.shape[0]), out, negate=True)
 
 
 def multinomial_logistic_backward(prob: Array, label: Array, dx: Array, *,
@@ -377,7 +425,7 @@ def multinomial_logistic_backward(prob: Array, label: Array, dx: Array, *,
     """dx[i, label[i]] = −loss_weight / (N · max(prob[i, label[i]], 1e-20)), else 0."""
     xp = get_array_module(prob)
     idx, picked = _picked(xp, prob, label, ws)
-    xp.divide(-float(loss_weight) / prob.shape[0], picked, out=picked)
+    xp.divide(-_scale(xp, loss_weight, float(prob.shape[0]), dx.dtype), picked, out=picked)
     dx.fill(0)
     flat = view_as(dx, (dx.size,))
     if xp is numpy:
@@ -417,7 +465,7 @@ def _infogain_rows(xp, label, h, outer, c, inner, ignore_label, ws):
 
 def infogain_forward(x: Array, label: Array, h: Array, prob: Array, *, axis: int = 1,
                      ignore_label: int | None = None, normalization: str = "VALID",
-                     ws: dict | None = None) -> float:
+                     ws: dict | None = None, out: Array | None = None) -> float | Array:
     """loss = −Σ_positions Σ_l H[label, l] · log(max(softmax(x)[l], 1e-20)) / normalizer.
 
     Caffe 1.0's InfogainLoss takes scores and applies the softmax itself.
@@ -433,8 +481,8 @@ def infogain_forward(x: Array, label: Array, h: Array, prob: Array, *, axis: int
     logp = scratch(ws, "logp", (outer, c, inner), x.dtype, xp)
     xp.maximum(view_as(prob, (outer, c, inner)), LOG_THRESHOLD, out=logp)
     xp.log(logp, out=logp)
-    total = float(xp.einsum("oil,oli->", rows, logp))
-    return -total / _normalizer(normalization, outer, inner, count)
+    total = xp.einsum("oil,oli->", rows, logp)
+    return _finish(xp, total, _normalizer(normalization, outer, inner, count), out, negate=True)
 
 
 def infogain_backward(prob: Array, label: Array, h: Array, dx: Array, *, axis: int = 1,
@@ -454,8 +502,8 @@ def infogain_backward(prob: Array, label: Array, h: Array, dx: Array, *, axis: i
     dx3 = view_as(dx, (outer, c, inner))
     xp.multiply(view_as(prob, (outer, c, inner)), picked[:, None, :], out=dx3)
     xp.subtract(dx3, rows.transpose(0, 2, 1), out=dx3)
-    xp.multiply(dx3, float(loss_weight) / _normalizer(normalization, outer, inner, count),
-                out=dx3)
+    xp.multiply(dx3, _scale(xp, loss_weight, _normalizer(normalization, outer, inner, count),
+                            dx.dtype), out=dx3)
 
 
 # --------------------------------------------------------------------------- hinge
@@ -479,7 +527,7 @@ def _hinge_signs(xp, label: Array, a: Array, ws: dict | None) -> Array:
 
 
 def hinge_forward(x: Array, label: Array, margins: Array, *, norm: str = "L1",
-                  ws: dict | None = None) -> float:
+                  ws: dict | None = None, out: Array | None = None) -> float | Array:
     """One-vs-all hinge: t = max(0, 1 + s·x) with s = −1 at the label, +1 elsewhere;
     loss = Σ t / N (L1) or Σ t² / N (L2).
 
@@ -497,10 +545,10 @@ def hinge_forward(x: Array, label: Array, margins: Array, *, norm: str = "L1",
     xp.maximum(m2, 0, out=m2)
     flat = view_as(margins, (margins.size,))
     if norm == "L2":
-        return float(xp.dot(flat, flat)) / n
+        return _finish(xp, xp.dot(flat, flat), float(n), out)
     if norm != "L1":
         raise ValueError(f"norm must be L1 or L2, got {norm!r}")
-    return float(flat.sum()) / n
+    return _finish(xp, flat.sum(), float(n), out)
 
 
 def hinge_backward(margins: Array, label: Array, dx: Array, *, norm: str = "L1",
@@ -513,9 +561,9 @@ def hinge_backward(margins: Array, label: Array, dx: Array, *, norm: str = "L1",
     _hinge_signs(xp, label, dx2, ws)
     if norm == "L1":
         xp.sign(dx2, out=dx2)
-        xp.multiply(dx2, float(loss_weight) / n, out=dx2)
-    else:
-        xp.multiply(dx2, 2.0 * float(loss_weight) / n, out=dx2)
+        xp.multiply(dx2, _scale(xp, loss_weight, float(n), dx.dtype), out=dx2)
+    else:  # 2·w/n, as w/(n/2): the same correctly rounded quotient
+        xp.multiply(dx2, _scale(xp, loss_weight, n / 2.0, dx.dtype), out=dx2)
 
 
 # --------------------------------------------------------------------------- contrastive
@@ -540,7 +588,7 @@ def _similar(xp, similar: Array, n: int, ws: dict | None) -> Array:
 
 def contrastive_forward(a: Array, b: Array, similar: Array, diff: Array, dist_sq: Array, *,
                         margin: float = 1.0, legacy: bool = False,
-                        ws: dict | None = None) -> float:
+                        ws: dict | None = None, out: Array | None = None) -> float | Array:
     """loss = Σ_i [y_i d_i² + (1 − y_i) · max(margin − d_i, 0)²] / (2N), d = ‖a_i − b_i‖;
     the legacy version uses max(margin − d_i², 0) for dissimilar pairs.
 
@@ -565,8 +613,8 @@ def contrastive_forward(a: Array, b: Array, similar: Array, diff: Array, dist_sq
     if not legacy:
         xp.multiply(term, term, out=term)
     is_sim = sim != 0  # N booleans
-    term[is_sim] = dist_sq[is_sim]
-    return float(term.sum()) / n / 2
+    xp.copyto(term, dist_sq, where=is_sim)  # no boolean indexing: its size would sync
+    return _finish(xp, term.sum(), 2.0 * n, out)
 
 
 def contrastive_backward(diff: Array, dist_sq: Array, similar: Array, da: Array | None,
@@ -577,7 +625,7 @@ def contrastive_backward(diff: Array, dist_sq: Array, similar: Array, da: Array 
     (margin − d)/(d + 1e-4) · [margin − d > 0] for dissimilar ones."""
     xp = get_array_module(diff)
     n = diff.shape[0]
-    alpha = float(loss_weight) / n
+    alpha = _scale(xp, loss_weight, float(n), diff.dtype)
     sim = _similar(xp, similar, n, ws)
     coef = scratch(ws, "term", (n,), diff.dtype, xp)
     if legacy:
@@ -590,9 +638,9 @@ def contrastive_backward(diff: Array, dist_sq: Array, similar: Array, da: Array 
         xp.add(coef, CONTRASTIVE_EPS, out=coef)
         xp.divide(mdist, coef, out=coef)
         xp.multiply(coef, -alpha, out=coef)
-        coef[mdist <= 0] = 0
+        xp.copyto(coef, 0, where=mdist <= 0)
     is_sim = sim != 0
-    coef[is_sim] = alpha
+    xp.copyto(coef, alpha, where=is_sim)
     d2 = view_as(diff, (n, diff.size // n))
     if da is not None:
         xp.multiply(d2, coef[:, None], out=view_as(da, d2.shape))

@@ -158,16 +158,21 @@ def dropout_forward(x: Array, y: Array, mask: Array, ratio: float, rng: Any) -> 
             needs no other scratch. A bool mask (assigned the kept units) also works but
             costs a per-call buffer for the random draws.
         ratio: drop probability, in [0, 1).
-        rng: a ``numpy.random.Generator`` (``cupy.random.Generator`` on GPU) owned by the
-            caller, so that runs are reproducible and no global state is touched.
+        rng: a ``netforge.ops.random.RandomStream`` (what layers pass: counter-based, the
+            same bits on numpy and CuPy, no host draw) or a ``numpy.random.Generator``,
+            owned by the caller, so that runs are reproducible and no global state is
+            touched.
     """
     if not 0 <= ratio < 1:
         raise ValueError(f"dropout ratio must be in [0, 1), got {ratio}")
     xp = get_array_module(x)
     scale = 1.0 / (1.0 - ratio)
     if mask.dtype == bool:
-        draws = rng.random(size=mask.shape, dtype=numpy.float32)
-        xp.greater_equal(draws, ratio, out=mask)
+        if hasattr(rng, "uniform_at_least"):  # a RandomStream: compared as integers
+            rng.uniform_at_least(mask, ratio)
+        else:
+            draws = rng.random(size=mask.shape, dtype=numpy.float32)
+            xp.greater_equal(draws, ratio, out=mask)
         xp.multiply(x, mask, out=y)
         xp.multiply(y, scale, out=y)
         return

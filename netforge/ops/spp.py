@@ -125,8 +125,9 @@ def _flat_slices(y: Array, x_shape: tuple[int, ...], levels: list[SppLevel]):
 
 def spp_forward(x: Array, y: Array, *, levels: list[SppLevel], method: str, ws: list[dict],
                 rng=None, train: bool = True) -> None:
-    """y (see the module docstring), assigned. ``rng`` (a numpy Generator) and ``train``
-    matter only for STOCHASTIC: TRAIN samples, TEST takes the weighted average."""
+    """y (see the module docstring), assigned. ``rng`` (a RandomStream or a numpy
+    Generator) and ``train`` matter only for STOCHASTIC: TRAIN samples, TEST takes the
+    weighted average."""
     xp = get_array_module(x)
     n = x.shape[0]
     for i, part in _flat_slices(y, x.shape, levels):

@@ -73,8 +73,10 @@ def _window_sums(xp, x: Array, total: Array, offsets, start: float) -> None:
 
 
 def _uniform(xp, rng, out: Array) -> None:
-    """out ~ U[0, 1) from the numpy Generator ``rng`` (drawn on the host for CuPy)."""
-    if xp is numpy and out.dtype in (numpy.float32, numpy.float64):
+    """out ~ U[0, 1) from ``rng``: a RandomStream (on the array's device, either module) or
+    a numpy Generator (drawn on the host for CuPy)."""
+    if hasattr(rng, "uniform_at_least") or (
+            xp is numpy and out.dtype in (numpy.float32, numpy.float64)):
         rng.random(out=out, dtype=out.dtype)
     else:
         out[...] = xp.asarray(rng.random(out.shape))
@@ -89,7 +91,7 @@ def stochastic_pool_forward_train(x: Array, y: Array, index: Array, *, kernel: I
         y: (N, C, OH, OW) output, assigned the sampled values.
         index: (N, C, OH, OW) integer array, assigned the flat index h*W + w of each sample
             (-1 for a window with no pixel, ceil mode with stride > kernel; its y is 0).
-        rng: a ``numpy.random.Generator`` (the layer's seeded generator).
+        rng: the layer's ``RandomStream`` (ops/random.py) or a ``numpy.random.Generator``.
         ws: workspace from ``stochastic_pool_workspace_shapes``.
     """
     xp = get_array_module(x)

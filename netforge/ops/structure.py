@@ -29,6 +29,7 @@ from math import prod
 
 import numpy
 
+from netforge.backend import range_checks
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
 
 REDUCTIONS = ("SUM", "ASUM", "SUMSQ", "MEAN")
@@ -274,10 +275,10 @@ def filter_backward(dy: Array, rows: Array, dx: Array) -> None:
 
 def _indices(xp, values: Array, upper: int, out: Array, what: str) -> Array:
     """Truncate float indices to integers (into ``out``, values.size long) and check them
-    against [0, upper)."""
+    against [0, upper) where ``backend.range_checks`` says so (host arrays, debug mode)."""
     idx = view_as(out, (values.size,))
     xp.copyto(idx, view_as(values, (values.size,)), casting="unsafe")
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= upper):
+    if idx.size and range_checks(xp) and (int(idx.min()) < 0 or int(idx.max()) >= upper):
         bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
         raise ValueError(f"{what} {bad} is outside [0, {upper})")
     return idx
@@ -330,7 +331,8 @@ def embed_forward(index: Array, w: Array, b: Array | None, y: Array, *,
     xp = get_array_module(w)
     idx = _indices(xp, index, w.shape[0], scratch(ws, "index", (index.size,), numpy.intp, xp),
                    "index")
-    if not bool(xp.all(idx == view_as(index, (index.size,)))):  # Caffe's debug check
+    whole = range_checks(xp) and bool(xp.all(idx == view_as(index, (index.size,))))
+    if range_checks(xp) and not whole:  # Caffe's debug check
         raise ValueError("embedding indices must be whole numbers")
     y2 = view_as(y, (index.size, w.shape[1]))
     xp.take(w, idx, axis=0, out=y2)

@@ -32,9 +32,13 @@ def get_array_module(*arrays: Any) -> ModuleType:
     """Return ``cupy`` if any argument is a CuPy ndarray, otherwise ``numpy``.
 
     CuPy is imported only when a CuPy array is actually seen, so CPU-only installs never pay
-    for (or fail on) the import.
+    for (or fail on) the import. An array type may name its module in a class attribute
+    ``netforge_array_module`` (``backend.use_array_module``).
     """
     for a in arrays:
+        named = getattr(type(a), "netforge_array_module", None)  # a stand-in device module
+        if named is not None:
+            return named
         if type(a).__module__.startswith("cupy"):
             import cupy
 

@@ -104,15 +104,19 @@ class SnapshotWriter:
 def _resume_state(solver) -> dict:
     """What Caffe's solverstate lacks for an exact resume: generators and data cursors."""
     nets = [solver.net, *solver.test_nets]
-    layers = {}
+    layers, streams = {}, {}
     for i, net in enumerate(nets):
         for layer in net.layers:
             get_state = getattr(layer, "get_state", None)
             if get_state is not None:
                 layers[f"{i}/{layer.name}"] = get_state()
+            stream = getattr(layer, "random", None)
+            if stream is not None:  # a counter-based stream: key and draws (ops/random.py)
+                streams[f"{i}/{layer.name}"] = stream.get_state()
     return {
         "rng": [net.rng.bit_generator.state for net in nets],
         "layers": layers,
+        "random": streams,
     }
 
 
@@ -128,6 +132,9 @@ def _apply_resume_state(solver, text: str) -> None:
             saved = state.get("layers", {}).get(f"{i}/{layer.name}")
             if saved is not None and hasattr(layer, "set_state"):
                 layer.set_state(saved)
+            stream = state.get("random", {}).get(f"{i}/{layer.name}")
+            if stream is not None and getattr(layer, "random", None) is not None:
+                layer.random.set_state(stream)
 
 
 def _write_state_hdf5(path, iteration, model, current_step, history, extra, masks=()) -> None:

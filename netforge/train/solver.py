@@ -3,6 +3,10 @@
 One iteration: clear param diffs → test (every test_interval) → iter_size × forward/backward
 → smoothed loss → display → update (lr policy, clip, normalize, regularize, rule) → iter += 1
 → snapshot (every ``snapshot`` iterations or on request) → stop on request.
+
+The hot path reads nothing back from the compute device: the loss, its smoothed average and
+the divergence flag are 0-d device arrays, read only when the solver displays, tests,
+snapshots or returns from ``step`` (tests/train/test_host_reads.py counts the reads).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +23,9 @@ from netforge import backend, config
 from netforge import netforge_pb2 as pb
 from netforge.backend import to_host
 from netforge.errors import ConfigError
-from netforge.graph import debug_info
+from netforge.graph import debug_info, train_memory
 from netforge.net import Net
+from netforge.ops.random import philox_key
 from netforge.train import cuda_graph, divergence, lr_policies, mixed_precision
 from netforge.train.evaluate import add_outputs
 from netforge.train.metrics import MetricsWriter, metrics_path
@@ -69,13 +75,15 @@ class Solver:
         parallel: this rank's ``netforge.train.parallel.DataParallel`` in a data-parallel job
             (None: a single process). Its hooks are the ``self.parallel`` lines below.
         no_graph: never capture the step as a CUDA graph (``--no-graph``; GPU only).
+        recompute_columns: convolutions rebuild their im2col columns in backward instead of
+            keeping them per layer: less memory, more time (graph/train_memory.py).
     """
 
     forced_type: str | None = None  # set by the pycaffe-named subclasses
 
     def __init__(self, solver, *, level: int = 0, stages=(), signals: SignalRequests | None = None,
                  dtype=np.float32, metrics: bool = True, parallel=None,
-                 no_graph: bool = False):
+                 no_graph: bool = False, recompute_columns: bool = False):
         if isinstance(solver, (str, Path)):
             self.path = Path(solver)
             sp = config.load_solver_param(solver)
@@ -98,6 +106,10 @@ class Solver:
         if parallel:  # every rank draws the same data stream
             seed = parallel.common_seed(seed)
         self.rng = np.random.default_rng(seed)
+        # The counter-based streams (Dropout, stochastic pooling) are keyed by the seed and
+        # the net's index; an unseeded run draws its seed once (and snapshots keep it).
+        self.random_seed = seed if seed is not None else int(
+            np.random.SeedSequence().entropy % 2**63)
 
         train_param, test_params, net_dir = config.solver_net_params(sp, self.path)
         # Mixed precision is parsed and checked here; running a net in FLOAT16/BFLOAT16
@@ -117,7 +129,7 @@ class Solver:
         train_param.state.CopyFrom(train_state)
         self.net = Net(train_param, "train", level=train_state.level,
                        stages=list(train_state.stage), dtype=dtype, rng=self._child_rng(),
-                       base_dirs=base_dirs)
+                       base_dirs=base_dirs, random_key=philox_key(self.random_seed, 0))
         self.test_nets: list[Net] = []
         for i, test_param in enumerate(test_params):
             param = pb.NetParameter()
@@ -128,10 +140,18 @@ class Solver:
                 state.MergeFrom(sp.test_state[i])
             param.state.CopyFrom(state)
             test_net = Net(param, "test", level=state.level, stages=list(state.stage),
-                           dtype=dtype, rng=self._child_rng(), base_dirs=base_dirs)
+                           dtype=dtype, rng=self._child_rng(), base_dirs=base_dirs,
+                           random_key=philox_key(self.random_seed, i + 1))
             test_net.share_trained_layers(self.net)
             self.test_nets.append(test_net)
 
+        # Nothing reads the train net's intermediate diffs, nor the test nets' intermediate
+        # activations: both share memory by liveness (graph/train_memory.py, memory_plan.py).
+        self.net.plan.share_diffs()
+        if recompute_columns:
+            train_memory.recompute_columns(self.net.plan)
+        for test_net in self.test_nets:
+            test_net.plan.share_memory(())
         self.iter = 0
         self.rule = make_update_rule(sp, self.net.learnable_params)
         # Pruning (train/pruning.py sets it): a ParamMasks that keeps pruned weights and
@@ -141,8 +161,8 @@ class Solver:
         self.callbacks: list = []  # (on_start, on_gradients_ready, on_end) triples
         self.want_metrics = metrics
         self.metrics: MetricsWriter | None = None
-        self.smoothed_loss = 0.0
-        self._losses: list[float] = []
+        self._scalars = _LossScalars(self.net.ctx.xp, max(sp.average_loss, 1))
+        self.guard = divergence.Guard(self.net)
         self.stop_requested = False
         self.test_results: list[dict] = []  # last test pass: one {name: mean} per test net
         if parallel:  # shard the data, one flat gradient buffer, rank 0's weights
@@ -152,6 +172,11 @@ class Solver:
         return np.random.default_rng(self.rng.integers(2**63))
 
     # -- public API ------------------------------------------------------------------------
+    @property
+    def smoothed_loss(self) -> float:
+        """Caffe's smoothed loss (mean of the last average_loss iterations): a host read."""
+        return float(to_host(self._scalars.smoothed))
+
     @property
     def lr(self) -> float:
         return lr_policies.learning_rate(self.param, self.iter)
@@ -186,8 +211,8 @@ class Solver:
             log.info("Optimization stopped early.")
             return
         if sp.display and self.iter % sp.display == 0:
-            loss = self.net.forward_range(0, len(self.net.plan.steps) - 1)
-            self._update_smoothed_loss(loss, start_iter)
+            self.net.run_forward(0, len(self.net.plan.steps) - 1)
+            self._update_smoothed_loss(self.net.loss_array(), start_iter)
             log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
             self._record_train(self._log_outputs(self.net, "Train", quiet=True))
         if sp.test_interval and self.iter % sp.test_interval == 0:
@@ -197,22 +222,28 @@ class Solver:
     def step(self, iters: int) -> None:
         # Overflow and NaN are reported by the divergence guard, naming the layer, rather
         # than as numpy warnings scattered through the log.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        # np.errstate is per thread and the batch-split workers compute too, so numpy's
+        # RuntimeWarnings are filtered as well (the guard may read its flag iterations
+        # after the first overflow: the weights stay put meanwhile, the warnings would not).
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             self._step(iters)
+            self.guard.raise_if_diverged(self)  # the host read that ends a step
 
     def _step(self, iters: int) -> None:
         sp = self.param
         self._open_metrics()
         start_iter = self.iter
         stop_iter = self.iter + iters
-        self._losses = []
-        self.smoothed_loss = 0.0
+        self._scalars.restart()
         timer = time.perf_counter()
         last_display_iter = self.iter
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
             if (sp.test_interval and self.iter % sp.test_interval == 0
                     and (self.iter > 0 or sp.test_initialization)):
+                self.guard.raise_if_diverged(self)
                 self.test_all()
                 if self.stop_requested:
                     break
@@ -222,15 +253,22 @@ class Solver:
             display = sp.display and self.iter % sp.display == 0
             if sp.debug_info:  # Caffe: the per-layer magnitudes on display iterations only
                 self.net.debug_info = bool(display)
-            loss = 0.0
+            loss = self._scalars.iteration_loss
+            loss.fill(0)
+            last = len(self.net.plan.steps) - 1
+            xp = self.net.ctx.xp
             for k in range(sp.iter_size):
                 if self.parallel and k == sp.iter_size - 1:  # all-reduce during backward
-                    loss += self.parallel.forward_backward(self.net)
+                    self.parallel.forward_backward(self.net)
                 else:
-                    loss += self.net.forward_backward()
-            loss /= sp.iter_size
+                    self.net.run_forward(0, last)
+                    self.net.backward()
+                xp.add(loss, self.net.loss_array(), out=loss)
+            if sp.iter_size > 1:
+                self._scalars.xp.divide(loss, sp.iter_size, out=loss)
             self._update_smoothed_loss(loss, start_iter)
             if display:
+                self.guard.raise_if_diverged(self)
                 lapse = time.perf_counter() - timer
                 per_s = (self.iter - last_display_iter) / (lapse or 1.0)
                 log.info("Iteration %d (%s iter/s, %.3fs/%d iters), loss = %s", self.iter,
@@ -241,9 +279,10 @@ class Solver:
             for _, on_ready, _ in self.callbacks:
                 if on_ready:
                     on_ready()
-            # Last look before the weights change: a NaN/Inf stops here, weights untouched.
-            divergence.check(self.net, self.iter, loss, self.snapshots.last)
-            self.apply_update()
+            # Last look before the weights change, on the device: a NaN/Inf raises the flag,
+            # which turns this and every later update into a no-op until it is read.
+            self.guard.watch(loss, self.iter)
+            self.apply_update(verbose=bool(display))
             if sp.debug_info and display:
                 debug_info.emit(debug_info.update_lines(self.net.learnable_params))
             if self.parallel:
@@ -261,26 +300,18 @@ class Solver:
                 self.stop_requested = True
                 break
 
-    def apply_update(self) -> None:
+    def apply_update(self, verbose: bool = True) -> None:
         rate = self.lr
         if self.param.display and self.iter % self.param.display == 0:
             log.info("Iteration %d, lr = %s", self.iter, _fmt(rate))
         if self.masks is not None:
             self.masks.mask_gradients()
-        self.rule.apply(rate, self.iter)
+        self.rule.apply(rate, self.iter, skip=self.guard.flag, verbose=verbose)
         if self.masks is not None:
             self.masks.apply(self.rule.history)
 
-    def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
-        average = max(self.param.average_loss, 1)
-        if len(self._losses) < average:
-            self._losses.append(loss)
-            size = len(self._losses)
-            self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
-        else:
-            idx = (self.iter - start_iter) % average
-            self.smoothed_loss += (loss - self._losses[idx]) / average
-            self._losses[idx] = loss
+    def _update_smoothed_loss(self, loss, start_iter: int) -> None:
+        self._scalars.add(loss, (self.iter - start_iter) % self._scalars.average)
 
     def _log_outputs(self, net: Net, kind: str, values=None, quiet: bool = False) -> dict:
         """``    Train net output #k: name = v (* w = l loss)`` for each output value (unless
@@ -355,6 +386,7 @@ class Solver:
 
     # -- snapshots -------------------------------------------------------------------------
     def snapshot(self) -> tuple[Path, Path] | None:
+        self.guard.raise_if_diverged(self)  # never snapshot past a divergence (every rank)
         if self.parallel and not self.parallel.is_root:
             return None  # rank 0 alone snapshots
         return self.snapshots.write()
@@ -368,6 +400,41 @@ class Solver:
         self.net.close()
         for net in self.test_nets:
             net.close()
+
+
+class _LossScalars:
+    """The solver's 0-d device scalars: this iteration's loss and Caffe's smoothed loss over
+    a ring of the last ``average`` losses, updated by Caffe's formulas in float64 on the
+    device (so the figures are the ones a host float would give)."""
+
+    def __init__(self, xp, average: int):
+        self.xp = xp
+        self.average = average
+        self.iteration_loss = xp.zeros((), dtype=xp.float64)
+        self.smoothed = xp.zeros((), dtype=xp.float64)
+        self.ring = xp.zeros(average, dtype=xp.float64)
+        self._delta = xp.zeros((), dtype=xp.float64)
+        self.filled = 0
+
+    def restart(self) -> None:
+        self.smoothed.fill(0)
+        self.filled = 0
+
+    def add(self, loss, index: int) -> None:
+        xp, smoothed = self.xp, self.smoothed
+        if self.filled < self.average:
+            xp.copyto(self.ring[self.filled:self.filled + 1], loss)
+            self.filled += 1
+            size = self.filled
+            xp.multiply(smoothed, size - 1, out=smoothed)  # (s · (size − 1) + loss) / size
+            xp.add(smoothed, loss, out=smoothed)
+            xp.divide(smoothed, size, out=smoothed)
+        else:
+            slot = self.ring[index:index + 1]
+            xp.subtract(loss, slot.reshape(()), out=self._delta)  # s += (loss − old) / n
+            xp.divide(self._delta, self.average, out=self._delta)
+            xp.add(smoothed, self._delta, out=smoothed)
+            xp.copyto(slot, loss)
 
 
 def _fmt(value) -> str:

@@ -8,6 +8,7 @@ import pytest
 
 from netforge.errors import ConfigError, DataError, GraphError, ShapeError
 from netforge.inspect.gradient_check import build_single_layer, check_gradients, run_forward
+from tests.backends import ARRAY_MODULES, host, load
 from tests.layers.inputs import TableInputs
 
 RNG = np.random.default_rng(1701)
@@ -77,7 +78,7 @@ def ref_embed(index, w, b=None):
 
 
 def params_of(step):
-    return [blob.data for blob in step.layer.blobs]
+    return [host(blob.data) for blob in step.layer.blobs]
 
 
 X3 = normal(2, 6, 3)
@@ -170,21 +171,23 @@ ROWS = [
 ]
 
 
+@pytest.mark.parametrize("xp_name", ARRAY_MODULES)
 @pytest.mark.parametrize("text, bottoms, reference, grad",
                          [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
-def test_layer_forward_and_gradient(text, bottoms, reference, grad):
-    plan, step = build_single_layer(text, bottoms)
+def test_layer_forward_and_gradient(text, bottoms, reference, grad, xp_name):
+    xp = load(xp_name)
+    plan, step = build_single_layer(text, bottoms, xp=xp)
     for blob in step.layer.blobs:  # give zero-initialised params (Parameter) real values
         if not blob.data.any():
-            blob.data[...] = RNG.standard_normal(blob.shape)
+            blob.data[...] = xp.asarray(RNG.standard_normal(blob.shape))
     run_forward(plan)
     expected = reference(bottoms, params_of(step))
     assert len(expected) == len(step.tops)
     for top, want in zip(step.tops, expected, strict=True):
         want = np.asarray(want, dtype=np.float64)
         assert top.shape == want.shape
-        np.testing.assert_allclose(top.data, want, rtol=1e-12, atol=1e-12)
-    if grad is None:
+        np.testing.assert_allclose(host(top.data), want, rtol=1e-12, atol=1e-12)
+    if grad is None or xp is not np:  # gradients: float64 differences on the host
         return
     mismatches = check_gradients(plan, step, **grad)
     assert not mismatches, mismatches[:5]

@@ -8,13 +8,15 @@ import pytest
 
 from netforge.errors import ConfigError, ShapeError
 from netforge.inspect.gradient_check import build_single_layer, check_gradients, run_forward
+from netforge.ops.random import RandomStream, philox_key, stream_id
+from tests.backends import ARRAY_MODULES, host, load
 from tests.layers.inputs import TableInputs
 from tests.ops import naive
 
 RNG = np.random.default_rng(4242)
 _INPUTS = TableInputs(RNG)
 normal, distinct = _INPUTS.normal, _INPUTS.distinct
-SEED = 1701  # run_forward reseeds a layer's ``rng`` with this before every forward
+SEED = 1701  # build_single_layer keys the random streams with this (run_forward rewinds them)
 
 
 def positive(*shape):
@@ -35,10 +37,12 @@ def _deconv(bottom, num_output, extra="", bias=True):
 
 def _stochastic_train_reference(x, kernel, stride):
     """The TRAIN reference, fed the draws the layer makes: one U[0, 1) per output, in order,
-    from the generator that run_forward seeds."""
+    the first draw of layer "l"'s Philox stream under build_single_layer's key (run_forward
+    rewinds it)."""
     oh = naive.pool_size(x.shape[2], kernel[0], 0, stride[0])
     ow = naive.pool_size(x.shape[3], kernel[1], 0, stride[1])
-    uniform = np.random.default_rng(SEED).random((x.shape[0], x.shape[1], oh, ow))
+    stream = RandomStream(philox_key(SEED), stream_id("l"))
+    uniform = stream.random(out=np.empty((x.shape[0], x.shape[1], oh, ow)))
     return naive.stochastic_pool_train(x, kernel, stride, uniform)[0]
 
 
@@ -119,16 +123,18 @@ ROWS = [
 ]
 
 
+@pytest.mark.parametrize("xp_name", ARRAY_MODULES)
 @pytest.mark.parametrize("text, bottoms, reference, grad, phase",
                          [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
-def test_layer_forward_and_gradient(text, bottoms, reference, grad, phase):
-    plan, step = build_single_layer(text, bottoms, phase=phase, seed=SEED)
+def test_layer_forward_and_gradient(text, bottoms, reference, grad, phase, xp_name):
+    xp = load(xp_name)
+    plan, step = build_single_layer(text, bottoms, phase=phase, seed=SEED, xp=xp)
     run_forward(plan, seed=SEED)
-    expected = reference(bottoms, [blob.data for blob in step.layer.blobs])
+    expected = reference(bottoms, [host(blob.data) for blob in step.layer.blobs])
     for top, want in zip(step.tops, expected, strict=True):
         assert top.shape == tuple(np.shape(want))
-        np.testing.assert_allclose(top.data, want, rtol=1e-10, atol=1e-12)
-    if grad is not None:
+        np.testing.assert_allclose(host(top.data), want, rtol=1e-10, atol=1e-12)
+    if grad is not None and xp is np:  # gradients: float64 differences on the host
         mismatches = check_gradients(plan, step, seed=SEED, **grad)
         assert not mismatches, mismatches[:5]
 

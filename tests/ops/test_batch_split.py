@@ -8,6 +8,7 @@ from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.net import Net
 from netforge.ops import batch_split as parallel
+from netforge.ops.xp import allocate
 
 
 @pytest.fixture
@@ -95,3 +96,29 @@ def test_layers_in_batch_slices_match_the_unsplit_layers(slices):
     for name, params in whole.params.items():
         for mine, theirs in zip(split.params[name], params, strict=True):
             np.testing.assert_allclose(mine.diff, theirs.diff, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["plain", "transposed"])
+def test_split_inner_product_stages_each_slice_in_its_own_bounded_blocks(slices, monkeypatch,
+                                                                         transpose):
+    """Each core's share of the weight gradient is staged in its own block of rows (no two
+    cores write one stage), several blocks per share: dw still equals the product."""
+    from netforge.ops import common, engine
+
+    slices(2)
+    monkeypatch.setattr(common, "LINEAR_STAGE", 6)  # blocks of 1-2 rows
+    rng = np.random.default_rng(5)
+    x, dy = rng.standard_normal((6, 4)), rng.standard_normal((6, 5))
+    w = rng.standard_normal((4, 5) if transpose else (5, 4))
+    plan = engine.linear_plan(6, 5, np, w_shape=w.shape, transpose=transpose,
+                              dtype=np.float64)
+    stages = plan[2]
+    assert len(stages) == 2
+    assert stages[0]["dw"].base is None and stages[1]["dw"].base is None  # own memory
+    assert stages[0]["dw"].shape[0] < (w.shape[0] if transpose else 3)  # several blocks
+    dw = np.full_like(w, 0.25)
+    ws = allocate(common.linear_workspace_shapes(w.shape, transpose=transpose,
+                                                 dtype=np.float64))
+    engine.linear_backward(plan, dy, x, w, dx=None, dw=dw, db=None, transpose=transpose, ws=ws)
+    expected = 0.25 + (x.T @ dy if transpose else dy.T @ x)
+    np.testing.assert_allclose(dw, expected, rtol=1e-12)

@@ -265,3 +265,19 @@ def test_common_steps_do_not_allocate(op):
                         eltwise_max_backward(dy, argmax, [dx, None, dx], ws=ws))
 
     assert_batch_independent(make_step, batches=(32, 128))
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["plain", "transposed"])
+def test_linear_weight_gradient_in_row_blocks_matches_the_product(monkeypatch, transpose):
+    from netforge.ops import common
+
+    monkeypatch.setattr(common, "LINEAR_STAGE", 20)  # blocks of 2 rows of 7 or 5 columns
+    rng = np.random.default_rng(3)
+    x, dy = rng.standard_normal((4, 7)), rng.standard_normal((4, 5))
+    w = rng.standard_normal((7, 5) if transpose else (5, 7))
+    dw = np.full_like(w, 0.5)  # accumulated into
+    ws = allocate(linear_workspace_shapes(w.shape, transpose=transpose, dtype=np.float64))
+    assert ws["dw"].shape[0] < w.shape[0]
+    linear_backward(dy, x, w, dx=None, dw=dw, db=None, transpose=transpose, ws=ws)
+    expected = 0.5 + (x.T @ dy if transpose else dy.T @ x)
+    np.testing.assert_allclose(dw, expected, rtol=1e-12)

@@ -81,12 +81,16 @@ def _softmax_loss_case(shape, ignore_label, normalization_mode):
         if ignore_label is not None:
             label.flat[::3] = ignore_label
         arrays = {"x": x, "label": label, "prob": np.zeros_like(x), "dx": np.zeros_like(x),
-                  "loss": np.zeros(1)}
+                  "loss": np.zeros(1), "loss_out": np.zeros(())}
         kw = {"ignore_label": ignore_label, "normalization": normalization_mode}
 
         def run(a):
             ws = allocate(loss.loss_workspace_shapes(x.shape, 1, dtype), np)
             a["loss"][0] = loss.softmax_loss_forward(a["x"], a["label"], a["prob"], ws=ws, **kw)
+            # The step's form: the loss assigned to a 0-d array (a device buffer on a GPU).
+            assert loss.softmax_loss_forward(a["x"], a["label"], a["prob"], ws=ws,
+                                             out=a["loss_out"], **kw) is a["loss_out"]
+            assert float(a["loss_out"]) == a["loss"][0]
             loss.softmax_loss_backward(a["prob"], a["label"], a["dx"], loss_weight=0.7, ws=ws,
                                        **kw)
         return arrays, run
@@ -148,7 +152,10 @@ RULES = {
 }
 
 
-def _update_case(rule, regularization):
+def _update_case(rule, regularization, skip_from=None):
+    """4 updates of 2 parameters; with ``skip_from`` the divergence guard's device flag is
+    raised from that iteration on (sticky): the weights must stay where they were then, and
+    the history must move alike on both paths."""
     def build(rng, dtype):
         start = [rng.standard_normal((3, 5)).astype(dtype), rng.standard_normal(5).astype(dtype)]
         grads = [[rng.standard_normal(s.shape).astype(dtype) for s in start] for _ in range(4)]
@@ -163,12 +170,23 @@ def _update_case(rule, regularization):
                 blob.data[...] = a[f"w{k}"]
                 params.append(LearnableParam(blob, "layer", k, 1.0 + k, 1.0 - k))
             update = make_update_rule(sp, params)
+            skip = np.zeros((), dtype=bool) if skip_from is not None else None
+            held = None
             for it, step in enumerate(grads):
+                if it == skip_from:
+                    skip[...] = True
+                    held = [p.blob.data.copy() for p in params]
                 for p, g in zip(params, step, strict=True):
                     p.blob.diff[...] = g
-                update.apply(0.05 * 0.9**it, it)
+                update.apply(0.05 * 0.9**it, it, skip=skip)
             for k, p in enumerate(params):
                 a[f"w{k}"][...] = p.blob.data
+                if held is not None:
+                    np.testing.assert_array_equal(p.blob.data, held[k])
+            if skip_from is not None:
+                for s, slot in enumerate(update.history):
+                    for k, h in enumerate(slot):
+                        a[f"h{s}_{k}"] = np.array(h)
         return arrays, run
     return build
 
@@ -192,6 +210,8 @@ ROWS = {
     "lrn_across_0.6": ("normalization", _lrn_case(0.6)),
     **{f"update_{rule}_{reg}": ("update_rules", _update_case(rule, reg))
        for rule in RULES for reg in ("L2", "L1")},
+    **{f"update_{rule}_skipped": ("update_rules", _update_case(rule, "L2", skip_from=2))
+       for rule in RULES},
 }
 
 

@@ -187,3 +187,23 @@ def test_clip_leaves_small_gradients_alone():
     blob.diff[...] = [3.0, 4.0]
     make_update_rule(sp, [LearnableParam(blob, "l", 0)]).apply(0.5, 0)
     np.testing.assert_allclose(blob.data, [-1.5, -2.0])
+
+
+def test_sgd_walks_large_parameters_in_bounded_chunks_with_the_same_result(monkeypatch):
+    from netforge.train import update_rules
+
+    sp = config.parse_text('type: "SGD" momentum: 0.9 weight_decay: 0.01 clip_gradients: 2',
+                           pb.SolverParameter())
+    results = []
+    for chunk in (1 << 18, 7):  # one piece, then pieces of 7 elements
+        monkeypatch.setattr(update_rules, "CHUNK", chunk)
+        blob = Blob((5, 9), np.float64)
+        rng = np.random.default_rng(1)
+        blob.data[...] = rng.standard_normal(blob.shape)
+        rule = make_update_rule(sp, [LearnableParam(blob, "l", 0)])
+        assert rule._chunk.size == min(chunk, 45)
+        for _ in range(3):
+            blob.diff[...] = rng.standard_normal(blob.shape)
+            rule.apply(0.1, 0, verbose=False)
+        results.append(blob.data.copy())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-13)

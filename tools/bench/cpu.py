@@ -1,4 +1,5 @@
-"""CPU speed and memory: netforge vs PyTorch on LeNet, CIFAR-10 quick, AlexNet, ResNet-50.
+"""CPU speed and memory: netforge vs PyTorch on LeNet, CIFAR-10 quick, AlexNet, ResNet-50,
+DenseNet-121.
 
     .venv/bin/python tools/bench/cpu.py [--nets lenet,cifar10_quick,alexnet,resnet50]
         [--modes train,predict] [--threads 2,1] [--rounds 5] [--seconds 1.0] [--no-memory]
@@ -8,9 +9,9 @@ Rows: a TRAIN step (forward + backward + SGD update with momentum and weight dec
 ``Solver.step(1)``, torch's zero_grad/forward/cross_entropy/backward/SGD.step) and predict (a
 TEST-phase forward of the deploy net: ``Net.forward``, torch under ``inference_mode``) of each
 net at its bench batch size (tools/bench/nets.py: LeNet 64, CIFAR-10 quick 100, AlexNet 4,
-ResNet-50 2). The torch model is a layer-by-layer translation of netforge's compiled plan
-holding copies of the same weights; a check column gives the largest relative difference of
-the two outputs (predict) or of the first losses (train, nets without Dropout).
+ResNet-50 2, DenseNet-121 2). The torch model is a layer-by-layer translation of netforge's
+compiled plan holding copies of the same weights; a check column gives the largest relative
+difference of the two outputs (predict) or of the first losses (train, nets without Dropout).
 
 Time: both frameworks run in one process per thread count (OpenBLAS and torch set to the same
 number of threads through OPENBLAS_NUM_THREADS/OMP_NUM_THREADS and torch.set_num_threads).

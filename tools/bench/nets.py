@@ -1,12 +1,12 @@
 """The bench's nets, built for netforge and translated layer by layer into PyTorch.
 
-Named nets (``NETS``): Caffe's LeNet and CIFAR-10 quick (configs/), AlexNet and ResNet-50
-(configs/zoo/). For a TRAIN step the net is the train_val prototxt with its data layers
-replaced by Input layers of the same shapes (random images, random labels); for predict it
-is the deploy prototxt in the TEST phase. tools/bench/torch_translate.py turns the netforge
-plan into a torch module running the same layers with copies of the same weights, in train
-or eval mode, so that both frameworks time the same arithmetic; the helpers at the end feed
-and step that module.
+Named nets (``NETS``): Caffe's LeNet and CIFAR-10 quick (configs/), AlexNet, ResNet-50
+and DenseNet-121 (configs/zoo/). For a TRAIN step the net is the train_val prototxt with its
+data layers replaced by Input layers of the same shapes (random images, random labels); for
+predict it is the deploy prototxt in the TEST phase. tools/bench/torch_translate.py turns
+the netforge plan into a torch module running the same layers with copies of the same
+weights, in train or eval mode, so that both frameworks time the same arithmetic; the
+helpers at the end feed and step that module.
 
 PyTorch is a benchmark oracle only; netforge never imports it.
 """
@@ -39,6 +39,8 @@ NETS = {
                         "configs/zoo/alexnet_deploy.prototxt", (3, 227, 227), 1000, 4),
     "resnet50": BenchNet("configs/zoo/resnet50_train_val.prototxt",
                          "configs/zoo/resnet50_deploy.prototxt", (3, 224, 224), 1000, 2),
+    "densenet121": BenchNet("configs/zoo/densenet121_train_val.prototxt",
+                            "configs/zoo/densenet121_deploy.prototxt", (3, 224, 224), 1000, 2),
 }
 
 # Caffe's SGD settings of the LeNet solver; the same for every bench net (their values do not

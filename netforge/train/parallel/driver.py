@@ -117,10 +117,11 @@ class DataParallel:
             for blob in blobs:
                 self.reducer.broadcast(blob.data, "the parameters from rank 0")
 
-    def forward_backward(self, net) -> float:
-        loss = net.forward_range(0, len(net.plan.steps) - 1)
+    def forward_backward(self, net) -> None:
+        """Forward, then backward with the bucketed all-reduce; the loss stays on the device
+        (the solver adds ``net.loss_array()``): nothing is read back."""
+        net.run_forward(0, len(net.plan.steps) - 1)
         self.buckets.reduce_during_backward(net)
-        return loss
 
     def agree(self, request: str) -> str:
         """Combine the ranks' requests: any "stop" stops all, any "snapshot" snapshots."""

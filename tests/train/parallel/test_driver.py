@@ -36,11 +36,16 @@ def test_two_ranks_train_as_one_rank_with_twice_the_batch_and_resume(tmp_path, l
                            "64"], capture_output=True, text=True, env=rank_env(), timeout=120,
                           cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
+    # Adam divides each update by the gradient's own running magnitude, so the float32
+    # reassociation below is not damped in near-zero gradient entries: measured over 8 seeds
+    # (Philox crops and mirrors) the last layer's parameters differed by up to 1.7e-5, SGD's
+    # by under 1e-6. A wrong reduction or averaging differs by orders of magnitude more.
+    tolerance = 5e-5 if "Adam" in rule else 1e-5
     for run in ("straight", "resumed"):
         got = np.load(tmp_path / f"{run}.npz")
         for k, want in enumerate(expected):
             have = got[f"arr_{k}"]
-            assert _relative(want, have) <= 1e-5, (run, k, _relative(want, have))
+            assert _relative(want, have) <= tolerance, (run, k, _relative(want, have))
     # Not bit-equal: the 1-rank GEMM sums 64 rows in one order, the ranks 2 × 32 then add.
     # The resumed run continues the straight 2-rank run exactly.
     straight, resumed = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "resumed.npz")

@@ -1,0 +1,189 @@
+"""Training memory by liveness: blob gradients (diffs) that are never alive together share
+memory.
+
+Backward runs the steps in reverse. The diff of a blob is written by the backward of the
+layer that reads the blob as a bottom (its one consumer: a blob read twice feeds a Split)
+and read by the backward of the layer that produced it; in between, it must survive. In
+forward step indices a diff group (blobs sharing diff memory: in-place chains, Reshape views)
+lives over ``[lo, hi]``, the first and last step that touch it. ``share_diffs(plan)``:
+
+1. groups blobs by the memory their diff already aliases, and finds each group's interval;
+2. keeps private (never shares) the diffs that backward does not fully write before it reads
+   them: a group whose last-touching step does not write it as a propagated bottom (net
+   outputs without a loss weight, tops of layers that never run backward, labels), the net's
+   inputs (``Net.backward`` returns their diffs), the loss tops (the net seeds them), and
+   every diff a Python layer touches (user code may accumulate);
+3. assigns the others to slots greedily in backward order (by ``hi``, descending): a group
+   takes the free slot (its occupant's interval ends above this one's ``hi``) closest in
+   size, else a new slot; a slot is one array as large as its largest group (the greedy
+   scheme of memory_plan, in reverse time);
+4. points each group's owner at a view into its slot and re-runs the aliasing
+   (``share_tops``).
+
+Parameter diffs are never shared (they accumulate over iter_size passes). Every layer's
+backward assigns the bottom diffs it propagates to, in full (Caffe's contract: blob diffs
+are never cleared between iterations, so a layer relying on zeros would already be wrong on
+its second iteration), hence a shared diff is always written before it is read.
+
+``share_batch_norm_copies(plan)`` (run by ``share_diffs`` too) is Caffe's BatchNorm→Scale
+chain made cheap: a BatchNorm computing batch statistics keeps a copy of its output
+(x_norm) for backward, and an in-place Scale right after it, on that output, keeps a copy of
+its bottom — the same values; the Scale then reads BatchNorm's copy instead of its own.
+
+What changes for a caller: after ``backward``, only the diffs of the net's inputs, of the
+loss tops and of the private groups keep their values; an intermediate blob's diff holds
+some later gradient. So the solver opts in for its train net (``Plan.share_diffs``), where
+nothing reads them; a ``Net`` built directly keeps every diff.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from netforge.graph.memory_plan import aligned_bytes, nbytes, root_of, share_scratch
+from netforge.graph.shapes import reshare_tops
+
+log = logging.getLogger("netforge")
+
+
+@dataclass
+class DiffPlan:
+    """What ``share_diffs`` did, for logs and tests."""
+
+    slots: list[int] = field(default_factory=list)  # bytes per diff slot
+    shared_blobs: list[str] = field(default_factory=list)
+    private_blobs: list[str] = field(default_factory=list)
+    bytes_before: int = 0
+    copy_bytes_saved: int = 0  # Scale copies replaced by BatchNorm's (share_batch_norm_copies)
+
+    @property
+    def shared_bytes(self) -> int:
+        return sum(self.slots)
+
+
+@dataclass
+class _DiffGroup:
+    root: object
+    owner: object = None
+    names: list[str] = field(default_factory=list)
+    lo: int = -1
+    hi: int = -1
+    written_at_hi: bool = False
+    read_at_hi: bool = False
+    private: bool = False
+
+    def touch(self, index: int) -> None:
+        if index > self.hi:
+            self.hi, self.written_at_hi, self.read_at_hi = index, False, False
+        self.lo = index if self.lo < 0 else min(self.lo, index)
+
+
+def share_batch_norm_copies(plan) -> int:
+    """Point every in-place Scale that directly follows a batch-statistics BatchNorm, on its
+    top, at the BatchNorm's x_norm; returns the bytes saved."""
+    saved = 0
+    for first, second in zip(plan.steps, plan.steps[1:], strict=False):
+        bn, scale = first.layer, second.layer
+        if (bn.type != "BatchNorm" or scale.type != "Scale" or not second.in_place(0)
+                or len(second.bottoms) != 1
+                or second.bottoms[0] is not first.tops[0]
+                or getattr(bn, "x_norm", None) is None
+                or getattr(scale, "bottom_copy", None) is None):
+            continue
+        shape = second.bottoms[0].shape
+        if not scale.copy_borrowed:
+            saved += nbytes(scale.bottom_copy)
+        scale.borrow_bottom_copy(bn.x_norm.reshape(shape))
+    return saved
+
+
+def recompute_columns(plan) -> tuple[int, int]:
+    """Trade time for memory: Convolution layers rebuild their im2col columns in backward
+    instead of keeping forward's, so the columns become scratch shared by all layers (the
+    cheap-recomputation idea of Chen et al. 2016, applied to the columns only). Measured on
+    DenseNet-121 at batch 2 on one core: about a third more time per step, so it is opt-in
+    (``Solver(..., recompute_columns=True)``). Returns share_scratch's (before, after)."""
+    for step in plan.steps:
+        if hasattr(step.layer, "keep_columns"):
+            step.layer.keep_columns = False
+    return share_scratch(plan)
+
+
+def share_diffs(plan) -> DiffPlan:
+    """Share the diff memory of ``plan``'s blobs by liveness (see the module docstring)."""
+    report = DiffPlan()
+    report.copy_bytes_saved = share_batch_norm_copies(plan)
+    groups: dict[int, _DiffGroup] = {}
+
+    def group_of(name: str, blob) -> _DiffGroup | None:
+        if blob.diff is None:
+            return None
+        root = root_of(blob.diff)
+        group = groups.get(id(root))
+        if group is None:
+            group = groups[id(root)] = _DiffGroup(root)
+        if blob.diff is root:
+            group.owner = blob
+        if name not in group.names:
+            group.names.append(name)
+        return group
+
+    private_names = set(plan.inputs)
+    loss_blobs = {id(top) for top, _ in plan.loss_tops}
+    for i, step in enumerate(plan.steps):
+        if not step.need_backward:
+            continue
+        python = step.layer.type == "Python"
+        for name, blob in zip(step.top_names, step.tops, strict=True):
+            group = group_of(name, blob)
+            if group is None:
+                continue
+            group.touch(i)
+            group.read_at_hi = group.read_at_hi or group.hi == i
+            group.private = group.private or python or id(blob) in loss_blobs
+        for j, (name, blob) in enumerate(zip(step.bottom_names, step.bottoms, strict=True)):
+            if not step.propagate_down[j]:
+                continue
+            group = group_of(name, blob)
+            if group is None:
+                continue
+            group.touch(i)
+            if group.hi == i:  # (read_at_hi marks an in-place step: it reads first)
+                group.written_at_hi = True
+            group.private = group.private or python
+    for group in groups.values():
+        first_touch_writes = group.written_at_hi and not group.read_at_hi
+        if (group.owner is None or not first_touch_writes
+                or private_names.intersection(group.names)):
+            group.private = True
+        (report.private_blobs if group.private else report.shared_blobs).extend(group.names)
+    shared = [g for g in groups.values() if not g.private]
+    report.bytes_before = sum(nbytes(g.root) for g in shared)
+
+    slots: list[list] = []  # [bytes, the last occupant's lo (free for hi below it), groups]
+    for group in sorted(shared, key=lambda g: -g.hi):
+        size = aligned_bytes(nbytes(group.root))
+        free = [s for s in slots if s[1] > group.hi]
+        if free:
+            fitting = [s for s in free if s[0] >= size]
+            slot = (min(fitting, key=lambda s: s[0]) if fitting
+                    else max(free, key=lambda s: s[0]))
+            slot[0] = max(slot[0], size)
+        else:
+            slot = [size, -1, []]
+            slots.append(slot)
+        slot[1] = group.lo
+        slot[2].append(group)
+    for size, _, members in slots:
+        xp = members[0].owner.xp
+        arena = xp.empty(size, dtype="uint8")
+        for group in members:
+            diff = group.owner.diff
+            group.owner.diff = arena[:nbytes(diff)].view(diff.dtype).reshape(diff.shape)
+        report.slots.append(size)
+    reshare_tops(plan.steps)
+    log.info("Diff sharing: %d bytes of blob diffs in %d slots of %d bytes; %d blobs keep "
+             "private diffs", report.bytes_before, len(report.slots), report.shared_bytes,
+             len(report.private_blobs))
+    return report
