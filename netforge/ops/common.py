@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy
 
-from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
+from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, is_cupy, scratch, view_as
 
 # --------------------------------------------------------------------------- linear
 
@@ -59,7 +59,7 @@ def linear_forward(x: Array, w: Array, b: Array | None, y: Array, *,
         x: (M, K); w: (N, K), or (K, N) when transpose; b: (N,) or None; y: (M, N), assigned.
     """
     xp = get_array_module(x)
-    if xp is not numpy:  # cuDNN matmul: capturable, unlike cupy.matmul (ops/cuda/conv.py)
+    if is_cupy(xp):  # cuDNN matmul: capturable, unlike cupy.matmul (ops/cuda/conv.py)
         from netforge.ops.cuda import conv as cuda_conv
         if cuda_conv.linear_forward(x, w, b, y, transpose=transpose):
             return
@@ -72,7 +72,7 @@ def linear_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Arra
                     db: Array | None, transpose: bool = False, ws: dict | None = None) -> None:
     """Gradients of ``linear_forward``: dx (M, K) assigned, dw and db accumulated."""
     xp = get_array_module(dy)
-    if xp is not numpy:  # cuDNN matmul (netforge/ops/cuda/conv.py)
+    if is_cupy(xp):  # cuDNN matmul (netforge/ops/cuda/conv.py)
         from netforge.ops.cuda import conv as cuda_conv
         if cuda_conv.linear_backward(dy, x, w, dx=dx, dw=dw, db=db, transpose=transpose):
             return

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy
 
 from netforge.ops import compiled
-from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch
+from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, is_cupy, scratch
 
 # --------------------------------------------------------------------------- reductions
 
@@ -356,7 +356,7 @@ def lrn_forward(x: Array, y: Array, scale: Array, inv_pow: Array, *, size: int, 
             backward (scale and scale ** -beta). size: odd window size.
     """
     xp = get_array_module(x)
-    if xp is not numpy and region == ACROSS_CHANNELS:  # netforge/ops/cuda/normalization.py
+    if is_cupy(xp) and region == ACROSS_CHANNELS:  # netforge/ops/cuda/normalization.py
         from netforge.ops.cuda import normalization as cuda_norm
         return cuda_norm.lrn_across_forward(x, y, scale, inv_pow, size=size, alpha=alpha,
                                             beta=beta, k=k)
@@ -389,7 +389,7 @@ def lrn_backward(dy: Array, x: Array, scale: Array, inv_pow: Array, dx: Array, *
     layer may have overwritten (Caffe reads the top).
     """
     xp = get_array_module(dy)
-    if xp is not numpy and region == ACROSS_CHANNELS:
+    if is_cupy(xp) and region == ACROSS_CHANNELS:
         from netforge.ops.cuda import normalization as cuda_norm
         return cuda_norm.lrn_across_backward(dy, x, scale, inv_pow, dx, size=size,
                                              alpha=alpha, beta=beta)

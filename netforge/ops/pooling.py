@@ -39,7 +39,7 @@ import numpy
 
 from netforge.ops import compiled
 from netforge.ops.vision import IntPair, pool_output_size, slice_stop, valid_output_range
-from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, pair, view_as
+from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, is_cupy, pair, view_as
 
 __all__ = ["pool_output_size", "max_pool_workspace_shapes", "max_pool_forward",
            "max_pool_backward", "ave_pool_workspace_shapes", "ave_pool_forward",
@@ -317,7 +317,7 @@ def max_pool_forward(x: Array, y: Array, argmax: Array | None, *, kernel: IntPai
     """
     xp = get_array_module(x)
     geo = pool_geometry(x.shape, y.shape, kernel, stride, pad)
-    if xp is not numpy:  # one CuPy kernel, no scratch (netforge/ops/cuda/pooling.py)
+    if is_cupy(xp):  # one CuPy kernel, no scratch (netforge/ops/cuda/pooling.py)
         from netforge.ops.cuda import pooling as cuda_pooling
         return cuda_pooling.max_pool_forward(x, y, argmax, geo)
     if geo.is_global:
@@ -371,7 +371,7 @@ def max_pool_backward(dy: Array, argmax: Array, dx: Array, *, kernel: IntPair,
     """
     xp = get_array_module(dy)
     geo = pool_geometry(dx.shape, dy.shape, kernel, stride, pad)
-    if xp is not numpy:
+    if is_cupy(xp):
         from netforge.ops.cuda import pooling as cuda_pooling
         return cuda_pooling.max_pool_backward(dy, argmax, dx, geo)
     if geo.is_global:
@@ -475,7 +475,7 @@ def ave_pool_forward(x: Array, y: Array, *, kernel: IntPair, stride: IntPair,
     """
     xp = get_array_module(x)
     geo = pool_geometry(x.shape, y.shape, kernel, stride, pad)
-    if xp is not numpy:
+    if is_cupy(xp):
         from netforge.ops.cuda import pooling as cuda_pooling
         return cuda_pooling.ave_pool_forward(x, y, geo)
     if geo.is_global:  # one reduction over a contiguous axis
@@ -509,7 +509,7 @@ def ave_pool_backward(dy: Array, dx: Array, *, kernel: IntPair, stride: IntPair,
     """dx (N, C, H, W), assigned: dy (N, C, OH, OW) / window size spread over each window."""
     xp = get_array_module(dy)
     geo = pool_geometry(dx.shape, dy.shape, kernel, stride, pad)
-    if xp is not numpy:
+    if is_cupy(xp):
         from netforge.ops.cuda import pooling as cuda_pooling
         return cuda_pooling.ave_pool_backward(dy, dx, geo)
     if geo.is_global:

@@ -51,7 +51,7 @@ from typing import NamedTuple
 
 import numpy
 
-from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, pair, view_as
+from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, is_cupy, pair, view_as
 
 IntPair = int | tuple[int, int]
 
@@ -366,7 +366,7 @@ def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPa
         ws: workspace from ``conv_workspace_shapes``.
     """
     xp = get_array_module(x)
-    if xp is not numpy:  # cuDNN when installed (netforge/ops/cuda/conv.py), else below
+    if is_cupy(xp):  # cuDNN when installed (netforge/ops/cuda/conv.py), else below
         from netforge.ops.cuda import conv as cuda_conv
         if cuda_conv.conv_forward(x, w, b, y, stride=pair(stride), pad=pair(pad),
                                   dilation=pair(dilation)):
@@ -426,7 +426,7 @@ def conv_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Array 
             when the batch is processed in several chunks (large images).
     """
     xp = get_array_module(dy)
-    if xp is not numpy:  # cuDNN dgrad/wgrad when installed (netforge/ops/cuda/conv.py)
+    if is_cupy(xp):  # cuDNN dgrad/wgrad when installed (netforge/ops/cuda/conv.py)
         from netforge.ops.cuda import conv as cuda_conv
         if cuda_conv.conv_backward(dy, x, w, dx=dx, dw=dw, db=db, stride=pair(stride),
                                    pad=pair(pad), dilation=pair(dilation)):

@@ -1,6 +1,6 @@
 """netforge/ops/cuda's import discipline, read with ``ast`` (CuPy is not installed here):
 only ``cudnn_adapter.py`` imports ``cudnn``; the xp-generic ops import ``netforge.ops.cuda``
-modules only inside ``if xp is not numpy`` branches of functions, never at module level;
+modules only inside ``if is_cupy(xp)`` branches of functions, never at module level;
 the package face itself imports neither CuPy nor cuDNN."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_numpy_ops_reach_cuda_modules_only_inside_a_cupy_branch():
             test = ast.unparse(branch.test)
             for node in ast.walk(branch):
                 if isinstance(node, ast.ImportFrom) and "ops.cuda" in (node.module or ""):
-                    assert "xp is not numpy" in test, f"{path.name}:{node.lineno}: {test}"
+                    assert "is_cupy(xp)" in test, f"{path.name}:{node.lineno}: {test}"
                     hooks += 1
     assert hooks >= 10  # pooling x4, LRN x2, conv x2, linear x2
 
