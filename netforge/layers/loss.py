@@ -1,6 +1,6 @@
 """Loss and metric layers: SoftmaxWithLoss, Accuracy, EuclideanLoss, SigmoidCrossEntropyLoss,
 MultinomialLogisticLoss, InfogainLoss, HingeLoss, ContrastiveLoss. Arithmetic in
-``netforge.ops.loss``.
+``netforge.ops.loss`` and ``netforge.ops.distance_losses``.
 
 Every loss writes a scalar top; the net seeds that top's diff with the loss weight, which
 backward reads (``_loss_weight``) and folds into the bottom gradients, as Caffe does.
@@ -16,6 +16,7 @@ from netforge.errors import ConfigError, DataError
 from netforge.layers.base import Layer, LossLayer
 from netforge.layers.common import canonical_axis
 from netforge.layers.registry import register
+from netforge.ops import distance_losses as pair_ops
 from netforge.ops import loss as ops
 from netforge.ops.xp import allocate
 
@@ -199,11 +200,11 @@ class EuclideanLossLayer(LossLayer):
         return [()]
 
     def forward(self, bottoms, tops):
-        ops.euclidean_loss_forward(bottoms[0].data, bottoms[1].data, self.diff,
-                                   out=tops[0].data)
+        pair_ops.euclidean_loss_forward(bottoms[0].data, bottoms[1].data, self.diff,
+                                        out=tops[0].data)
 
     def backward(self, tops, propagate_down, bottoms):
-        ops.euclidean_loss_backward(
+        pair_ops.euclidean_loss_backward(
             self.diff, bottoms[0].diff if propagate_down[0] else None,
             bottoms[1].diff if propagate_down[1] else None, loss_weight=_loss_weight(tops))
 
@@ -365,15 +366,15 @@ class HingeLossLayer(LossLayer):
 
     def forward(self, bottoms, tops):
         try:
-            ops.hinge_forward(bottoms[0].data, bottoms[1].data, self.margins, norm=self.norm,
-                              ws=self.ws, out=tops[0].data)
+            pair_ops.hinge_forward(bottoms[0].data, bottoms[1].data, self.margins,
+                                   norm=self.norm, ws=self.ws, out=tops[0].data)
         except ValueError as exc:
             raise _data_error(self, exc) from None
 
     def backward(self, tops, propagate_down, bottoms):
         if propagate_down[0]:
-            ops.hinge_backward(self.margins, bottoms[1].data, bottoms[0].diff, norm=self.norm,
-                               loss_weight=_loss_weight(tops), ws=self.ws)
+            pair_ops.hinge_backward(self.margins, bottoms[1].data, bottoms[0].diff,
+                                    norm=self.norm, loss_weight=_loss_weight(tops), ws=self.ws)
 
 
 @register("ContrastiveLoss")
@@ -404,18 +405,18 @@ class ContrastiveLossLayer(LossLayer):
         _check_one_per_sample(self, bottom_shapes, 2)
         self.diff = self.empty(a)
         self.dist_sq = self.empty((a[0],))
-        self.ws = allocate(ops.contrastive_workspace_shapes(a[0], self.dtype), self.xp)
+        self.ws = allocate(pair_ops.contrastive_workspace_shapes(a[0], self.dtype), self.xp)
         return [()]
 
     def _kwargs(self):
         return {"margin": self.margin, "legacy": self.legacy, "ws": self.ws}
 
     def forward(self, bottoms, tops):
-        ops.contrastive_forward(bottoms[0].data, bottoms[1].data, bottoms[2].data, self.diff,
-                                self.dist_sq, out=tops[0].data, **self._kwargs())
+        pair_ops.contrastive_forward(bottoms[0].data, bottoms[1].data, bottoms[2].data,
+                                     self.diff, self.dist_sq, out=tops[0].data, **self._kwargs())
 
     def backward(self, tops, propagate_down, bottoms):
-        ops.contrastive_backward(
+        pair_ops.contrastive_backward(
             self.diff, self.dist_sq, bottoms[2].data,
             bottoms[0].diff if propagate_down[0] else None,
             bottoms[1].diff if propagate_down[1] else None,

@@ -1,4 +1,7 @@
-"""Loss and metric kernels: softmax cross-entropy (Caffe's SoftmaxWithLoss) and accuracy.
+"""Loss and metric kernels on class scores: softmax cross-entropy (Caffe's SoftmaxWithLoss),
+accuracy, sigmoid cross-entropy, multinomial logistic and infogain. The losses on distances
+and margins (Euclidean, hinge, contrastive) are in ``netforge.ops.distance_losses``; the
+pieces all of them share in ``netforge.ops.loss_terms``.
 
     loss_workspace_shapes(x_shape, axis=1, dtype=float32) -> spec
     softmax_loss_forward(x, label, prob, *, axis, ignore_label, normalization, ws) -> float
@@ -6,8 +9,6 @@
                           loss_weight, ws)
     accuracy(x, label, *, top_k, axis, ignore_label, per_class=True, ws)
         -> (accuracy, per_class_accuracy or None)
-    euclidean_loss_forward(a, b, diff) -> float
-    euclidean_loss_backward(diff, da, db, *, loss_weight)
     sigmoid_cross_entropy_workspace_shapes(x_shape, dtype) -> spec
     sigmoid_cross_entropy_forward(x, target, *, ignore_label, normalization, ws) -> float
     sigmoid_cross_entropy_backward(x, target, dx, *, ignore_label, normalization,
@@ -18,11 +19,6 @@
     infogain_forward(x, label, h, prob, *, axis, ignore_label, normalization, ws) -> float
     infogain_backward(prob, label, h, dx, *, axis, ignore_label, normalization,
                       loss_weight, ws)
-    hinge_forward(x, label, margins, *, norm, ws) -> float
-    hinge_backward(margins, label, dx, *, norm, loss_weight, ws)
-    contrastive_workspace_shapes(num, dtype) -> spec
-    contrastive_forward(a, b, similar, diff, dist_sq, *, margin, legacy, ws) -> float
-    contrastive_backward(diff, dist_sq, similar, da, db, *, margin, legacy, loss_weight, ws)
 
 The backward kernels take ``loss_weight``, the top's diff that the net seeds (Caffe scales
 every loss gradient by it): a number, or the 0-d array of that diff, which is then never
@@ -54,11 +50,17 @@ import numpy
 from netforge.backend import range_checks
 from netforge.ops import compiled
 from netforge.ops.common import outer_channels_inner, softmax_forward
+from netforge.ops.loss_terms import (
+    FLT_MIN,
+    check_label_range,
+    finish_loss,
+    flat_label_index,
+    gather_into,
+    gradient_scale,
+    label_rows,
+    normalizer,
+)
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, scratch, view_as
-
-# Caffe clamps the picked probability at FLT_MIN before the log, for every Dtype.
-_FLT_MIN = float(numpy.finfo(numpy.float32).tiny)
-_MODES = ("FULL", "VALID", "BATCH_SIZE", "NONE")
 
 
 def loss_workspace_shapes(x_shape: tuple[int, ...], axis: int = 1,
@@ -70,93 +72,6 @@ def loss_workspace_shapes(x_shape: tuple[int, ...], axis: int = 1,
             "index": ((outer, inner), ip), "picked": ((outer, inner), dt),
             "valid": ((outer, inner), numpy.dtype(bool)),
             "ge": ((outer, c, inner), numpy.dtype(bool))}
-
-
-def _normalizer(mode: str, outer: int, inner: int, valid) -> float | Array:
-    """The divisor, at least 1: a float, or a 0-d device array when ``valid`` (the count of
-    non-ignored labels) is one."""
-    if mode not in _MODES:
-        raise ValueError(f"normalization must be one of {', '.join(_MODES)}, got {mode!r}")
-    value = {"FULL": outer * inner, "VALID": valid, "BATCH_SIZE": outer, "NONE": 1}[mode]
-    if isinstance(value, (int, numpy.integer)):
-        return float(max(int(value), 1))
-    return get_array_module(value).maximum(value, 1)
-
-
-def _scale(xp, loss_weight, normalizer, dtype) -> float | Array:
-    """loss_weight / normalizer in float64, rounded to ``dtype`` once, as a Python float
-    operand would be: a float when both are host numbers, else a 0-d device array."""
-    if isinstance(loss_weight, (int, float)) and isinstance(normalizer, (int, float)):
-        return float(loss_weight) / normalizer
-    value = xp.asarray(loss_weight, dtype=xp.float64) / normalizer
-    return xp.asarray(value, dtype=dtype)
-
-
-def _finish(xp, total, normalizer, out: Array | None, negate: bool = False) -> float | Array:
-    """The loss ``±total / normalizer`` (float64 arithmetic): assigned to ``out`` on the
-    device and returned when ``out`` is given, else read back as a Python float."""
-    if out is None:
-        value = float(total) / float(normalizer)
-        return -value if negate else value
-    value = xp.asarray(total, dtype=xp.float64) / normalizer
-    out[...] = -value if negate else value
-    return out
-
-
-def _labels(xp, label: Array, outer: int, c: int, inner: int, ignore_label: int | None,
-            ws: dict | None) -> tuple[Array, Array | None, int]:
-    """Integer labels (outer, inner), ignored ones set to class 0 (a harmless in-range index
-    whose terms are masked out later); the valid mask (None when nothing is ignored); the
-    valid count. Masks are applied by multiplication: numpy's ``where=`` forms are slow."""
-    lab = scratch(ws, "label", (outer, inner), numpy.intp, xp)
-    xp.copyto(lab, view_as(label, (outer, inner)), casting="unsafe")
-    valid = None
-    count = outer * inner
-    if ignore_label is not None:
-        valid = scratch(ws, "valid", (outer, inner), bool, xp)
-        xp.not_equal(lab, int(ignore_label), out=valid)
-        xp.multiply(lab, valid, out=lab)
-        count = xp.count_nonzero(valid)  # an int for numpy, a 0-d array on a device
-    if lab.size and range_checks(xp):  # reads the labels back: see the module docstring
-        _check_label_range(int(lab.min()), int(lab.max()), c, ignore_label)
-    return lab, valid, count
-
-
-def _check_label_range(low: int, high: int, c: int, ignore_label: int | None) -> None:
-    if low < 0 or high >= c:
-        bad = low if low < 0 else high
-        raise ValueError(f"label {bad} is outside [0, {c}) and is not the ignore_label "
-                         f"({ignore_label})")
-
-
-def _flat_index(xp, lab: Array, outer: int, c: int, inner: int, ws: dict | None) -> Array:
-    """Flat index into an (outer, C, inner) array of each position's label entry:
-    o*C*inner + lab*inner + i."""
-    idx = scratch(ws, "index", (outer, inner), numpy.intp, xp)
-    if idx.size == 0:
-        return idx
-    # o*C*inner + i as a running sum of steps (1 along a row, the row jump at each row
-    # start): no arange of the batch size, no broadcast operands to buffer.
-    idx.fill(1)
-    idx[:, 0] = (c - 1) * inner + 1
-    flat = view_as(idx, (idx.size,))
-    flat[0] = 0
-    xp.cumsum(flat, out=flat)
-    if inner == 1:
-        xp.add(idx, lab, out=idx)
-    else:  # scale the labels in place and back (exact in integers) rather than via a copy
-        xp.multiply(lab, inner, out=lab)
-        xp.add(idx, lab, out=idx)
-        xp.floor_divide(lab, inner, out=lab)
-    return idx
-
-
-def _gather(xp, flat: Array, idx: Array, out: Array, axis: int | None = None) -> None:
-    """out = flat[idx] (along ``axis``) without a temporary (idx is known to be in range)."""
-    if xp is numpy:
-        xp.take(flat, idx, axis=axis, out=out, mode="clip")  # "raise" would buffer the output
-    else:  # CuPy's take has no mode
-        xp.take(flat, idx, axis=axis, out=out)
 
 
 def softmax_loss_forward(x: Array, label: Array, prob: Array, *, axis: int = 1,
@@ -178,20 +93,20 @@ def softmax_loss_forward(x: Array, label: Array, prob: Array, *, axis: int = 1,
             view_as(x, (outer, c, inner)), view_as(label, (label.size,)),
             view_as(prob, (outer, c, inner)), ignore_label)
         if count and range_checks(numpy):
-            _check_label_range(low, high, c, ignore_label)
+            check_label_range(low, high, c, ignore_label)
         # Host arrays: the total is a host number already; ``out`` is still honoured, so
         # the step's loss buffer is assigned the same way on every path.
-        return _finish(numpy, total, _normalizer(normalization, outer, inner, count), out)
+        return finish_loss(numpy, total, normalizer(normalization, outer, inner, count), out)
     softmax_forward(x, prob, axis=axis, ws=ws)
-    lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
-    idx = _flat_index(xp, lab, outer, c, inner, ws)
+    lab, valid, count = label_rows(xp, label, outer, c, inner, ignore_label, ws)
+    idx = flat_label_index(xp, lab, outer, c, inner, ws)
     picked = scratch(ws, "picked", (outer, inner), prob.dtype, xp)
-    _gather(xp, view_as(prob, (prob.size,)), idx, picked)
-    xp.maximum(picked, _FLT_MIN, out=picked)
+    gather_into(xp, view_as(prob, (prob.size,)), idx, picked)
+    xp.maximum(picked, FLT_MIN, out=picked)
     xp.log(picked, out=picked)
     if valid is not None:
         xp.multiply(picked, valid, out=picked)
-    return _finish(xp, picked.sum(), _normalizer(normalization, outer, inner, count), out,
+    return finish_loss(xp, picked.sum(), normalizer(normalization, outer, inner, count), out,
                    negate=True)
 
 
@@ -211,19 +126,20 @@ def softmax_loss_backward(prob: Array, label: Array, dx: Array, *, axis: int = 1
         label_flat = view_as(label, (label.size,))
         count, low, high = kernels.label_range(label_flat, c, ignore_label)
         if count and range_checks(numpy):
-            _check_label_range(low, high, c, ignore_label)
-        scale = float(loss_weight) / _normalizer(normalization, outer, inner, count)
+            check_label_range(low, high, c, ignore_label)
+        scale = float(loss_weight) / normalizer(normalization, outer, inner, count)
         kernels.softmax_loss_backward(view_as(prob, (outer, c, inner)), label_flat,
                                       view_as(dx, (outer, c, inner)), ignore_label, scale)
         return
-    lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
-    idx = _flat_index(xp, lab, outer, c, inner, ws)
-    scale = _scale(xp, loss_weight, _normalizer(normalization, outer, inner, count), dx.dtype)
+    lab, valid, count = label_rows(xp, label, outer, c, inner, ignore_label, ws)
+    idx = flat_label_index(xp, lab, outer, c, inner, ws)
+    norm = normalizer(normalization, outer, inner, count)
+    scale = gradient_scale(xp, loss_weight, norm, dx.dtype)
     xp.multiply(prob, scale, out=dx)
     # Subtract the scaled one-hot at one entry per position: take, adjust, put back.
     flat = view_as(dx, (dx.size,))
     picked = scratch(ws, "picked", (outer, inner), dx.dtype, xp)
-    _gather(xp, flat, idx, picked)
+    gather_into(xp, flat, idx, picked)
     xp.subtract(picked, scale, out=picked)
     if xp is numpy:
         xp.put(flat, idx, picked, mode="clip")  # "raise" would buffer; idx is in range
@@ -253,10 +169,10 @@ def accuracy(x: Array, label: Array, *, top_k: int = 1, axis: int = 1,
     """
     xp = get_array_module(x)
     outer, c, inner = outer_channels_inner(x.shape, axis)
-    lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
-    idx = _flat_index(xp, lab, outer, c, inner, ws)
+    lab, valid, count = label_rows(xp, label, outer, c, inner, ignore_label, ws)
+    idx = flat_label_index(xp, lab, outer, c, inner, ws)
     score = scratch(ws, "picked", (outer, inner), x.dtype, xp)
-    _gather(xp, view_as(x, (x.size,)), idx, score)
+    gather_into(xp, view_as(x, (x.size,)), idx, score)
     ge = scratch(ws, "ge", (outer, c, inner), bool, xp)
     xp.greater_equal(view_as(x, (outer, c, inner)), score[:, None, :], out=ge)
     at_least = idx  # the flat index is no longer needed: reuse it for the >= counts
@@ -279,32 +195,6 @@ def accuracy(x: Array, label: Array, *, top_k: int = 1, axis: int = 1,
     per = xp.zeros(c, dtype=x.dtype)
     xp.divide(wins, nums, out=per, where=nums > 0, casting="unsafe")
     return acc, per
-
-
-# --------------------------------------------------------------------------- euclidean
-
-
-def euclidean_loss_forward(a: Array, b: Array, diff: Array, *,
-                           out: Array | None = None) -> float | Array:
-    """loss = Σ (a − b)² / (2N), N = a.shape[0]; ``diff`` (a's shape) keeps a − b.
-
-    ``b`` may have another shape with a's count (e.g. (N, C) against (N, C, 1, 1)).
-    """
-    xp = get_array_module(a)
-    xp.subtract(a, view_as(b, a.shape), out=diff)
-    flat = view_as(diff, (diff.size,))
-    return _finish(xp, xp.dot(flat, flat), 2.0 * a.shape[0], out)
-
-
-def euclidean_loss_backward(diff: Array, da: Array | None, db: Array | None, *,
-                            loss_weight: float = 1.0) -> None:
-    """da = loss_weight · diff / N and db = −da: the gradient reaches both bottoms."""
-    xp = get_array_module(diff)
-    scale = _scale(xp, loss_weight, diff.shape[0], diff.dtype)
-    if da is not None:
-        xp.multiply(diff, scale, out=view_as(da, diff.shape))
-    if db is not None:
-        xp.multiply(diff, -scale, out=view_as(db, diff.shape))
 
 
 # --------------------------------------------------------------------------- sigmoid CE
@@ -360,7 +250,7 @@ def sigmoid_cross_entropy_forward(x: Array, target: Array, *, ignore_label: int 
     if valid is not None:
         xp.multiply(term, valid, out=term)
     outer = x.shape[0] if x.ndim else 1
-    return _finish(xp, term.sum(), _normalizer(normalization, outer, n // max(outer, 1), count),
+    return finish_loss(xp, term.sum(), normalizer(normalization, outer, n // max(outer, 1), count),
                    out)
 
 
@@ -381,8 +271,8 @@ def sigmoid_cross_entropy_backward(x: Array, target: Array, dx: Array, *,
     if valid is not None:
         xp.multiply(dx1, valid, out=dx1)
     outer = x.shape[0] if x.ndim else 1
-    scale = _scale(xp, loss_weight, _normalizer(normalization, outer, n // max(outer, 1), count),
-                   dx.dtype)
+    norm = normalizer(normalization, outer, n // max(outer, 1), count)
+    scale = gradient_scale(xp, loss_weight, norm, dx.dtype)
     xp.multiply(dx1, scale, out=dx1)
 
 
@@ -398,10 +288,10 @@ def _picked(xp, prob: Array, label: Array, ws: dict | None) -> tuple[Array, Arra
     clipped at LOG_THRESHOLD."""
     n = prob.shape[0]
     dim = prob.size // n if n else 0
-    lab, _, _ = _labels(xp, label, n, dim, 1, None, ws)
-    idx = _flat_index(xp, lab, n, dim, 1, ws)
+    lab, _, _ = label_rows(xp, label, n, dim, 1, None, ws)
+    idx = flat_label_index(xp, lab, n, dim, 1, ws)
     picked = scratch(ws, "picked", (n, 1), prob.dtype, xp)
-    _gather(xp, view_as(prob, (prob.size,)), idx, picked)
+    gather_into(xp, view_as(prob, (prob.size,)), idx, picked)
     xp.maximum(picked, LOG_THRESHOLD, out=picked)
     return idx, picked
 
@@ -417,7 +307,7 @@ def multinomial_logistic_forward(prob: Array, label: Array, *, ws: dict | None =
     xp = get_array_module(prob)
     _, picked = _picked(xp, prob, label, ws)
     xp.log(picked, out=picked)
-    return _finish(xp, picked.sum(), float(prob.shape[0]), out, negate=True)
+    return finish_loss(xp, picked.sum(), float(prob.shape[0]), out, negate=True)
 
 
 def multinomial_logistic_backward(prob: Array, label: Array, dx: Array, *,
@@ -425,7 +315,7 @@ def multinomial_logistic_backward(prob: Array, label: Array, dx: Array, *,
     """dx[i, label[i]] = −loss_weight / (N · max(prob[i, label[i]], 1e-20)), else 0."""
     xp = get_array_module(prob)
     idx, picked = _picked(xp, prob, label, ws)
-    xp.divide(-_scale(xp, loss_weight, float(prob.shape[0]), dx.dtype), picked, out=picked)
+    xp.divide(-gradient_scale(xp, loss_weight, float(prob.shape[0]), dx.dtype), picked, out=picked)
     dx.fill(0)
     flat = view_as(dx, (dx.size,))
     if xp is numpy:
@@ -451,9 +341,9 @@ def infogain_workspace_shapes(x_shape: tuple[int, ...], axis: int = 1,
 def _infogain_rows(xp, label, h, outer, c, inner, ignore_label, ws):
     """Labels, the validity mask as numbers (None when nothing is ignored), the valid count,
     and H's row for each position (outer, inner, C), zero at ignored positions."""
-    lab, valid, count = _labels(xp, label, outer, c, inner, ignore_label, ws)
+    lab, valid, count = label_rows(xp, label, outer, c, inner, ignore_label, ws)
     rows = scratch(ws, "rows", (outer, inner, c), h.dtype, xp)
-    _gather(xp, view_as(h, (c, c)), lab, rows, axis=0)
+    gather_into(xp, view_as(h, (c, c)), lab, rows, axis=0)
     if valid is None:
         return lab, None, count, rows
     # A float copy of the mask: a broadcast bool operand would make numpy buffer a cast copy.
@@ -482,7 +372,7 @@ def infogain_forward(x: Array, label: Array, h: Array, prob: Array, *, axis: int
     xp.maximum(view_as(prob, (outer, c, inner)), LOG_THRESHOLD, out=logp)
     xp.log(logp, out=logp)
     total = xp.einsum("oil,oli->", rows, logp)
-    return _finish(xp, total, _normalizer(normalization, outer, inner, count), out, negate=True)
+    return finish_loss(xp, total, normalizer(normalization, outer, inner, count), out, negate=True)
 
 
 def infogain_backward(prob: Array, label: Array, h: Array, dx: Array, *, axis: int = 1,
@@ -496,154 +386,11 @@ def infogain_backward(prob: Array, label: Array, h: Array, dx: Array, *, axis: i
     rowsum = scratch(ws, "rowsum", (c,), h.dtype, xp)
     xp.sum(view_as(h, (c, c)), axis=1, out=rowsum)
     picked = scratch(ws, "picked", (outer, inner), prob.dtype, xp)
-    _gather(xp, rowsum, lab, picked)
+    gather_into(xp, rowsum, lab, picked)
     if mask is not None:
         xp.multiply(picked, mask, out=picked)
     dx3 = view_as(dx, (outer, c, inner))
     xp.multiply(view_as(prob, (outer, c, inner)), picked[:, None, :], out=dx3)
     xp.subtract(dx3, rows.transpose(0, 2, 1), out=dx3)
-    xp.multiply(dx3, _scale(xp, loss_weight, _normalizer(normalization, outer, inner, count),
+    xp.multiply(dx3, gradient_scale(xp, loss_weight, normalizer(normalization, outer, inner, count),
                             dx.dtype), out=dx3)
-
-
-# --------------------------------------------------------------------------- hinge
-
-
-def _hinge_signs(xp, label: Array, a: Array, ws: dict | None) -> Array:
-    """Negate, in place, the label's entry of each row of ``a`` (N, dim); return the flat
-    indices of those entries."""
-    n, dim = a.shape
-    lab, _, _ = _labels(xp, label, n, dim, 1, None, ws)
-    idx = _flat_index(xp, lab, n, dim, 1, ws)
-    flat = view_as(a, (a.size,))
-    picked = scratch(ws, "picked", (n, 1), a.dtype, xp)
-    _gather(xp, flat, idx, picked)
-    xp.negative(picked, out=picked)
-    if xp is numpy:
-        xp.put(flat, idx, picked, mode="clip")
-    else:
-        flat[idx] = picked
-    return idx
-
-
-def hinge_forward(x: Array, label: Array, margins: Array, *, norm: str = "L1",
-                  ws: dict | None = None, out: Array | None = None) -> float | Array:
-    """One-vs-all hinge: t = max(0, 1 + s·x) with s = −1 at the label, +1 elsewhere;
-    loss = Σ t / N (L1) or Σ t² / N (L2).
-
-    Args:
-        x: scores (N, ...), classes = all non-batch entries; label: N values.
-        margins: x's shape, assigned t (kept for backward).
-        ws: from ``loss_workspace_shapes((N, dim))``.
-    """
-    xp = get_array_module(x)
-    n = x.shape[0]
-    m2 = view_as(margins, (n, x.size // n))
-    xp.copyto(m2, view_as(x, m2.shape))
-    _hinge_signs(xp, label, m2, ws)
-    xp.add(m2, 1, out=m2)
-    xp.maximum(m2, 0, out=m2)
-    flat = view_as(margins, (margins.size,))
-    if norm == "L2":
-        return _finish(xp, xp.dot(flat, flat), float(n), out)
-    if norm != "L1":
-        raise ValueError(f"norm must be L1 or L2, got {norm!r}")
-    return _finish(xp, flat.sum(), float(n), out)
-
-
-def hinge_backward(margins: Array, label: Array, dx: Array, *, norm: str = "L1",
-                   loss_weight: float = 1.0, ws: dict | None = None) -> None:
-    """dx = s · [t > 0] · loss_weight / N (L1) or s · 2t · loss_weight / N (L2)."""
-    xp = get_array_module(margins)
-    n = margins.shape[0]
-    dx2 = view_as(dx, (n, margins.size // n))
-    xp.copyto(dx2, view_as(margins, dx2.shape))
-    _hinge_signs(xp, label, dx2, ws)
-    if norm == "L1":
-        xp.sign(dx2, out=dx2)
-        xp.multiply(dx2, _scale(xp, loss_weight, float(n), dx.dtype), out=dx2)
-    else:  # 2·w/n, as w/(n/2): the same correctly rounded quotient
-        xp.multiply(dx2, _scale(xp, loss_weight, n / 2.0, dx.dtype), out=dx2)
-
-
-# --------------------------------------------------------------------------- contrastive
-
-
-# Caffe adds this to the distance in the non-legacy gradient (so the gradient is finite at
-# d = 0); the gradient is therefore not exactly that of the loss.
-CONTRASTIVE_EPS = 1e-4
-
-
-def contrastive_workspace_shapes(num: int, dtype: numpy.dtype = numpy.float32) -> WorkspaceSpec:
-    dt = numpy.dtype(dtype)
-    return {"term": ((num,), dt), "similar": ((num,), numpy.dtype(numpy.intp))}
-
-
-def _similar(xp, similar: Array, n: int, ws: dict | None) -> Array:
-    """Pair labels truncated to int, as Caffe's static_cast: non-zero means similar."""
-    out = scratch(ws, "similar", (n,), numpy.intp, xp)
-    xp.copyto(out, view_as(similar, (n,)), casting="unsafe")
-    return out
-
-
-def contrastive_forward(a: Array, b: Array, similar: Array, diff: Array, dist_sq: Array, *,
-                        margin: float = 1.0, legacy: bool = False,
-                        ws: dict | None = None, out: Array | None = None) -> float | Array:
-    """loss = Σ_i [y_i d_i² + (1 − y_i) · max(margin − d_i, 0)²] / (2N), d = ‖a_i − b_i‖;
-    the legacy version uses max(margin − d_i², 0) for dissimilar pairs.
-
-    Args:
-        a, b: (N, C, ...) features; similar: N pair labels (1 similar, 0 dissimilar).
-        diff: a's shape, assigned a − b; dist_sq: (N,), assigned d².
-    """
-    xp = get_array_module(a)
-    n = a.shape[0]
-    d2 = view_as(diff, (n, a.size // n))
-    xp.subtract(view_as(a, d2.shape), view_as(b, d2.shape), out=d2)
-    xp.einsum("ij,ij->i", d2, d2, out=dist_sq) if xp is numpy else xp.sum(
-        d2 * d2, axis=1, out=dist_sq)
-    sim = _similar(xp, similar, n, ws)
-    term = scratch(ws, "term", (n,), a.dtype, xp)
-    if legacy:
-        xp.subtract(margin, dist_sq, out=term)
-    else:
-        xp.sqrt(dist_sq, out=term)
-        xp.subtract(margin, term, out=term)
-    xp.maximum(term, 0, out=term)
-    if not legacy:
-        xp.multiply(term, term, out=term)
-    is_sim = sim != 0  # N booleans
-    xp.copyto(term, dist_sq, where=is_sim)  # no boolean indexing: its size would sync
-    return _finish(xp, term.sum(), 2.0 * n, out)
-
-
-def contrastive_backward(diff: Array, dist_sq: Array, similar: Array, da: Array | None,
-                         db: Array | None, *, margin: float = 1.0, legacy: bool = False,
-                         loss_weight: float = 1.0, ws: dict | None = None) -> None:
-    """Caffe's gradient: da_i = c_i · (a_i − b_i), db_i = −da_i, with c_i = loss_weight/N for
-    similar pairs, −loss_weight/N · [margin − d² > 0] (legacy) or −loss_weight/N ·
-    (margin − d)/(d + 1e-4) · [margin − d > 0] for dissimilar ones."""
-    xp = get_array_module(diff)
-    n = diff.shape[0]
-    alpha = _scale(xp, loss_weight, float(n), diff.dtype)
-    sim = _similar(xp, similar, n, ws)
-    coef = scratch(ws, "term", (n,), diff.dtype, xp)
-    if legacy:
-        xp.subtract(margin, dist_sq, out=coef)
-        xp.greater(coef, 0, out=coef, casting="unsafe")
-        xp.multiply(coef, -alpha, out=coef)
-    else:
-        xp.sqrt(dist_sq, out=coef)
-        mdist = margin - coef  # N values; the kernel's only small temporaries
-        xp.add(coef, CONTRASTIVE_EPS, out=coef)
-        xp.divide(mdist, coef, out=coef)
-        xp.multiply(coef, -alpha, out=coef)
-        xp.copyto(coef, 0, where=mdist <= 0)
-    is_sim = sim != 0
-    xp.copyto(coef, alpha, where=is_sim)
-    d2 = view_as(diff, (n, diff.size // n))
-    if da is not None:
-        xp.multiply(d2, coef[:, None], out=view_as(da, d2.shape))
-    if db is not None:
-        xp.multiply(d2, coef[:, None], out=view_as(db, d2.shape))
-        xp.negative(db, out=db)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from netforge.ops import distance_losses as pair_ops
 from netforge.ops import loss as ops
 from netforge.ops.loss import (
     accuracy,
@@ -178,10 +179,10 @@ def test_contrastive_gradient_is_caffes_formula_with_its_epsilon():
     y = np.array([1.0, 0.0, 0.0, 1.0, 0.0])
     margin, n = 2.5, 5
     diff, dist_sq = np.empty_like(a), np.empty(5)
-    ws = allocate(ops.contrastive_workspace_shapes(5, a.dtype))
-    ops.contrastive_forward(a, b, y, diff, dist_sq, margin=margin, ws=ws)
+    ws = allocate(pair_ops.contrastive_workspace_shapes(5, a.dtype))
+    pair_ops.contrastive_forward(a, b, y, diff, dist_sq, margin=margin, ws=ws)
     da, db = np.empty_like(a), np.empty_like(b)
-    ops.contrastive_backward(diff, dist_sq, y, da, db, margin=margin, loss_weight=0.5, ws=ws)
+    pair_ops.contrastive_backward(diff, dist_sq, y, da, db, margin=margin, loss_weight=0.5, ws=ws)
     for i in range(n):
         d = np.linalg.norm(a[i] - b[i])
         if y[i]:
@@ -202,8 +203,8 @@ def test_hinge_and_infogain_steps_do_not_allocate():
         margins, prob, dx = np.empty_like(x), np.empty_like(x), np.empty_like(x)
         ws = allocate(ops.infogain_workspace_shapes(x.shape, 1, x.dtype))
         kwargs = {"axis": 1, "ignore_label": 3, "normalization": "VALID", "ws": ws}
-        return lambda: (ops.hinge_forward(x, label, margins, norm="L2", ws=ws),
-                        ops.hinge_backward(margins, label, dx, norm="L2", ws=ws),
+        return lambda: (pair_ops.hinge_forward(x, label, margins, norm="L2", ws=ws),
+                        pair_ops.hinge_backward(margins, label, dx, norm="L2", ws=ws),
                         ops.infogain_forward(x, label, h, prob, **kwargs),
                         ops.infogain_backward(prob, label, h, dx, **kwargs),
                         ops.multinomial_logistic_forward(prob, label, ws=ws))
