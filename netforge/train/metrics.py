@@ -35,9 +35,14 @@ def _clean(value):
 
 
 class MetricsWriter:
-    def __init__(self, path: Path, resume_iteration: int | None = None):
+    """Appends records to the metrics file; ``clock`` (seconds, monotonic) is passed in so
+    that the seconds column can be checked against a clock the caller controls."""
+
+    def __init__(self, path: Path, resume_iteration: int | None = None,
+                 clock=time.perf_counter):
         self.path = Path(path)
-        self.start = time.perf_counter()
+        self.clock = clock
+        self.start = clock()
         kept = []
         if resume_iteration is not None:
             kept = [line for line in _read_lines(self.path)
@@ -52,7 +57,7 @@ class MetricsWriter:
             raise RunError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def write(self, record: dict) -> None:
-        elapsed = self.seconds_before + time.perf_counter() - self.start
+        elapsed = self.seconds_before + self.clock() - self.start
         record = {**record, "seconds": round(elapsed, 3)}
         if "outputs" in record:
             record["outputs"] = {k: _clean(v) for k, v in record["outputs"].items()}

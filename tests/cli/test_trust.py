@@ -184,29 +184,6 @@ def test_predict_never_sizes_its_batch_above_the_number_of_images(capsys, deploy
     assert seen == [2]
 
 
-def test_metrics_seconds_continue_across_resume(capsys, tmp_path):
-    import json
-
-    solver = _solver(tmp_path, extra="display: 1\nsnapshot: 2\n", max_iter=4)
-    solver.write_text(solver.read_text().replace("display: 0\n", ""))
-    assert cli(capsys, "-q", "train", "--solver", solver)[0] == 0
-    metrics = tmp_path / "snap_metrics.jsonl"
-    first = [json.loads(line) for line in metrics.read_text().splitlines()]
-    # pretend the first run took an hour to reach its iteration-2 snapshot
-    shifted = [dict(r, seconds=r["seconds"] + 3600) for r in first]
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in shifted))
-    code, _, err = cli(capsys, "-q", "train", "--solver", solver, "--snapshot",
-                       tmp_path / "snap_iter_2.solverstate")
-    assert code == 0, err
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
-    kept = [r for r in records if r["iteration"] < 2]
-    resumed = [r for r in records if r["iteration"] >= 2]
-    assert kept and resumed
-    seconds = [r["seconds"] for r in records]
-    assert seconds == sorted(seconds)  # never jumps back at the resume
-    assert min(r["seconds"] for r in resumed) >= max(r["seconds"] for r in kept) >= 3600
-
-
 @pytest.mark.parametrize("damage", ["empty", "truncated", "truncated-other-name"])
 def test_damaged_or_empty_frozen_model_is_not_called_a_prototxt(capsys, tmp_path, damage):
     model = tmp_path / "deploy.prototxt"
