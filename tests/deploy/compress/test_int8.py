@@ -108,7 +108,7 @@ def test_qdq_onnx_runs_in_onnxruntime_as_its_numpy_dequantised_forward(tmp_path)
     assert np.abs(ort_out - float_out).max() < 0.1 * np.abs(float_out).max()
 
 
-def test_accuracy_and_timing_compare_the_two_models(tmp_path):
+def test_accuracy_compares_the_two_models(tmp_path):
     param = config.parse_text(DEPLOY, pb.NetParameter())
     net = Net(param, "test", seed=4)
     float_path, int8_path = tmp_path / "f.onnx", tmp_path / "q.onnx"
@@ -122,4 +122,3 @@ def test_accuracy_and_timing_compare_the_two_models(tmp_path):
     want = np.mean([(int8.session(int8_path).run(None, {"data": x})[0].argmax(axis=1) == y).mean()
                     for x, y in zip(inputs, labels, strict=True)])
     assert result.int8_accuracy == pytest.approx(want)
-    assert result.float_ms > 0 and result.int8_ms > 0
