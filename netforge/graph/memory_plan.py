@@ -77,6 +77,33 @@ def aligned_bytes(size: int) -> int:
     return -(-size // _ALIGN) * _ALIGN
 
 
+def pack_into_slots(items) -> list[tuple[int, list]]:
+    """Greedy interval packing: ``items`` are ``(start, end, nbytes, member)`` in order of
+    ``start``; a member may reuse a slot whose last occupant ended before its start. Of the
+    free slots the closest in size wins — the smallest that fits, else the largest, which then
+    grows. Returns ``(slot bytes, members)`` per slot."""
+    slots: list[list] = []  # [size in bytes, end of the last occupant, members]
+    for start, end, size, member in items:
+        size = aligned_bytes(size)
+        free = [s for s in slots if s[1] < start]
+        if free:
+            fitting = [s for s in free if s[0] >= size]
+            slot = (min(fitting, key=lambda s: s[0]) if fitting
+                    else max(free, key=lambda s: s[0]))
+            slot[0] = max(slot[0], size)
+        else:
+            slot = [size, None, []]
+            slots.append(slot)
+        slot[1] = end
+        slot[2].append(member)
+    return [(size, members) for size, _, members in slots]
+
+
+def view_into(arena, array):
+    """A view of ``arena``'s first bytes with ``array``'s dtype and shape."""
+    return arena[:nbytes(array)].view(array.dtype).reshape(array.shape)
+
+
 def unsupported_reason(plan) -> str | None:
     """Why this plan cannot share memory, or None."""
     for step in plan.steps:
@@ -156,27 +183,12 @@ def _share_activations(plan, report: MemoryPlan) -> None:
                                          if not g.pinned)
 
     # Greedy slot assignment in order of first write.
-    slots: list[list] = []  # [size in bytes, free from step, groups]
-    for group in sorted((g for g in groups.values() if not g.pinned), key=lambda g: g.first):
-        size = aligned_bytes(nbytes(group.root))
-        free = [s for s in slots if s[1] < group.first]
-        if free:
-            # Closest in size: the smallest that fits, else the largest (which then grows).
-            fitting = [s for s in free if s[0] >= size]
-            slot = (min(fitting, key=lambda s: s[0]) if fitting
-                    else max(free, key=lambda s: s[0]))
-            slot[0] = max(slot[0], size)
-        else:
-            slot = [size, -1, []]
-            slots.append(slot)
-        slot[1] = group.last
-        slot[2].append(group)
-    for size, _, members in slots:
+    unpinned = sorted((g for g in groups.values() if not g.pinned), key=lambda g: g.first)
+    slots = pack_into_slots((g.first, g.last, nbytes(g.root), g) for g in unpinned)
+    for size, members in slots:
         arena = np.empty(size, dtype=np.uint8)
         for group in members:
-            data = group.owner.data
-            view = arena[:nbytes(data)].view(data.dtype).reshape(data.shape)
-            group.owner.data = view
+            group.owner.data = view_into(arena, group.owner.data)
             report.shared_blobs.extend(group.names)
         report.slots.append(size)
 

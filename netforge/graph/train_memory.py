@@ -41,7 +41,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from netforge.graph.memory_plan import aligned_bytes, nbytes, root_of, share_scratch
+from netforge.graph.memory_plan import (
+    nbytes,
+    pack_into_slots,
+    root_of,
+    share_scratch,
+    view_into,
+)
 from netforge.graph.shapes import reshare_tops
 
 log = logging.getLogger("netforge")
@@ -161,26 +167,14 @@ def share_diffs(plan) -> DiffPlan:
     shared = [g for g in groups.values() if not g.private]
     report.bytes_before = sum(nbytes(g.root) for g in shared)
 
-    slots: list[list] = []  # [bytes, the last occupant's lo (free for hi below it), groups]
-    for group in sorted(shared, key=lambda g: -g.hi):
-        size = aligned_bytes(nbytes(group.root))
-        free = [s for s in slots if s[1] > group.hi]
-        if free:
-            fitting = [s for s in free if s[0] >= size]
-            slot = (min(fitting, key=lambda s: s[0]) if fitting
-                    else max(free, key=lambda s: s[0]))
-            slot[0] = max(slot[0], size)
-        else:
-            slot = [size, -1, []]
-            slots.append(slot)
-        slot[1] = group.lo
-        slot[2].append(group)
-    for size, _, members in slots:
-        xp = members[0].owner.xp
-        arena = xp.empty(size, dtype="uint8")
+    # Backward runs from the last step down, so time is -hi: a slot frees for a group whose
+    # hi lies below the lo of the slot's last occupant.
+    ordered = sorted(shared, key=lambda g: -g.hi)
+    slots = pack_into_slots((-g.hi, -g.lo, nbytes(g.root), g) for g in ordered)
+    for size, members in slots:
+        arena = members[0].owner.xp.empty(size, dtype="uint8")
         for group in members:
-            diff = group.owner.diff
-            group.owner.diff = arena[:nbytes(diff)].view(diff.dtype).reshape(diff.shape)
+            group.owner.diff = view_into(arena, group.owner.diff)
         report.slots.append(size)
     reshare_tops(plan.steps)
     log.info("Diff sharing: %d bytes of blob diffs in %d slots of %d bytes; %d blobs keep "
