@@ -3,8 +3,8 @@ pass per position over the C scores.
 
 Scores are the (outer, C, inner) view; labels the flat outer*inner array, truncated to int
 as the reference does. Forward returns the sum of -log(max(p_label, FLT_MIN)) over valid
-positions (float64), their count, and the smallest and largest valid label so that the
-caller raises the reference's error for an out-of-range one.
+positions (float64); ``label_range`` gives their count and the smallest and largest valid
+label, so that the caller raises the reference's error for an out-of-range one.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ _FLT_MIN = float(numpy.finfo(numpy.float32).tiny)
 def _forward(x, label, prob, ignore, has_ignore):
     outer, c, inner = x.shape
     total = 0.0
-    count = 0
-    low = 0
-    high = 0
     for o in range(outer):
         for i in range(inner):
             top = x[o, 0, i]
@@ -41,15 +38,9 @@ def _forward(x, label, prob, ignore, has_ignore):
             lab = int(label[o * inner + i])
             if has_ignore and lab == ignore:
                 continue
-            if count == 0:
-                low = lab
-                high = lab
-            low = min(low, lab)
-            high = max(high, lab)
-            count += 1
             if 0 <= lab < c:
                 total -= math.log(max(prob[o, lab, i], _FLT_MIN))
-    return total, count, low, high
+    return total
 
 
 @kernel
@@ -86,9 +77,13 @@ def _valid_range(label, c, ignore, has_ignore):
 
 
 def softmax_loss_forward(x3, label_flat, prob3, ignore_label):
-    """(loss sum, valid count, lowest valid label, highest valid label)."""
+    """(loss sum, valid count, lowest valid label, highest valid label); the label statistics
+    come from the same pass ``label_range`` makes (a second, label-sized loop)."""
     has_ignore = ignore_label is not None
-    return _forward(x3, label_flat, prob3, int(ignore_label) if has_ignore else 0, has_ignore)
+    ignore = int(ignore_label) if has_ignore else 0
+    total = _forward(x3, label_flat, prob3, ignore, has_ignore)
+    count, low, high = _valid_range(label_flat, x3.shape[1], ignore, has_ignore)
+    return total, count, low, high
 
 
 def label_range(label_flat, c: int, ignore_label):
