@@ -315,20 +315,22 @@ class LossScaleParameter(_message.Message):
     def __init__(self, dynamic: _Optional[bool] = ..., init_scale: _Optional[float] = ..., growth_factor: _Optional[float] = ..., backoff_factor: _Optional[float] = ..., growth_interval: _Optional[int] = ..., max_scale: _Optional[float] = ...) -> None: ...
 
 class SolverState(_message.Message):
-    __slots__ = ("iter", "learned_net", "history", "current_step", "resume_state", "pruning_mask")
+    __slots__ = ("iter", "learned_net", "history", "current_step", "resume_state", "pruning_mask", "weight_sharing")
     ITER_FIELD_NUMBER: _ClassVar[int]
     LEARNED_NET_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     CURRENT_STEP_FIELD_NUMBER: _ClassVar[int]
     RESUME_STATE_FIELD_NUMBER: _ClassVar[int]
     PRUNING_MASK_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_SHARING_FIELD_NUMBER: _ClassVar[int]
     iter: int
     learned_net: str
     history: _containers.RepeatedCompositeFieldContainer[BlobProto]
     current_step: int
     resume_state: str
     pruning_mask: _containers.RepeatedCompositeFieldContainer[ParamMask]
-    def __init__(self, iter: _Optional[int] = ..., learned_net: _Optional[str] = ..., history: _Optional[_Iterable[_Union[BlobProto, _Mapping]]] = ..., current_step: _Optional[int] = ..., resume_state: _Optional[str] = ..., pruning_mask: _Optional[_Iterable[_Union[ParamMask, _Mapping]]] = ...) -> None: ...
+    weight_sharing: _containers.RepeatedCompositeFieldContainer[ParamClusters]
+    def __init__(self, iter: _Optional[int] = ..., learned_net: _Optional[str] = ..., history: _Optional[_Iterable[_Union[BlobProto, _Mapping]]] = ..., current_step: _Optional[int] = ..., resume_state: _Optional[str] = ..., pruning_mask: _Optional[_Iterable[_Union[ParamMask, _Mapping]]] = ..., weight_sharing: _Optional[_Iterable[_Union[ParamClusters, _Mapping]]] = ...) -> None: ...
 
 class ParamMask(_message.Message):
     __slots__ = ("param_index", "shape", "kept_bits")
@@ -339,6 +341,18 @@ class ParamMask(_message.Message):
     shape: _containers.RepeatedScalarFieldContainer[int]
     kept_bits: bytes
     def __init__(self, param_index: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., kept_bits: _Optional[bytes] = ...) -> None: ...
+
+class ParamClusters(_message.Message):
+    __slots__ = ("param_index", "shape", "bits", "index_map")
+    PARAM_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_MAP_FIELD_NUMBER: _ClassVar[int]
+    param_index: int
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    bits: int
+    index_map: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, param_index: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., bits: _Optional[int] = ..., index_map: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class NetState(_message.Message):
     __slots__ = ("phase", "level", "stage")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the two tables of the README's compress section on CPU (a few minutes alone):
-#   1. a half-width LeNet student trained alone vs with a LeNet teacher (distillation),
+#   1. a half-width LeNet student trained alone vs with a 2x-wide LeNet teacher (distillation),
 #   2. DSD (dense 2000 + sparse 1000 + re-dense 1000) vs dense LeNet 4000 iterations,
 # seeds 1-3, accuracy on the 400 held-out digits of the demo's data.
 # Usage: tools/compress_experiments.sh [WORKDIR]   (default /tmp/distill; reruns reuse the
@@ -19,7 +19,7 @@ if [ ! -d "$W/mnist/val" ]; then
 fi
 
 # The configs read demo_run/mnist/*: copies pointing at $W/mnist, and per-seed solvers.
-for net in lenet lenet_student lenet_distill; do
+for net in lenet lenet_teacher lenet_student lenet_distill; do
     sed "s#demo_run/mnist#$W/mnist#" "configs/${net}_train_test.prototxt" > "$W/${net}_train_test.prototxt"
 done
 solver() {  # solver NET SEED MAX_ITER OUTDIR -> path of a solver file
@@ -40,17 +40,21 @@ score() {  # score MODEL WEIGHTS -> the accuracy on the 400 held-out digits
 }
 mean() { "$BIN/python" -c 'import sys; v=[float(x) for x in sys.argv[1:]]; print(f"{sum(v)/len(v):.4f}")' "$@"; }
 
-echo "== dense LeNet, 4000 iterations, seeds 1-3 (its 2000-iteration snapshots: DSD's start; seed 1's: the teacher)"
+echo "== dense LeNet, 4000 iterations, seeds 1-3 (its 2000-iteration snapshots: DSD's start)"
 for s in 1 2 3; do
     train "$W/dense_s$s" 4000 --solver "$(solver lenet "$s" 4000 "$W/dense_s$s")"
 done
-TEACHER=$W/dense_s1/net_iter_2000.caffemodel
 
-echo "== students, 2000 iterations: alone, and distilled from the teacher"
+echo "== teachers (2x-wide LeNet + dropout), 4000 iterations, seeds 1-3"
+for s in 1 2 3; do
+    train "$W/teacher_s$s" 4000 --solver "$(solver lenet_teacher "$s" 4000 "$W/teacher_s$s")"
+done
+
+echo "== students, 2000 iterations: alone, and distilled from the teacher of the same seed"
 for s in 1 2 3; do
     train "$W/student_s$s" 2000 --solver "$(solver lenet_student "$s" 2000 "$W/student_s$s")"
     train "$W/distill_s$s" 2000 --solver "$(solver lenet_distill "$s" 2000 "$W/distill_s$s")" \
-        --weights "$TEACHER"
+        --weights "$W/teacher_s$s/net_iter_4000.caffemodel"
 done
 
 echo "== DSD from each dense 2000-iteration snapshot (configs/lenet_dsd_recipe.prototxt)"
@@ -63,16 +67,17 @@ done
 
 student_net=$W/lenet_student_train_test.prototxt
 echo
-echo "Table 1: half-width LeNet student (conv 10/25, ip 250), 2000 iterations; teacher = LeNet 2000 it. (seed 1)"
-echo "teacher accuracy: $(score "$W/lenet_train_test.prototxt" "$TEACHER")"
-printf '%-6s %-14s %-14s\n' seed alone distilled
-a=(); d=()
+echo "Table 1: half-width LeNet student (conv 10/25, ip 250), 2000 iterations alone or distilled"
+echo "(T = 4, 0.9 soft + 0.1 hard) from a 2x-wide LeNet teacher (conv 40/100, ip 1000, dropout), 4000 it."
+printf '%-6s %-10s %-10s %-10s\n' seed teacher alone distilled
+t=(); a=(); d=()
 for s in 1 2 3; do
+    t+=("$(score "$W/lenet_teacher_train_test.prototxt" "$W/teacher_s$s/net_iter_4000.caffemodel")")
     a+=("$(score "$student_net" "$W/student_s$s/net_iter_2000.caffemodel")")
     d+=("$(score "$student_net" "$W/distill_s$s/net_iter_2000.caffemodel")")
-    printf '%-6s %-14s %-14s\n' "$s" "${a[-1]}" "${d[-1]}"
+    printf '%-6s %-10s %-10s %-10s\n' "$s" "${t[-1]}" "${a[-1]}" "${d[-1]}"
 done
-printf '%-6s %-14s %-14s\n' mean "$(mean "${a[@]}")" "$(mean "${d[@]}")"
+printf '%-6s %-10s %-10s %-10s\n' mean "$(mean "${t[@]}")" "$(mean "${a[@]}")" "$(mean "${d[@]}")"
 
 echo
 echo "Table 2: LeNet, 4000 iterations in all: dense vs DSD (dense 2000 + sparse 50% 1000 + re-dense 1000 at lr/10)"

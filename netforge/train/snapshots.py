@@ -22,6 +22,7 @@ from netforge.files import atomic_path, atomic_write_bytes
 from netforge.train import divergence
 from netforge.train.lr_policies import multistep_current_step
 from netforge.train.pruning import ParamMasks
+from netforge.train.weight_sharing import ParamClusters
 
 log = logging.getLogger("netforge")
 
@@ -85,15 +86,16 @@ class SnapshotWriter:
         current_step = multistep_current_step(solver.param, solver.iter)
         extra = json.dumps(_resume_state(solver))
         masks = solver.masks.to_protos() if getattr(solver, "masks", None) else []
+        clusters = solver.clusters.to_protos() if getattr(solver, "clusters", None) else []
         if self.hdf5:
             log.info("Snapshotting solver state to HDF5 file %s", state_path)
             _write_state_hdf5(state_path, solver.iter, str(model), current_step, history, extra,
-                              masks)
+                              masks, clusters)
         else:
             log.info("Snapshotting solver state to binary proto file %s", state_path)
             state = pb.SolverState(iter=solver.iter, learned_net=str(model),
                                    current_step=current_step, resume_state=extra,
-                                   pruning_mask=masks)
+                                   pruning_mask=masks, weight_sharing=clusters)
             for h in history:
                 state.history.add().CopyFrom(array_to_blobproto(backend.to_host(h)))
             atomic_write_bytes(state_path, state.SerializeToString())
@@ -137,7 +139,8 @@ def _apply_resume_state(solver, text: str) -> None:
                 layer.random.set_state(stream)
 
 
-def _write_state_hdf5(path, iteration, model, current_step, history, extra, masks=()) -> None:
+def _write_state_hdf5(path, iteration, model, current_step, history, extra, masks=(),
+                      clusters=()) -> None:
     import h5py
 
     with atomic_path(path) as tmp:
@@ -149,9 +152,27 @@ def _write_state_hdf5(path, iteration, model, current_step, history, extra, mask
             group = handle.create_group("history")
             for k, h in enumerate(history):
                 group.create_dataset(str(k), data=backend.to_host(h))
-            if masks:  # each a serialized ParamMask, as in the binary solverstate
-                handle.create_dataset("pruning_mask", data=np.array(
-                    [np.void(m.SerializeToString()) for m in masks]))
+            _write_messages(handle, "pruning_mask", masks)
+            _write_messages(handle, "weight_sharing", clusters)
+
+
+def _write_messages(handle, name: str, messages) -> None:
+    """Serialized messages (ParamMask, ParamClusters), as in the binary solverstate: a group
+    of opaque scalars "0", "1", ... (their lengths differ, so no one array holds them)."""
+    if messages:
+        group = handle.create_group(name)
+        for k, message in enumerate(messages):
+            group.create_dataset(str(k), data=np.void(message.SerializeToString()))
+
+
+def _read_messages(handle, name: str, kind) -> list:
+    if name not in handle:
+        return []
+    item = handle[name]
+    if hasattr(item, "keys"):
+        return [kind.FromString(bytes(item[str(k)][()])) for k in range(len(item))]
+    # an array of equal-length opaque values (snapshots written before the group form)
+    return [kind.FromString(bytes(m)) for m in item[()]]
 
 
 def _find_weights(learned_net: str, state_path: Path) -> Path:
@@ -194,8 +215,8 @@ def restore_state(solver, state_file) -> None:
                            for k in range(len(handle["history"]))]
                 extra = handle["resume_state"][()] if "resume_state" in handle else b""
                 extra = extra.decode() if isinstance(extra, bytes) else str(extra)
-                masks = [pb.ParamMask.FromString(bytes(m)) for m in handle["pruning_mask"][()]] \
-                    if "pruning_mask" in handle else []
+                masks = _read_messages(handle, "pruning_mask", pb.ParamMask)
+                clusters = _read_messages(handle, "weight_sharing", pb.ParamClusters)
         except (OSError, KeyError, DecodeError) as exc:
             raise DataError(f"{state_path}: damaged solver state ({exc})") from None
     else:
@@ -206,6 +227,7 @@ def restore_state(solver, state_file) -> None:
         if isinstance(learned, bytes) or isinstance(extra, bytes):  # proto2: not UTF-8
             raise DataError(f"{state_path}: damaged solver state (a text field is not UTF-8)")
         masks = list(state.pruning_mask)
+        clusters = list(state.weight_sharing)
         history = [blobproto_to_array(b) for b in state.history]
     if learned:
         solver.snapshots.last = _find_weights(learned, state_path)
@@ -237,6 +259,9 @@ def restore_state(solver, state_file) -> None:
     if masks:
         solver.masks = ParamMasks.from_protos(solver.net.learnable_params, masks, str(state_path))
         solver.masks.apply(solver.rule.history)
+    if clusters:
+        solver.clusters = ParamClusters.from_protos(solver.net.learnable_params, clusters,
+                                                    str(state_path))
     try:
         _apply_resume_state(solver, extra)
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:

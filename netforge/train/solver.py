@@ -157,6 +157,9 @@ class Solver:
         # Pruning (train/pruning.py sets it): a ParamMasks that keeps pruned weights and
         # their history at exactly 0 through every update; saved in the solverstate.
         self.masks = None
+        # Weight sharing (deploy/compress/sharing.py sets it): a ParamClusters whose clusters'
+        # weights get their summed gradient, so each stays one centroid; in the solverstate.
+        self.clusters = None
         self.snapshots = SnapshotWriter(self)
         self.callbacks: list = []  # (on_start, on_gradients_ready, on_end) triples
         self.want_metrics = metrics
@@ -306,6 +309,8 @@ class Solver:
             log.info("Iteration %d, lr = %s", self.iter, _fmt(rate))
         if self.masks is not None:
             self.masks.mask_gradients()
+        if self.clusters is not None:
+            self.clusters.sum_gradients()
         self.rule.apply(rate, self.iter, skip=self.guard.flag, verbose=verbose)
         if self.masks is not None:
             self.masks.apply(self.rule.history)

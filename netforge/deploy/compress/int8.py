@@ -1,7 +1,7 @@
 """Post-training int8 quantization: the deploy net exported to ONNX (deploy/onnx_export.py),
 then quantized by onnxruntime's own static quantizer as a QDQ graph (QuantizeLinear /
 DequantizeLinear pairs around each op, the form every ONNX runtime reads): int8 weights with
-one scale per output channel, int8 activations whose ranges are calibrated (min/max) on
+one scale per output channel, 8-bit activations whose ranges are calibrated (min/max) on
 batches of a dataset. The quantizer is onnxruntime's (a well-kept library) rather than ours:
 its QDQ placement is what its kernels fuse into integer ops.
 
@@ -48,8 +48,16 @@ def dataset_batches(net, iterations: int, input_blob: str = "data", label_blob: 
 
 
 def quantize_qdq(float_model: str, output, calibration: list[np.ndarray],
-                 per_channel: bool = True) -> None:
-    """Write the QDQ int8 form of ONNX file ``float_model`` to ``output`` (atomically)."""
+                 per_channel: bool = True, signed_activations: bool = False) -> None:
+    """Write the QDQ int8 form of ONNX file ``float_model`` to ``output`` (atomically).
+
+    Weights are int8 (symmetric); activations uint8 with a zero point (onnxruntime's "U8S8")
+    unless ``signed_activations``. Why U8S8: onnxruntime's CPU kernels are built for it on
+    x86-64 (VPMADDUBSW / VNNI multiply unsigned by signed bytes), and its graph optimiser
+    fuses DequantizeLinear → Conv → QuantizeLinear into an integer QLinearConv for U8S8
+    everywhere, but for S8S8 only in a few places: measured on SqueezeNet 1.1
+    (tools/bench/int8.py), S8S8 left 24 of 26 convolutions in float between Q/DQ pairs and ran
+    slower than the float model, U8S8 fused all 26."""
     onnxruntime, quantization = _ort()
     session = onnxruntime.InferenceSession(float_model, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -67,7 +75,9 @@ def quantize_qdq(float_model: str, output, calibration: list[np.ndarray],
         quantization.quant_pre_process(float_model, str(tmp), skip_symbolic_shape=True)
         quantization.quantize_static(
             str(tmp), str(tmp), Reader(), quant_format=quantization.QuantFormat.QDQ,
-            per_channel=per_channel, activation_type=quantization.QuantType.QInt8,
+            per_channel=per_channel,
+            activation_type=quantization.QuantType.QInt8 if signed_activations
+            else quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8,
             calibrate_method=quantization.CalibrationMethod.MinMax)
 

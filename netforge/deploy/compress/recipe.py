@@ -174,7 +174,6 @@ def run_recipe(solver, recipe: pb.CompressionRecipe) -> CompressionRun:
                 raise ConfigError(f"{name}: no bits given")
             if run.sharing is None:
                 run.sharing = WeightSharing(solver)
-                run.sharing.install()
             index_of = pruning.prunable_params(solver.net)
             for layer, t in targets.items():
                 run.sharing.share(index_of[layer], t["bits"])

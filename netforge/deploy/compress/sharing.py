@@ -2,10 +2,12 @@
 centroids, initialised linearly between the smallest and largest weight (the paper found the
 linear initialisation best: it keeps the rare large weights, which matter most).
 
-Retraining updates each centroid by the sum of its weights' gradients. Done as a solver
-gradient hook: every weight of a cluster gets the cluster's summed gradient as its diff, so
-the update rule moves all of them by the same amount (their values, decay and history being
-equal), and every weight stays equal to its centroid, whatever the rule.
+Retraining updates each centroid by the sum of its weights' gradients. The solver does it
+(netforge/train/weight_sharing.py, ``Solver.clusters``): every weight of a cluster gets the
+cluster's summed gradient as its diff, so the update rule moves all of them by the same
+amount (their values, decay and history being equal), and every weight stays equal to its
+centroid, whatever the rule; the index maps travel in the solverstate, so a resumed
+retraining is bit-exact.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 from netforge import backend
 from netforge.errors import ConfigError
+from netforge.train.weight_sharing import MAX_BITS, ParamClusters
 
 
 def linear_kmeans(values, n_clusters: int, iterations: int = 30):
@@ -43,19 +46,37 @@ def linear_kmeans(values, n_clusters: int, iterations: int = 30):
 
 
 class WeightSharing:
-    """The index maps (−1: pruned) of the shared weights of a solver's train net."""
+    """The weight sharing of a solver's train net: the clusters it retrains (kept by the
+    solver, ``Solver.clusters``, so snapshots carry them) and index maps adopted from
+    elsewhere (ternary weights), which storage reads but nothing retrains."""
 
     def __init__(self, solver):
         self.solver = solver
-        self.labels: dict[int, object] = {}  # param index -> xp int array, -1 = pruned
-        self.n_clusters: dict[int, int] = {}
-        self.bits: dict[int, int] = {}
+        self.adopted = ParamClusters(solver.net.learnable_params)
+
+    @property
+    def retrained(self) -> ParamClusters:
+        if self.solver.clusters is None:
+            self.solver.clusters = ParamClusters(self.solver.net.learnable_params)
+        return self.solver.clusters
+
+    @property
+    def labels(self) -> dict[int, object]:
+        """Param index -> index map (xp int array, -1 = pruned) of every shared param."""
+        retrained = self.solver.clusters.labels if self.solver.clusters is not None else {}
+        return {**self.adopted.labels, **retrained}
+
+    @property
+    def bits(self) -> dict[int, int]:
+        retrained = self.solver.clusters.bits if self.solver.clusters is not None else {}
+        return {**self.adopted.bits, **retrained}
 
     def share(self, index: int, bits: int) -> None:
         """Cluster param ``index``'s kept weights to 2^bits values; its weights become the
-        centroids and its history restarts at 0 (equal history keeps a cluster together)."""
-        if not 1 <= bits <= 16:
-            raise ConfigError(f"weight sharing bits must be in 1..16, got {bits}")
+        centroids and its history restarts at 0 (equal history keeps a cluster together).
+        From the next update on, the solver sums each cluster's gradients."""
+        if not 1 <= bits <= MAX_BITS:
+            raise ConfigError(f"weight sharing bits must be in 1..{MAX_BITS}, got {bits}")
         p = self.solver.net.learnable_params[index]
         values = backend.to_host(p.blob.data).astype(np.float64)
         masks = self.solver.masks
@@ -64,42 +85,22 @@ class WeightSharing:
         codebook, labels = linear_kmeans(values[kept], 2**bits)
         index_map = np.full(values.shape, -1, np.int64)
         index_map[kept] = labels
-        xp = p.blob.xp
-        self.labels[index] = xp.asarray(index_map)
-        self.n_clusters[index] = 2**bits
-        self.bits[index] = bits
+        self.retrained.set(index, index_map, bits)
         dense = np.where(kept, codebook[np.maximum(index_map, 0)], 0.0)
-        p.blob.data[...] = xp.asarray(dense.astype(p.blob.data.dtype))
+        p.blob.data[...] = p.blob.xp.asarray(dense.astype(p.blob.data.dtype))
         for slot in self.solver.rule.history:
             slot[index][...] = 0
 
     def adopt(self, index: int, index_map, bits: int) -> None:
         """Record an index map made elsewhere (ternary weights: 1 bit, two values)."""
-        self.labels[index] = self.solver.net.learnable_params[index].blob.xp.asarray(
-            np.asarray(index_map, np.int64))
-        self.n_clusters[index] = 2**bits
-        self.bits[index] = bits
-
-    def sum_cluster_gradients(self) -> None:
-        """Gradient hook: each shared weight's diff becomes its cluster's summed gradient."""
-        for i, labels in self.labels.items():
-            blob = self.solver.net.learnable_params[i].blob
-            xp = blob.xp
-            kept = labels >= 0
-            sums = xp.bincount(labels[kept], weights=blob.diff[kept].astype(np.float64),
-                               minlength=self.n_clusters[i])
-            summed = sums.astype(blob.diff.dtype)[xp.maximum(labels, 0)]
-            blob.diff[...] = xp.where(kept, summed, 0)
-
-    def install(self) -> None:
-        self.solver.add_callback(on_gradients_ready=self.sum_cluster_gradients)
+        self.adopted.set(index, index_map, bits)
 
     def codebook(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(codebook, index map) of param ``index`` now: each centroid read back from the
         weights (all equal within a cluster); a centroid no weight uses reads as 0."""
         labels = backend.to_host(self.labels[index])
         values = backend.to_host(self.solver.net.learnable_params[index].blob.data)
-        codebook = np.zeros(self.n_clusters[index], np.float32)
+        codebook = np.zeros(2 ** self.bits[index], np.float32)
         kept = labels >= 0
         codebook[labels[kept]] = values[kept]
         return codebook, labels

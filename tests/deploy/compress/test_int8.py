@@ -122,3 +122,48 @@ def test_accuracy_compares_the_two_models(tmp_path):
     want = np.mean([(int8.session(int8_path).run(None, {"data": x})[0].argmax(axis=1) == y).mean()
                     for x, y in zip(inputs, labels, strict=True)])
     assert result.int8_accuracy == pytest.approx(want)
+
+
+FIRE = """
+name: "fire"
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 3 dim: 15 dim: 15 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 8 kernel_size: 3 weight_filler { type: "xavier" } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "squeeze" type: "Convolution" bottom: "pool1" top: "squeeze"
+        convolution_param { num_output: 4 kernel_size: 1 weight_filler { type: "xavier" } } }
+layer { name: "relu2" type: "ReLU" bottom: "squeeze" top: "squeeze" }
+layer { name: "e1" type: "Convolution" bottom: "squeeze" top: "e1"
+        convolution_param { num_output: 6 kernel_size: 1 weight_filler { type: "xavier" } } }
+layer { name: "e3" type: "Convolution" bottom: "squeeze" top: "e3"
+        convolution_param { num_output: 6 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "cat" type: "Concat" bottom: "e1" bottom: "e3" top: "cat" }
+layer { name: "head" type: "Convolution" bottom: "cat" top: "head"
+        convolution_param { num_output: 5 kernel_size: 1 weight_filler { type: "xavier" } } }
+"""
+
+
+def test_every_convolution_of_a_fire_module_runs_as_an_integer_kernel(tmp_path):
+    """U8S8 activations: onnxruntime's optimiser turns each DQ → Conv → Q of a SqueezeNet-like
+    block (after a max pool, feeding a concat) into a QLinearConv. (With S8S8, 24 of
+    SqueezeNet 1.1's 26 convolutions stayed float between Q/DQ pairs: slower than float.)"""
+    ort = pytest.importorskip("onnxruntime")
+    net = Net(config.parse_text(FIRE, pb.NetParameter()), "test", seed=2)
+    float_path, int8_path = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    export_onnx(net, float_path)
+    rng = np.random.default_rng(1)
+    int8.quantize_qdq(str(float_path), int8_path,
+                      [rng.standard_normal((2, 3, 15, 15)).astype(np.float32) for _ in range(3)])
+    model = onnx.load(str(int8_path))
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    activation_zero_points = {weights[n.input[2]].dtype for n in model.graph.node
+                              if n.op_type == "QuantizeLinear"}
+    assert activation_zero_points == {np.dtype(np.uint8)}
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert "Conv" not in ops and ops.count("QLinearConv") == 5
