@@ -1,6 +1,6 @@
 """The configs of tools/compress_experiments.sh: the distillation net's teacher must be
-configs/lenet_train_test.prototxt's LeNet under the same layer names (so --weights loads it
-by name) and frozen; its student must be the student net's layers exactly (so a distilled
+configs/lenet_teacher_train_test.prototxt's 2x-wide LeNet under the same layer names (so
+--weights loads it by name), frozen and without its dropout; its student must be the student net's layers exactly (so a distilled
 student tests with configs/lenet_student_train_test.prototxt); the DSD recipe must load."""
 
 from __future__ import annotations
@@ -32,17 +32,26 @@ def _shape_fields(layer) -> tuple:
     return layer.type, tuple(layer.bottom), tuple(layer.top), param.num_output
 
 
-def test_teacher_is_lenet_under_its_own_names_and_frozen():
+def test_teacher_is_the_wide_lenet_under_its_own_names_and_frozen():
     lenet = _net("lenet_train_test.prototxt")
+    wide = _net("lenet_teacher_train_test.prototxt")
     distill = _net("lenet_distill_train_test.prototxt")
-    teacher_names = {layer.name for layer in lenet.layer if layer.type in WEIGHTED}
+    teacher_names = {layer.name for layer in wide.layer if layer.type in WEIGHTED}
     assert teacher_names == {"conv1", "conv2", "ip1", "ip2"}
+    # twice LeNet's width in every hidden layer, the same 10 outputs
+    lenet_layers = _layers(lenet, teacher_names)
+    for name, layer in _layers(wide, teacher_names).items():
+        factor = 1 if name == "ip2" else 2
+        assert _shape_fields(layer)[3] == factor * _shape_fields(lenet_layers[name])[3]
     teacher = _layers(distill, teacher_names)
     assert set(teacher) == teacher_names
-    for name, layer in _layers(lenet, teacher_names).items():
+    for name, layer in _layers(wide, teacher_names).items():
         assert _shape_fields(teacher[name]) == _shape_fields(layer)
         assert len(teacher[name].param) == 2  # weights and bias
         assert all(p.lr_mult == 0 and p.decay_mult == 0 for p in teacher[name].param)
+    # the teacher trains with dropout; frozen in the distillation net, it has none
+    assert [layer.name for layer in wide.layer if layer.type == "Dropout"] == ["drop1"]
+    assert not [layer for layer in distill.layer if layer.type == "Dropout"]
 
 
 def test_student_layers_match_the_student_net_and_learn():
