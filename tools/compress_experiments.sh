@@ -34,9 +34,9 @@ train() {  # train OUTDIR FINAL_ITER ARGS... (skipped when OUTDIR holds the fina
     mkdir -p "$dir"
     [ -f "$dir/net_iter_$final.caffemodel" ] || "$BIN/netforge" train "$@" > "$dir/train.log" 2>&1
 }
-score() {  # score MODEL WEIGHTS -> the accuracy on the 400 held-out digits
+score() {  # score MODEL WEIGHTS [OUTPUT] -> accuracy (or OUTPUT, e.g. loss) on the 400 held-out digits
     "$BIN/netforge" test --model "$1" --weights "$2" --iterations 4 2>/dev/null \
-        | sed -n 's/^accuracy = //p'
+        | sed -n "s/^${3:-accuracy} = //p"
 }
 mean() { "$BIN/python" -c 'import sys; v=[float(x) for x in sys.argv[1:]]; print(f"{sum(v)/len(v):.4f}")' "$@"; }
 
@@ -69,25 +69,36 @@ student_net=$W/lenet_student_train_test.prototxt
 echo
 echo "Table 1: half-width LeNet student (conv 10/25, ip 250), 2000 iterations alone or distilled"
 echo "(T = 4, 0.9 soft + 0.1 hard) from a 2x-wide LeNet teacher (conv 40/100, ip 1000, dropout), 4000 it."
-printf '%-6s %-10s %-10s %-10s\n' seed teacher alone distilled
-t=(); a=(); d=()
+echo "(accuracy, and in brackets the held-out cross-entropy: a finer measure than 400 digits' accuracy)"
+printf '%-6s %-22s %-22s %-22s\n' seed teacher alone distilled
+t=(); a=(); d=(); tl=(); al=(); dl=()
 for s in 1 2 3; do
-    t+=("$(score "$W/lenet_teacher_train_test.prototxt" "$W/teacher_s$s/net_iter_4000.caffemodel")")
+    teacher=("$W/lenet_teacher_train_test.prototxt" "$W/teacher_s$s/net_iter_4000.caffemodel")
+    t+=("$(score "${teacher[@]}")"); tl+=("$(score "${teacher[@]}" loss)")
     a+=("$(score "$student_net" "$W/student_s$s/net_iter_2000.caffemodel")")
+    al+=("$(score "$student_net" "$W/student_s$s/net_iter_2000.caffemodel" loss)")
     d+=("$(score "$student_net" "$W/distill_s$s/net_iter_2000.caffemodel")")
-    printf '%-6s %-10s %-10s %-10s\n' "$s" "${t[-1]}" "${a[-1]}" "${d[-1]}"
+    dl+=("$(score "$student_net" "$W/distill_s$s/net_iter_2000.caffemodel" loss)")
+    printf '%-6s %-22s %-22s %-22s\n' "$s" "${t[-1]} (${tl[-1]})" "${a[-1]} (${al[-1]})" \
+        "${d[-1]} (${dl[-1]})"
 done
-printf '%-6s %-10s %-10s %-10s\n' mean "$(mean "${t[@]}")" "$(mean "${a[@]}")" "$(mean "${d[@]}")"
+printf '%-6s %-22s %-22s %-22s\n' mean "$(mean "${t[@]}") ($(mean "${tl[@]}"))" \
+    "$(mean "${a[@]}") ($(mean "${al[@]}"))" "$(mean "${d[@]}") ($(mean "${dl[@]}"))"
 
 echo
 echo "Table 2: LeNet, 4000 iterations in all: dense vs DSD (dense 2000 + sparse 50% 1000 + re-dense 1000 at lr/10)"
-printf '%-6s %-10s %-12s %-12s %-12s\n' seed dense4000 dense2000 "D+S (sparse)" DSD
-x=(); y=()
+echo "(accuracy, and in brackets the held-out cross-entropy)"
+printf '%-6s %-20s %-20s %-20s %-20s\n' seed dense4000 dense2000 "D+S (sparse)" DSD
+x=(); y=(); xl=(); yl=()
 for s in 1 2 3; do
     x+=("$(score "$W/lenet_train_test.prototxt" "$W/dense_s$s/net_iter_4000.caffemodel")")
-    # the stage table's accuracy (compress tests the same 400 digits after each stage)
+    xl+=("$(score "$W/lenet_train_test.prototxt" "$W/dense_s$s/net_iter_4000.caffemodel" loss)")
+    # the stage table's accuracy and loss (compress tests the same 400 digits after each stage)
     mapfile -t stages < <(sed -n 's/.*accuracy = \([0-9.]*\).*/\1/p' "$W/dsd_s$s/report.txt")
-    y+=("${stages[2]}")
-    printf '%-6s %-10s %-12s %-12s %-12s\n' "$s" "${x[-1]}" "${stages[0]}" "${stages[1]}" "${stages[2]}"
+    mapfile -t losses < <(sed -n 's/.*accuracy = .*loss = \([0-9.]*\).*/\1/p' "$W/dsd_s$s/report.txt")
+    y+=("${stages[2]}"); yl+=("${losses[2]}")
+    printf '%-6s %-20s %-20s %-20s %-20s\n' "$s" "${x[-1]} (${xl[-1]})" "${stages[0]} (${losses[0]})" \
+        "${stages[1]} (${losses[1]})" "${stages[2]} (${losses[2]})"
 done
-printf '%-6s %-10s %-12s %-12s %-12s\n' mean "$(mean "${x[@]}")" "" "" "$(mean "${y[@]}")"
+printf '%-6s %-20s %-20s %-20s %-20s\n' mean "$(mean "${x[@]}") ($(mean "${xl[@]}"))" "" "" \
+    "$(mean "${y[@]}") ($(mean "${yl[@]}"))"

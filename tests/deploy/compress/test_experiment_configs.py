@@ -1,7 +1,8 @@
 """The configs of tools/compress_experiments.sh: the distillation net's teacher must be
 configs/lenet_teacher_train_test.prototxt's 2x-wide LeNet under the same layer names (so
---weights loads it by name), frozen and without its dropout; its student must be the student net's layers exactly (so a distilled
-student tests with configs/lenet_student_train_test.prototxt); the DSD recipe must load."""
+--weights loads it by name), frozen and without its dropout; its student must be the student
+net's layers exactly (so a distilled student tests with
+configs/lenet_student_train_test.prototxt); the DSD recipe must load."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Weight sharing: k-means against a naive Lloyd loop; centroid retraining by summed cluster
-gradients against a hand computation; clusters stay shared under the update rules; a resumed
-retraining (index maps from the solverstate) bit for bit the straight one."""
+gradients against a hand computation; clusters stay shared under all six update rules; a
+resumed retraining (index maps from the solverstate) bit for bit the straight one."""
 
 from __future__ import annotations
 
@@ -92,9 +92,15 @@ def test_centroids_move_by_the_summed_gradient_of_their_cluster(tmp_path):
     assert np.all(data[labels < 0] == 0.0)
 
 
-@pytest.mark.parametrize("rule", ['type: "SGD" momentum: 0.9 weight_decay: 0.01',
-                                  'type: "Adam" momentum: 0.9 momentum2: 0.999 delta: 1e-8',
-                                  'type: "RMSProp" rms_decay: 0.9 delta: 1e-6'])
+ALL_RULES = ['type: "SGD" momentum: 0.9 weight_decay: 0.01',
+             'type: "Nesterov" momentum: 0.9 weight_decay: 0.01',
+             'type: "AdaGrad" delta: 1e-6 weight_decay: 0.01',
+             'type: "RMSProp" rms_decay: 0.9 delta: 1e-6',
+             'type: "AdaDelta" momentum: 0.95 delta: 1e-6',
+             'type: "Adam" momentum: 0.9 momentum2: 0.999 delta: 1e-8']
+
+
+@pytest.mark.parametrize("rule", ALL_RULES)
 def test_clusters_stay_shared_while_retraining(tmp_path, rule):
     solver = _solver(tmp_path, rule)
     sharing = WeightSharing(solver)
