@@ -10,9 +10,10 @@ depend on the values; accuracy is `netforge compress --int8`'s business, on trai
     random batches;
   * both run by onnxruntime's CPUExecutionProvider with --threads intra-op threads, all graph
     optimisations on. Each of --rounds rounds times float then int8 (best of --repeats runs
-    each, the least disturbed by other work), and the median over rounds is reported, so a
-    load spike on a shared machine hits both alike. Also reported: how often the two models'
-    top-1 classes agree on the timed inputs (random weights: a sanity check, not accuracy).
+    each, the least disturbed by other work); the median over rounds is reported, and the
+    best round in brackets, so a load spike on a shared machine hits both alike. Also
+    reported: how often the two models' top-1 classes agree on the timed inputs (random
+    weights: a sanity check, not accuracy).
 
     .venv/bin/python tools/bench/int8.py [--nets lenet,squeezenet1.1] [--threads 2]
                                          [--rounds 5] [--repeats 10]
@@ -115,18 +116,21 @@ def child(args) -> None:
 
     print(f"onnxruntime {onnxruntime.__version__}, {args.threads} intra-op threads; "
           f"BLAS: {blas_env.describe()}")
-    print(f"{'net':<14} {'batch':>5} {'float ms':>9} {'int8 ms':>9} {'speed-up':>8} "
-          f"{'top-1 agree':>11} {'float MB':>8} {'int8 MB':>8}   (median of {args.rounds} "
-          f"rounds; per round: float / int8 ms)")
+    print(f"ms per batch: median over {args.rounds} rounds (and the best round), each round "
+          f"the best of {args.repeats} runs")
+    print(f"{'net':<14} {'batch':>5} {'float ms':>17} {'int8 ms':>17} {'speed-up':>15} "
+          f"{'top-1 agree':>11} {'float MB':>8} {'int8 MB':>8}   per round: float / int8 ms")
     with tempfile.TemporaryDirectory() as tmp:
         for name in [n for n in args.nets.split(",") if n]:
             if name not in NETS:
                 raise SystemExit(f"unknown net {name!r}: use {', '.join(NETS)}")
             r = measure(name, args, Path(tmp))
             fm, qm = statistics.median(r["float_ms"]), statistics.median(r["int8_ms"])
+            fb, qb = min(r["float_ms"]), min(r["int8_ms"])
             rounds = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r["float_ms"], r["int8_ms"],
                                                                    strict=True))
-            print(f"{name:<14} {r['batch']:>5} {fm:>9.2f} {qm:>9.2f} {fm / qm:>7.2f}x "
+            print(f"{name:<14} {r['batch']:>5} {fm:>8.2f} ({fb:>6.2f}) {qm:>8.2f} ({qb:>6.2f}) "
+                  f"{fm / qm:>6.2f}x ({fb / qb:>5.2f}x) "
                   f"{100 * r['agree']:>10.1f}% {r['float_bytes'] / 1e6:>8.2f} "
                   f"{r['int8_bytes'] / 1e6:>8.2f}   {rounds}", flush=True)
 
