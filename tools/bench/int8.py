@@ -16,7 +16,8 @@ depend on the values; accuracy is `netforge compress --int8`'s business, on trai
     weights: a sanity check, not accuracy).
 
     .venv/bin/python tools/bench/int8.py [--nets lenet,squeezenet1.1] [--threads 2]
-                                         [--rounds 5] [--repeats 10]
+                                         [--rounds 20] [--repeats 10]
+                                         [--signed-activations]
 
 The measurement runs in a child process with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed
 (tools/bench/blas_env.py's "unset": a user's machine), the thread variables set before numpy
@@ -44,9 +45,11 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nets", default="lenet,squeezenet1.1")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--calibration", type=int, default=4, help="random calibration batches")
+    parser.add_argument("--signed-activations", action="store_true",
+                        help="int8 activations (S8S8) instead of compress's uint8 (U8S8)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -92,7 +95,8 @@ def measure(name: str, args, workdir: Path) -> dict:
     shape = tuple(net.blobs[net.inputs[0]].shape)
     float_path, int8_path = workdir / f"{name}.onnx", workdir / f"{name}.int8.onnx"
     export_onnx(net, float_path)
-    int8.quantize_qdq(str(float_path), str(int8_path), inputs(shape, kind, args.calibration, 1))
+    int8.quantize_qdq(str(float_path), str(int8_path), inputs(shape, kind, args.calibration, 1),
+                      signed_activations=args.signed_activations)
     timed = inputs(shape, kind, 1, 2)[0]
     f = int8.session(float_path, args.threads)
     q = int8.session(int8_path, args.threads)
@@ -114,7 +118,8 @@ def child(args) -> None:
 
     from tools.bench import blas_env
 
-    print(f"onnxruntime {onnxruntime.__version__}, {args.threads} intra-op threads; "
+    kind = "S8S8 (int8 activations)" if args.signed_activations else "U8S8 (uint8 activations)"
+    print(f"onnxruntime {onnxruntime.__version__}, {args.threads} intra-op threads, {kind}; "
           f"BLAS: {blas_env.describe()}")
     print(f"ms per batch: median over {args.rounds} rounds (and the best round), each round "
           f"the best of {args.repeats} runs")
