@@ -108,6 +108,9 @@ class Net:
                 self.copy_from(path)
         if reuse_memory:
             self.plan.share_memory(keep_blobs)
+        # Everything the plan allocated moves into one arena (graph/arena.py); views this Net
+        # keeps are rebuilt there too.
+        self.plan.adopt_arena(holders=[self])
 
     # -- pycaffe-shaped views --------------------------------------------------------------
     @property

@@ -4,11 +4,13 @@ once, the learnable parameters; forward and backward then only index into it."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from netforge.blob import Blob
 from netforge.errors import GraphError
 from netforge.graph import memory_plan, train_memory
+from netforge.graph.arena import Arena, plan_sources
 from netforge.graph.memory_plan import MemoryPlan
 from netforge.graph.shapes import reshape_step, reshare_tops
 from netforge.graph.train_memory import DiffPlan
@@ -61,6 +63,46 @@ class Plan:
     loss_tops: list[tuple[Blob, float]]  # (top blob, loss weight) for weighted tops
     memory: MemoryPlan | None = None  # set by share_memory (forward-only nets)
     diffs: DiffPlan | None = None  # set by share_diffs (train nets of a solver)
+    arena: Arena | None = None  # where all of it lives once adopted (graph/arena.py)
+
+    def hold_arena_views(self, holder) -> None:
+        """Let the arena rebuild the views of this plan's arrays that ``holder`` keeps (test
+        nets reading the train net's weights, the update rule's views of the parameters)
+        whenever it moves them."""
+        if self.arena is not None and all(holder is not h for h in self.arena.holders):
+            self.arena.holders.append(holder)
+
+    def adopt_arena(self, holders=(), history=()) -> Arena | None:
+        """Move every array of the plan into its arena (``netforge.graph.arena``); views
+        kept under ``holders`` (the Net, the Solver) are rebuilt there too. A plan whose
+        layers reshape their tops during forward keeps private memory (it would be laid out
+        again on every such forward)."""
+        if memory_plan.unsupported_reason(self):
+            return None
+        if self.arena is None:
+            xp = self.steps[0].layer.xp if self.steps else None
+            self.arena = Arena(xp, lambda: plan_sources(self))
+            self.arena.holders.append(self)
+        for holder in holders:
+            self.hold_arena_views(holder)
+        self.arena.history.extend(h for h in history if all(h is not k for k in self.arena.history))
+        self.arena.adopt()
+        return self.arena
+
+    @contextmanager
+    def rearranging(self, kinds=("activations", "gradients", "workspace")):
+        """Run a pass that changes memory (share_diffs, share_memory, a reshape): the memory
+        passes find sharing by each array's own root, so the arena gives the regions of
+        ``kinds`` back an array of their own first, and takes them in again after (the
+        parameters and the solver's history, which no pass groups, stay put)."""
+        arena = self.arena if self.arena is not None and self.arena.adopted else None
+        if arena is not None:
+            arena.release(kinds)
+        try:
+            yield
+        finally:
+            if arena is not None:
+                arena.adopt()
 
     def reshape(self, start: int = 0) -> None:
         """Re-run shape inference for layers ``start``.. with the current bottom shapes
@@ -71,6 +113,31 @@ class Plan:
         after a layer with ``dynamic_top_shapes`` (Filter) changed its tops' shapes. A plan
         that shares memory gets private blobs back first and is planned again after.
         """
+        if self.arena is not None and self.arena.adopted and not self._shapes_change(start):
+            return  # nothing to lay out again: every array stays where it is
+        with self.rearranging():
+            self._reshape(start)
+
+    def _shapes_change(self, start: int) -> bool:
+        """Whether a reshape from step ``start`` would change a top's shape or a layer's
+        declared workspace (reshape is pure shape inference: asking changes nothing)."""
+        shapes = {name: blob.shape for name, blob in self.blobs.items()}
+        with user_names(split_aliases(self.steps)):
+            for step in self.steps[start:]:
+                if not step.bottoms:
+                    continue
+                before = dict(step.layer.workspace_layouts)
+                tops = step.layer.reshape([shapes[name] for name in step.bottom_names])
+                if step.layer.workspace_layouts != before:
+                    return True
+                for name, blob, shape in zip(step.top_names, step.tops, tops, strict=False):
+                    shape = tuple(int(d) for d in shape)
+                    if shape != blob.shape:
+                        return True
+                    shapes[name] = shape
+        return False
+
+    def _reshape(self, start: int) -> None:
         memory, diffs = self.memory, self.diffs
         if memory is not None:
             self._unshare(memory)
@@ -91,14 +158,16 @@ class Plan:
         scratch arena (``netforge.graph.memory_plan``). Only for nets that never run
         backward; outputs, inputs and the blobs named in ``keep`` stay readable after
         forward."""
-        self.memory = memory_plan.share_memory(self, keep)
+        with self.rearranging():
+            self.memory = memory_plan.share_memory(self, keep)
         return self.memory
 
     def share_diffs(self) -> DiffPlan:
         """Let blob diffs that are never alive together share memory
         (``netforge.graph.train_memory``): for a solver's train net, where nothing reads an
         intermediate diff after backward."""
-        self.diffs = train_memory.share_diffs(self)
+        with self.rearranging():
+            self.diffs = train_memory.share_diffs(self)
         return self.diffs
 
     def _unshare_diffs(self, diffs: DiffPlan) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from netforge.blob import Blob, shape_string
 from netforge.errors import GraphError, ShapeError
 from netforge.graph.user_names import split_aliases, user_names
-from netforge.layers.base import Layer, LayerContext
+from netforge.layers.base import Layer, LayerContext, WorkspaceSpec
 
 if TYPE_CHECKING:  # plan.py imports this module
     from netforge.graph.plan import LayerStep
@@ -44,6 +44,7 @@ def infer_shapes(steps: list[LayerStep], ctx: LayerContext) -> OrderedDict:
         with user_names(aliases):  # errors name the user's blobs, not inserted splits
             layer.setup(bottom_shapes)
             top_shapes = layer.reshape(bottom_shapes)
+        bind_workspace(layer)
         check_top_count(layer, top_shapes, len(step.top_names))
         step.tops = []
         for j, (name, shape) in enumerate(zip(step.top_names, top_shapes, strict=True)):
@@ -75,6 +76,7 @@ def reshape_step(step: LayerStep) -> None:
         return
     layer = step.layer
     shapes = layer.reshape([b.shape for b in step.bottoms])
+    bind_workspace(layer)
     check_top_count(layer, shapes, len(step.tops))
     for j, (top, shape) in enumerate(zip(step.tops, shapes, strict=True)):
         shape = tuple(int(d) for d in shape)
@@ -83,6 +85,32 @@ def reshape_step(step: LayerStep) -> None:
             continue
         top.reshape(shape)
     layer.share_tops(step.bottoms, step.tops)
+
+
+def bind_workspace(layer: Layer) -> None:
+    """Allocate the workspace ``layer.reshape`` declared (``Layer.declare``) and set the
+    layer's attributes to it: fresh arrays after every reshape, as the layer used to make
+    them itself (state keeps its values while its shape stands); the net's arena then takes
+    them in with every other array (graph/arena.py)."""
+    for attribute, layout in layer.workspace_layouts.items():
+        setattr(layer, attribute,
+                materialize(layout, layer.xp, getattr(layer, attribute, None)))
+
+
+def materialize(layout, xp, current=None):
+    """``layout`` with each WorkspaceSpec replaced by an array (see Layer.declare_layout)."""
+    if isinstance(layout, WorkspaceSpec):
+        if layout.state:
+            if (current is not None and tuple(current.shape) == layout.shape
+                    and current.dtype == layout.dtype):
+                return current
+            return xp.zeros(layout.shape, dtype=layout.dtype)
+        return xp.empty(layout.shape, dtype=layout.dtype)
+    if isinstance(layout, dict):
+        return {key: materialize(item, xp) for key, item in layout.items()}
+    if isinstance(layout, (list, tuple)):
+        return type(layout)(materialize(item, xp) for item in layout)
+    return layout
 
 
 def reshare_tops(steps: list[LayerStep]) -> None:

@@ -1,7 +1,10 @@
 """The layer contract shared by every layer.
 
-setup (read params, create parameter blobs once) -> reshape (pure shape inference) ->
-forward (write tops) -> backward (write bottom diffs, accumulate param diffs).
+setup (read params, create parameter blobs once) -> reshape (pure shape inference: the top
+shapes, and the workspace the layer needs declared with ``declare``/``declare_dict``; it
+allocates nothing) -> forward (write tops) -> backward (write bottom diffs, accumulate param
+diffs). The plan allocates what reshape declared (graph/shapes.py ``bind_workspace``) and
+moves it with every other array into the net's arena (graph/arena.py).
 
 Arity and in-place safety are declared as class attributes and checked centrally by the
 graph compiler, never inside each layer. What memory a layer lends to the graph's memory plan
@@ -34,6 +37,47 @@ class LayerContext:
     # The Philox key of the net's counter-based streams (Dropout, stochastic pooling): see
     # ops/random.py. The solver derives it from random_seed and the net's index.
     random_key: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class WorkspaceSpec:
+    """One workspace array a layer's ``reshape`` declares; the plan allocates it.
+
+    ``name`` says where the layer reads it (``x_norm``, ``ws.tmp``, ``workspaces[0][1].col``).
+    ``kept_for_backward``: forward leaves in it what backward reads (BatchNorm's x_norm);
+    otherwise it holds nothing from one call to the next. ``state``: it carries values across
+    calls (a recurrent carry): zeros when first made or when its shape changes, kept
+    otherwise."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    kept_for_backward: bool = False
+    state: bool = False
+
+
+def workspace_layout(name: str, layout, kept_for_backward=()):
+    """A layout of WorkspaceSpecs from a kernel's: lists and tuples kept as they are (ints in
+    them too), each dict a ``*_workspace_shapes`` spec (array name -> (shape, dtype))."""
+    if isinstance(layout, dict):
+        return {key: WorkspaceSpec(f"{name}.{key}", tuple(int(d) for d in shape),
+                                   np.dtype(dtype), key in kept_for_backward)
+                for key, (shape, dtype) in layout.items()}
+    if isinstance(layout, (list, tuple)):
+        return type(layout)(workspace_layout(f"{name}[{i}]", item, kept_for_backward)
+                            for i, item in enumerate(layout))
+    return layout
+
+
+def layout_specs(layout) -> list[WorkspaceSpec]:
+    """The WorkspaceSpecs in a layout, in order."""
+    if isinstance(layout, WorkspaceSpec):
+        return [layout]
+    if isinstance(layout, dict):
+        return [spec for item in layout.values() for spec in layout_specs(item)]
+    if isinstance(layout, (list, tuple)):
+        return [spec for item in layout for spec in layout_specs(item)]
+    return []
 
 
 @dataclass(frozen=True)
@@ -106,13 +150,17 @@ class Layer:
         self.dtype = ctx.dtype
         self.blobs: list[Blob] = []  # learnable (or persistent) parameter blobs
         self.param_propagate_down: list[bool] = []
+        # What reshape declared: attribute -> a WorkspaceSpec, None, or a layout of them
+        # (``declare_layout``); the plan allocates it and sets the attributes.
+        self.workspace_layouts: dict[str, object] = {}
 
     # -- the contract -------------------------------------------------------------------------
     def setup(self, bottom_shapes: list[tuple[int, ...]]) -> None:
         """Read the layer's parameters and create parameter blobs (once)."""
 
     def reshape(self, bottom_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-        """Top shapes for these bottom shapes; allocate workspaces. Raise ShapeError."""
+        """Top shapes for these bottom shapes; declare workspaces (``declare``), allocate
+        nothing. Raise ShapeError."""
         raise NotImplementedError
 
     def forward(self, bottoms: list[Blob], tops: list[Blob]) -> None:
@@ -166,8 +214,35 @@ class Layer:
         self.random = RandomStream(self.ctx.random_key, stream_id(self.name), self.xp)
         return self.random
 
+    def declare(self, attribute: str, shape, dtype=None, *, kept_for_backward: bool = False,
+                state: bool = False) -> None:
+        """Ask the plan for ``self.<attribute>``: an array of ``shape`` and ``dtype`` (default
+        the net's), bound after reshape; ``shape`` None: the attribute is None."""
+        self.workspace_layouts[attribute] = None if shape is None else WorkspaceSpec(
+            attribute, tuple(int(d) for d in shape), np.dtype(dtype or self.dtype),
+            kept_for_backward, state)
+
+    def declare_dict(self, attribute: str, spec, *, kept_for_backward=()) -> None:
+        """Ask the plan for ``self.<attribute>``: a dict of arrays from a kernel's
+        ``*_workspace_shapes`` spec (name -> (shape, dtype)), the ``ws`` that kernel takes;
+        the names in ``kept_for_backward`` carry what forward leaves for backward."""
+        self.workspace_layouts[attribute] = workspace_layout(attribute, dict(spec),
+                                                             kept_for_backward)
+
+    def declare_layout(self, attribute: str, layout) -> None:
+        """Ask the plan for ``self.<attribute>`` laid out as ``layout``: lists and tuples
+        (of ints, and of dict specs as ``declare_dict`` takes), e.g. an engine plan's
+        (first image, end, workspace) per slice of the batch."""
+        self.workspace_layouts[attribute] = workspace_layout(attribute, layout)
+
+    def workspace(self) -> list[WorkspaceSpec]:
+        """Every array the last reshape declared: names, shapes, dtypes, what is kept."""
+        return [spec for layout in self.workspace_layouts.values()
+                for spec in layout_specs(layout)]
+
     def empty(self, shape, dtype=None):
-        """A workspace array allocated at reshape time (never in forward/backward)."""
+        """An array allocated outside reshape's declarations: only for a buffer a layer
+        finds it needs in forward, once (an in-place run its reshape could not foresee)."""
         return self.xp.empty(tuple(int(d) for d in shape), dtype=dtype or self.dtype)
 
     def shape_error(self, message: str) -> ShapeError:

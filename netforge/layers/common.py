@@ -11,7 +11,6 @@ from netforge.layers.base import Layer, ScratchBuffer, scratch_in
 from netforge.layers.registry import register
 from netforge.ops import common as ops
 from netforge.ops import engine
-from netforge.ops.xp import allocate
 
 
 def canonical_axis(axis: int, ndim: int, label: str) -> int:
@@ -52,11 +51,12 @@ class InnerProductLayer(Layer):
             )
         self.m = prod(shape[: self.axis])
         n = self.blobs[0].shape[1 if self.transpose else 0]
-        self.ws = allocate(ops.linear_workspace_shapes(self.blobs[0].shape,
-                                                       transpose=self.transpose,
-                                                       dtype=self.dtype), self.xp)
-        self.plan = engine.linear_plan(self.m, n, self.xp, w_shape=self.blobs[0].shape,
-                                       transpose=self.transpose, dtype=self.dtype)  # cores
+        self.declare_dict("ws", ops.linear_workspace_shapes(self.blobs[0].shape,
+                                                            transpose=self.transpose,
+                                                            dtype=self.dtype))
+        self.declare_layout("plan", engine.linear_layout(  # the cores' share of the work
+            self.m, n, self.xp, w_shape=self.blobs[0].shape, transpose=self.transpose,
+            dtype=self.dtype))
         return [(*shape[: self.axis], n)]
 
     def scratch_buffers(self) -> list[ScratchBuffer]:
@@ -189,8 +189,8 @@ class EltwiseLayer(Layer):
                     f'"{self.param.bottom[0]}" has {bottom_shapes[0]}'
                 )
         if self.operation == pb.EltwiseParameter.MAX:
-            self.argmax = self.xp.empty(bottom_shapes[0], dtype=self.xp.int32)
-        self.ws = allocate(ops.eltwise_workspace_shapes(bottom_shapes[0], self.dtype), self.xp)
+            self.declare("argmax", bottom_shapes[0], self.xp.int32)
+        self.declare_dict("ws", ops.eltwise_workspace_shapes(bottom_shapes[0], self.dtype))
         return [bottom_shapes[0]]
 
     def scratch_buffers(self) -> list[ScratchBuffer]:
@@ -228,8 +228,8 @@ class SoftmaxLayer(Layer):
     def reshape(self, bottom_shapes):
         self.axis = canonical_axis(self.param.softmax_param.axis, len(bottom_shapes[0]),
                                    self.label)
-        self.ws = allocate(ops.softmax_workspace_shapes(bottom_shapes[0], self.axis,
-                                                        self.dtype), self.xp)
+        self.declare_dict("ws", ops.softmax_workspace_shapes(bottom_shapes[0], self.axis,
+                                                             self.dtype))
         return [bottom_shapes[0]]
 
     def scratch_buffers(self) -> list[ScratchBuffer]:

@@ -28,8 +28,8 @@ class DistillationLayer(LossLayer):
             raise self.shape_error(
                 f'student "{self.param.bottom[0]}" {student} and teacher '
                 f'"{self.param.bottom[1]}" {teacher} must have the same shape (N×C...)')
-        self.q = self.empty(student)
-        self.p = self.empty(student)
+        self.declare("q", student)
+        self.declare("p", student)
         return [()]
 
     def _softmax(self, logits, out):

@@ -18,7 +18,6 @@ from netforge.layers.common import canonical_axis
 from netforge.layers.registry import register
 from netforge.ops import distance_losses as pair_ops
 from netforge.ops import loss as ops
-from netforge.ops.xp import allocate
 
 _NORMALIZATION = {
     pb.LossParameter.FULL: "FULL",
@@ -109,9 +108,8 @@ class SoftmaxWithLossLayer(LossLayer):
         self.axis = canonical_axis(self.param.softmax_param.axis, len(bottom_shapes[0]),
                                    self.label)
         _check_labels(self, bottom_shapes, self.axis)
-        self.prob = self.empty(bottom_shapes[0])
-        self.ws = allocate(ops.loss_workspace_shapes(bottom_shapes[0], self.axis, self.dtype),
-                           self.xp)
+        self.declare("prob", bottom_shapes[0])
+        self.declare_dict("ws", ops.loss_workspace_shapes(bottom_shapes[0], self.axis, self.dtype))
         tops = [()]
         if len(self.param.top) == 2:
             tops.append(bottom_shapes[0])
@@ -163,8 +161,7 @@ class AccuracyLayer(Layer):
             raise self.shape_error(f"top_k ({self.top_k}) exceeds the number of classes "
                                    f"({classes})")
         _check_labels(self, bottom_shapes, self.axis)
-        self.ws = allocate(ops.loss_workspace_shapes(bottom_shapes[0], self.axis, self.dtype),
-                           self.xp)
+        self.declare_dict("ws", ops.loss_workspace_shapes(bottom_shapes[0], self.axis, self.dtype))
         tops = [()]
         if len(self.param.top) == 2:
             tops.append((classes,))
@@ -196,7 +193,7 @@ class EuclideanLossLayer(LossLayer):
                 f'bottoms "{self.param.bottom[0]}" {tuple(a)} and "{self.param.bottom[1]}" '
                 f"{tuple(b)} must hold the same number of values per sample"
             )
-        self.diff = self.empty(a)
+        self.declare("diff", a)
         return [()]
 
     def forward(self, bottoms, tops):
@@ -227,7 +224,7 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
                 f'bottoms "{self.param.bottom[0]}" {tuple(x)} and "{self.param.bottom[1]}" '
                 f"{tuple(t)} must have the same count"
             )
-        self.ws = allocate(ops.sigmoid_cross_entropy_workspace_shapes(x, self.dtype), self.xp)
+        self.declare_dict("ws", ops.sigmoid_cross_entropy_workspace_shapes(x, self.dtype))
         return [()]
 
     def _kwargs(self):
@@ -247,12 +244,11 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
 
 def _labelled_rows(layer, bottom_shapes):
     """Shared Reshape of MultinomialLogistic and Hinge: one label per sample, classes = all
-    non-batch entries of bottom 0; returns the loss workspaces."""
+    non-batch entries of bottom 0; returns the loss workspaces' spec."""
     _check_num(layer, bottom_shapes)
     _check_one_per_sample(layer, bottom_shapes, 1)
     n = bottom_shapes[0][0]
-    return allocate(ops.loss_workspace_shapes((n, _count(bottom_shapes[0][1:])), 1,
-                                              layer.dtype), layer.xp)
+    return ops.loss_workspace_shapes((n, _count(bottom_shapes[0][1:])), 1, layer.dtype)
 
 
 def _data_error(layer, exc: ValueError) -> DataError:
@@ -264,7 +260,7 @@ class MultinomialLogisticLossLayer(LossLayer):
     """−Σ log(max(p[label], 1e-20)) / N on probabilities (e.g. a Softmax's output)."""
 
     def reshape(self, bottom_shapes):
-        self.ws = _labelled_rows(self, bottom_shapes)
+        self.declare_dict("ws", _labelled_rows(self, bottom_shapes))
         return [()]
 
     def forward(self, bottoms, tops):
@@ -326,8 +322,8 @@ class InfogainLossLayer(LossLayer):
                      else "the infogain matrix file")
             raise self.shape_error(f"{where} holds {h_count} values; {classes} classes need "
                                    f"{classes}x{classes}")
-        self.prob = self.empty(x)
-        self.ws = allocate(ops.infogain_workspace_shapes(x, self.axis, self.dtype), self.xp)
+        self.declare("prob", x)
+        self.declare_dict("ws", ops.infogain_workspace_shapes(x, self.axis, self.dtype))
         return [()] + ([tuple(x)] if len(self.param.top) == 2 else [])
 
     def _kwargs(self):
@@ -360,8 +356,8 @@ class HingeLossLayer(LossLayer):
         self.norm = "L2" if self.param.hinge_loss_param.norm == pb.HingeLossParameter.L2 else "L1"
 
     def reshape(self, bottom_shapes):
-        self.ws = _labelled_rows(self, bottom_shapes)
-        self.margins = self.empty(bottom_shapes[0])
+        self.declare_dict("ws", _labelled_rows(self, bottom_shapes))
+        self.declare("margins", bottom_shapes[0])
         return [()]
 
     def forward(self, bottoms, tops):
@@ -403,9 +399,9 @@ class ContrastiveLossLayer(LossLayer):
             raise self.shape_error(f'bottoms "{self.param.bottom[0]}" {a} and '
                                    f'"{self.param.bottom[1]}" {b} have different channels')
         _check_one_per_sample(self, bottom_shapes, 2)
-        self.diff = self.empty(a)
-        self.dist_sq = self.empty((a[0],))
-        self.ws = allocate(pair_ops.contrastive_workspace_shapes(a[0], self.dtype), self.xp)
+        self.declare("diff", a)
+        self.declare("dist_sq", (a[0],))
+        self.declare_dict("ws", pair_ops.contrastive_workspace_shapes(a[0], self.dtype))
         return [()]
 
     def _kwargs(self):

@@ -10,7 +10,7 @@ from netforge.errors import ConfigError
 from netforge.layers.base import NeuronLayer, ScratchBuffer, scratch_in
 from netforge.layers.registry import register
 from netforge.ops import neuron as ops
-from netforge.ops.xp import allocate, view_as
+from netforge.ops.xp import view_as
 
 
 @register("ReLU")
@@ -21,7 +21,7 @@ class ReLULayer(NeuronLayer):
         self.slope = float(self.param.relu_param.negative_slope)
 
     def reshape(self, bottom_shapes):
-        self.ws = allocate(ops.relu_workspace_shapes(bottom_shapes[0]), self.xp)
+        self.declare_dict("ws", ops.relu_workspace_shapes(bottom_shapes[0]))
         return [bottom_shapes[0]]
 
     def scratch_buffers(self) -> list[ScratchBuffer]:
@@ -42,7 +42,7 @@ class _SmoothNeuronLayer(NeuronLayer):
     one scratch array."""
 
     def reshape(self, bottom_shapes):
-        self.ws = allocate(ops.tmp_workspace_shapes(bottom_shapes[0], self.dtype), self.xp)
+        self.declare_dict("ws", ops.tmp_workspace_shapes(bottom_shapes[0], self.dtype))
         return [bottom_shapes[0]]
 
 
@@ -78,8 +78,8 @@ class DropoutLayer(NeuronLayer):
         self.random_stream()
 
     def reshape(self, bottom_shapes):
-        self.mask = self.xp.empty(bottom_shapes[0], dtype=self.xp.bool_)
-        self.random.reserve(self.mask.size)
+        self.declare("mask", bottom_shapes[0], self.xp.bool_)
+        self.random.reserve(prod(bottom_shapes[0]))
         return [bottom_shapes[0]]
 
     def forward(self, bottoms, tops):
@@ -111,8 +111,8 @@ class _BottomKeepingLayer(NeuronLayer):
         lp = self.param
         in_place = bool(lp.top) and bool(lp.bottom) and lp.top[0] == lp.bottom[0]
         keep = in_place and self.needs_bottom()
-        self.bottom_copy = self.empty(bottom_shapes[0]) if keep else None
-        self.ws = allocate({"tmp": (tuple(bottom_shapes[0]), self.dtype)}, self.xp)
+        self.declare("bottom_copy", bottom_shapes[0] if keep else None)
+        self.declare_dict("ws", {"tmp": (tuple(bottom_shapes[0]), self.dtype)})
         return [bottom_shapes[0]]
 
     def keep_bottom(self, bottoms, tops) -> None:
@@ -157,7 +157,7 @@ class PReLULayer(_BottomKeepingLayer):
         # A shared slope is one "channel" spanning everything.
         self.view = ((1, 1, count) if self.channel_shared
                      else (shape[0], shape[1], count // (shape[0] * shape[1])))
-        self.ws = allocate(ops.prelu_workspace_shapes(self.view, self.dtype), self.xp)
+        self.declare_dict("ws", ops.prelu_workspace_shapes(self.view, self.dtype))
         return tops
 
     def forward(self, bottoms, tops):
@@ -184,7 +184,7 @@ class ELULayer(NeuronLayer):
         self.alpha = float(self.param.elu_param.alpha)
 
     def reshape(self, bottom_shapes):
-        self.ws = allocate(ops.elu_workspace_shapes(bottom_shapes[0], self.dtype), self.xp)
+        self.declare_dict("ws", ops.elu_workspace_shapes(bottom_shapes[0], self.dtype))
         return [bottom_shapes[0]]
 
     def forward(self, bottoms, tops):
@@ -205,8 +205,8 @@ class SwishLayer(NeuronLayer):
         self.beta = float(self.param.swish_param.beta)
 
     def reshape(self, bottom_shapes):
-        self.sigmoid = self.empty(bottom_shapes[0])  # sigmoid(beta x), kept for backward
-        self.ws = allocate(ops.tmp_workspace_shapes(bottom_shapes[0], self.dtype), self.xp)
+        self.declare("sigmoid", bottom_shapes[0])  # sigmoid(beta x), kept for backward
+        self.declare_dict("ws", ops.tmp_workspace_shapes(bottom_shapes[0], self.dtype))
         return [bottom_shapes[0]]
 
     def forward(self, bottoms, tops):

@@ -16,7 +16,7 @@ from netforge.layers.base import Layer, ScratchBuffer, scratch_in
 from netforge.layers.common import canonical_axis
 from netforge.layers.registry import register
 from netforge.ops import normalization as ops
-from netforge.ops.xp import allocate, view_as
+from netforge.ops.xp import view_as
 
 log = logging.getLogger("netforge")
 
@@ -79,14 +79,15 @@ class BatchNormLayer(Layer):
         n = shape[0]
         self.view = (n, self.channels, prod(shape) // max(n * self.channels, 1))
         c = self.channels
-        self.mean, self.var, self.inv_std = (self.empty((c,)) for _ in range(3))
+        for name in ("mean", "var", "inv_std"):
+            self.declare(name, (c,))
         if self.use_global_stats:
-            self.x_norm = None  # backward needs only inv_std
-            self.ws = allocate({"factor": ((1,), self.dtype)}, self.xp)
+            self.declare("x_norm", None)  # backward needs only inv_std
+            self.declare_dict("ws", {"factor": ((1,), self.dtype)})
         else:
             # Kept for backward even when a later in-place layer (Scale) overwrites the top.
-            self.x_norm = self.empty(self.view)
-            self.ws = allocate(ops.batch_norm_workspace_shapes(self.view, self.dtype), self.xp)
+            self.declare("x_norm", self.view, kept_for_backward=True)
+            self.declare_dict("ws", ops.batch_norm_workspace_shapes(self.view, self.dtype))
         return [shape]
 
     def scratch_buffers(self) -> list[ScratchBuffer]:
@@ -186,9 +187,9 @@ class ScaleLayer(_BroadcastLayer):
                          else self.blobs[0].shape)
         self.view = self._broadcast_view(self.param.scale_param, shape, operand_shape, "scale")
         # Run in place, forward overwrites x, which the scale's gradient needs (Caffe's temp_).
-        self.bottom_copy = self.empty(shape) if _runs_in_place(self.param) else None
+        self.declare("bottom_copy", shape if _runs_in_place(self.param) else None)
         self.copy_borrowed = False
-        self.ws = allocate(ops.channel_sum_workspace_shapes(self.view, self.dtype), self.xp)
+        self.declare_dict("ws", ops.channel_sum_workspace_shapes(self.view, self.dtype))
         return [shape]
 
     def _scale(self, bottoms):
@@ -249,7 +250,7 @@ class BiasLayer(_BroadcastLayer):
         operand_shape = (tuple(bottom_shapes[1]) if self.two_bottoms
                          else self.blobs[0].shape)
         self.view = self._broadcast_view(self.param.bias_param, shape, operand_shape, "bias")
-        self.ws = allocate(ops.channel_sum_workspace_shapes(self.view, self.dtype), self.xp)
+        self.declare_dict("ws", ops.channel_sum_workspace_shapes(self.view, self.dtype))
         return [shape]
 
     def _bias(self, bottoms):
@@ -291,10 +292,10 @@ class MVNLayer(Layer):
         channels = shape[1] if len(shape) > 1 else 1
         rows = shape[0] if self.across_channels else shape[0] * channels
         self.view = (rows, prod(shape) // max(rows, 1))
-        self.sigma = self.empty((rows,))
+        self.declare("sigma", (rows,))
         # Backward reads y; a copy survives a later in-place layer writing over the top.
-        self.y_copy = self.empty(self.view)
-        self.ws = allocate(ops.mvn_workspace_shapes(self.view, self.dtype), self.xp)
+        self.declare("y_copy", self.view)
+        self.declare_dict("ws", ops.mvn_workspace_shapes(self.view, self.dtype))
         return [shape]
 
     def forward(self, bottoms, tops):
@@ -333,9 +334,9 @@ class LRNLayer(Layer):
         shape = tuple(bottom_shapes[0])
         if len(shape) != 4:
             raise self.shape_error(f"needs a 4-D bottom (N, C, H, W), got shape {shape}")
-        self.scale = self.empty(shape)  # k + α/n·Σx², kept for backward
-        self.inv_pow = self.empty(shape)  # scale^−β, kept for backward
-        self.ws = allocate(ops.lrn_workspace_shapes(shape, self.dtype), self.xp)
+        self.declare("scale", shape)  # k + α/n·Σx², kept for backward
+        self.declare("inv_pow", shape)  # scale^−β, kept for backward
+        self.declare_dict("ws", ops.lrn_workspace_shapes(shape, self.dtype))
         return [shape]
 
     def forward(self, bottoms, tops):

@@ -36,7 +36,7 @@ from netforge.errors import ConfigError
 from netforge.layers.base import Layer
 from netforge.layers.registry import register
 from netforge.ops import recurrent as ops
-from netforge.ops.xp import allocate, view_as
+from netforge.ops.xp import view_as
 
 log = logging.getLogger("netforge")
 
@@ -142,11 +142,11 @@ class _RecurrentLayer(Layer):
                     f'initial state {name}_0 "{self._bottom_name(j)}" has shape '
                     f"{bottom_shapes[j]}; expected {state_shape}")
         self.steps, self.batch, self.input_dim = steps, batch, input_dim
-        self.ws = allocate(self.workspace_shapes(steps, batch, input_dim, static_dim), self.xp)
+        self.declare_dict("ws", self.workspace_shapes(steps, batch, input_dim, static_dim))
         carry_shape = (len(self.state_names), batch, self.hidden)
-        if not self.expose_hidden and (self.carry is None or self.carry.shape != carry_shape):
+        if not self.expose_hidden:
             # Caffe's recurrent inputs start at zero; a new batch size starts over.
-            self.carry = self.xp.zeros(carry_shape, dtype=self.dtype)
+            self.declare("carry", carry_shape, state=True)
         return [(steps, batch, self.hidden)] + [state_shape] * self.num_exposed
 
     def workspace_shapes(self, steps, batch, input_dim, static_dim):
@@ -317,7 +317,7 @@ class LSTMUnitLayer(Layer):
                 f'cont "{self.param.bottom[2]}" has shape {cont_shape}; expected (1, N) = '
                 f"{(1, batch)}")
         self.batch, self.hidden = batch, hidden
-        self.ws = allocate(ops.lstm_unit_workspace_shapes(batch, hidden, self.dtype), self.xp)
+        self.declare_dict("ws", ops.lstm_unit_workspace_shapes(batch, hidden, self.dtype))
         return [c_shape, c_shape]
 
     def _rows(self, array, width=1):

@@ -10,7 +10,6 @@ from netforge.layers.common import canonical_axis
 from netforge.layers.registry import register
 from netforge.ops import common as common_ops
 from netforge.ops import structure as ops
-from netforge.ops.xp import allocate
 
 
 @register("Slice")
@@ -107,8 +106,8 @@ class ReductionLayer(Layer):
     def reshape(self, bottom_shapes):
         shape = bottom_shapes[0]
         self.axis = canonical_axis(self.param.reduction_param.axis, len(shape), self.label)
-        self.ws = allocate(ops.reduction_workspace_shapes(shape, self.axis, self.op,
-                                                          self.dtype), self.xp)
+        self.declare_dict("ws", ops.reduction_workspace_shapes(shape, self.axis, self.op,
+                                                          self.dtype))
         return [tuple(shape[: self.axis])]
 
     def forward(self, bottoms, tops):
@@ -249,7 +248,7 @@ class BatchReindexLayer(Layer):
         if len(index) != 1:
             raise self.shape_error(f'index bottom "{self.param.bottom[1]}" must be 1-D, got '
                                    f"shape {tuple(index)}")
-        self.ws = allocate(ops.batch_reindex_workspace_shapes(index[0]), self.xp)
+        self.declare_dict("ws", ops.batch_reindex_workspace_shapes(index[0]))
         return [(index[0], *data[1:])]
 
     def _run(self, kernel, *arrays):
@@ -341,7 +340,7 @@ class EmbedLayer(Layer):
         count = 1
         for d in shape:
             count *= d
-        self.ws = allocate(ops.embed_workspace_shapes(count), self.xp)
+        self.declare_dict("ws", ops.embed_workspace_shapes(count))
         return [(*shape, self.blobs[0].shape[1])]
 
     def forward(self, bottoms, tops):

@@ -6,6 +6,8 @@ The arithmetic lives in ``netforge.ops`` (``vision``, ``deconv``, ``pooling``, `
 
 from __future__ import annotations
 
+from math import prod
+
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError
 from netforge.layers.base import Layer, ScratchBuffer, scratch_in
@@ -13,7 +15,6 @@ from netforge.layers.registry import register
 from netforge.ops import crop, deconv, engine, pooling, spp
 from netforge.ops import stochastic_pooling as stochastic
 from netforge.ops import vision as ops
-from netforge.ops.xp import allocate
 
 
 def _spatial(param, name: str, stem: str, default: int, label: str) -> tuple[int, int]:
@@ -119,7 +120,7 @@ class ConvolutionLayer(Layer):
     def reshape(self, bottom_shapes):
         w_shape = self.blobs[0].shape
         tops = []
-        self.workspaces = []
+        workspaces = []
         for j, shape in enumerate(bottom_shapes):
             _four_d(self, shape, j)
             if shape[1] != self._bottom_channels():
@@ -134,16 +135,17 @@ class ConvolutionLayer(Layer):
                     f"{top} (kernel {self.kernel}, pad {self.pad}, stride {self.stride}, "
                     f"dilation {self.dilation})")
             tops.append(top)
-            self.workspaces.append(self._batch_parts(shape))
+            workspaces.append(self._batch_parts(shape))
+        self.declare_layout("workspaces", workspaces)
         return tops
 
     def _batch_parts(self, shape: tuple[int, ...]) -> list[tuple[int, int, dict]]:
         """(first image, end, workspace) per slice of the batch (``netforge.ops.engine``);
         deconvolution runs unsplit, on one workspace."""
         if self.type == "Convolution":
-            return engine.conv_plan(shape, self.blobs[0].shape, self._geometry(), self.dtype,
-                                    self.xp, bias=self.bias_term)
-        return [(0, shape[0], allocate(self._workspace_spec(shape), self.xp))]
+            return engine.conv_layout(shape, self.blobs[0].shape, self._geometry(), self.dtype,
+                                      self.xp, bias=self.bias_term)
+        return [(0, shape[0], self._workspace_spec(shape))]
 
     def _geometry(self) -> dict:
         return {"stride": self.stride, "pad": self.pad, "dilation": self.dilation,
@@ -321,17 +323,21 @@ class PoolingLayer(Layer):
             raise self.shape_error(f"input {shape} is smaller than the kernel {self.kernel}")
         top = (shape[0], shape[1], oh, ow)
         if self.method == pb.PoolingParameter.MAX:
-            self.argmax = self.xp.empty(top, dtype=self.xp.int32)
+            self.declare("argmax", top, self.xp.int32)
         elif self.stochastic:
-            self.sample = self.xp.empty(top, dtype=self.xp.int32)  # TRAIN's sampled pixels
-            self.random.reserve(self.sample.size)
+            self.declare("sample", top, self.xp.int32)  # TRAIN's sampled pixels
+            self.random.reserve(prod(top))
         # MAX and AVE run each slice of the batch on its own core (netforge.ops.engine), with
         # its own workspace; STOCHASTIC draws in one sequence, unsplit.
-        self.parts = engine.slice_plan(
+        self.declare_layout("parts", engine.slice_layout(
             shape[0], lambda n: self._workspace_spec((n, *shape[1:]), (n, *top[1:])), self.xp,
-            split=not self.stochastic)
-        self.ws = self.parts[0][2]
+            split=not self.stochastic))
         return [top] * len(self.param.top or [None])
+
+    @property
+    def ws(self) -> dict:
+        """The first slice's workspace: the whole batch's when it runs unsplit."""
+        return self.parts[0][2]
 
     def _workspace_spec(self, shape, top):
         window = {"kernel": self.kernel, "stride": self.stride}
@@ -437,7 +443,7 @@ class SPPLayer(Layer):
                                              index_dtype=self.xp.int32)
         except ValueError as err:
             raise self.shape_error(f'bottom "{self.param.bottom[0]}" {shape}: {err}') from None
-        self.ws = [allocate(spec, self.xp) for spec in specs]
+        self.declare_layout("ws", list(specs))
         top = spp.spp_output_shape(shape, self.levels)
         self.random.reserve(top[0] * top[1])
         return [top]

@@ -12,8 +12,10 @@ Which kernels split, and how:
     pooling       one slice of images per core (MAX and AVE), each with its own workspace
 
 Plans are made at reshape (``*_plan``: slices and workspaces, allocated once) and replayed
-by the run functions. With one part (CuPy, a batch of one, NETFORGE_NUM_THREADS=1, no
-controllable OpenBLAS) a plan is a single slice and the kernels run unsplit.
+by the run functions. ``*_layout`` gives the same plan with each workspace still a spec
+(name -> shape, dtype): what a layer declares, for the graph to allocate. With one part
+(CuPy, a batch of one, NETFORGE_NUM_THREADS=1, no controllable OpenBLAS) a plan is a single
+slice and the kernels run unsplit.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable
 
 from netforge.ops import batch_split, vision
 from netforge.ops import common as linear_ops
-from netforge.ops.xp import Array, WorkspaceSpec, allocate
+from netforge.ops.xp import Array, WorkspaceSpec, allocate_layout
 
 Part = tuple[int, int, dict]  # (first image, end, the slice's workspace)
 
@@ -32,13 +34,20 @@ def slice_plan(n: int, spec: Callable[[int], WorkspaceSpec], xp, *, split: bool 
     """(lo, hi, workspace) per slice of a batch of ``n``: ``spec(images)`` gives a slice's
     scratch; ``accumulators`` (name -> shape, dtype) are added to every slice's workspace
     when the batch is split (each slice's share of a parameter gradient)."""
+    return allocate_layout(slice_layout(n, spec, xp, split=split,
+                                        accumulators=accumulators), xp)
+
+
+def slice_layout(n: int, spec: Callable[[int], WorkspaceSpec], xp, *, split: bool = True,
+                 accumulators: WorkspaceSpec | None = None) -> list:
+    """``slice_plan``'s slices with each workspace as its spec."""
     count = batch_split.parts(xp) if split else 1
     parts = []
     for lo, hi in batch_split.split(n, count):
         full = dict(spec(hi - lo))
         if hi - lo < n and accumulators:
             full.update(accumulators)
-        parts.append((lo, hi, allocate(full, xp)))
+        parts.append((lo, hi, full))
     return parts
 
 
@@ -57,10 +66,17 @@ def run_slices(parts: list[Part], fn: Callable, /, *arrays: Array | None, **kwar
 def conv_plan(x_shape: tuple[int, ...], w_shape: tuple[int, ...], geometry: dict, dtype, xp,
               *, split: bool = True, bias: bool = True) -> list[Part]:
     """Slices of a convolution's batch, with workspaces and gradient accumulators."""
+    return allocate_layout(conv_layout(x_shape, w_shape, geometry, dtype, xp, split=split,
+                                       bias=bias), xp)
+
+
+def conv_layout(x_shape: tuple[int, ...], w_shape: tuple[int, ...], geometry: dict, dtype,
+                xp, *, split: bool = True, bias: bool = True) -> list:
+    """``conv_plan`` with each workspace as its spec."""
     acc: WorkspaceSpec = {"part_dw": (tuple(w_shape), dtype)}
     if bias:
         acc["part_db"] = ((w_shape[0],), dtype)
-    return slice_plan(x_shape[0], lambda n: vision.conv_workspace_shapes(
+    return slice_layout(x_shape[0], lambda n: vision.conv_workspace_shapes(
         (n, *x_shape[1:]), w_shape, **geometry, dtype=dtype), xp, split=split,
         accumulators=acc)
 
@@ -103,6 +119,13 @@ def conv_backward(parts: list[Part], dy: Array, x: Array, w: Array, *, dx: Array
 
 def linear_plan(rows: int, outputs: int, xp, *, w_shape: tuple[int, ...] | None = None,
                 transpose: bool = False, dtype=None) -> tuple[list, list, list[dict]]:
+    """``linear_layout`` with its stages allocated."""
+    return allocate_layout(linear_layout(rows, outputs, xp, w_shape=w_shape,
+                                         transpose=transpose, dtype=dtype), xp)
+
+
+def linear_layout(rows: int, outputs: int, xp, *, w_shape: tuple[int, ...] | None = None,
+                  transpose: bool = False, dtype=None) -> tuple[list, list, list[dict]]:
     """(row slices, output slices, a weight-gradient stage per output slice) of an inner
     product with ``rows`` samples. The stages are bounded blocks (ops.common stages dw a
     block of rows at a time), one per slice so that the cores never share one; none when
@@ -114,7 +137,7 @@ def linear_plan(rows: int, outputs: int, xp, *, w_shape: tuple[int, ...] | None 
         for lo, hi in output_parts:  # the slice's own rows of W (its columns, transposed)
             part = (w_shape[0], hi - lo) if transpose else (hi - lo, w_shape[1])
             spec = linear_ops.linear_workspace_shapes(part, transpose=transpose, dtype=dtype)
-            stages.append(allocate({"dw": spec["dw"]}, xp))
+            stages.append({"dw": spec["dw"]})
     return row_parts, output_parts, stages
 
 

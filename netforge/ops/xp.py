@@ -1,7 +1,8 @@
 """Array-module plumbing shared by every kernel in ``netforge.ops``.
 
 - ``get_array_module(*arrays)``: ``cupy`` if any argument is a CuPy array, else ``numpy``.
-- ``allocate(spec, xp)``: turn a ``*_workspace_shapes`` dict into arrays (once, at reshape time).
+- ``allocate(spec, xp)``: turn a ``*_workspace_shapes`` dict into arrays (once, at reshape time);
+  ``allocate_layout`` does it for lists of them (the plan allocates what layers declare).
 - ``view_as(a, shape)``: a reshape that refuses to copy.
 - ``scratch(ws, name, shape, dtype, xp)``: a named workspace array, or a fresh one.
 
@@ -50,6 +51,16 @@ def get_array_module(*arrays: Any) -> ModuleType:
 def allocate(spec: Mapping[str, tuple[tuple[int, ...], Any]], xp: ModuleType = numpy) -> dict:
     """Allocate (uninitialised) workspace arrays from a ``*_workspace_shapes`` spec."""
     return {name: xp.empty(shape, dtype=dtype) for name, (shape, dtype) in spec.items()}
+
+
+def allocate_layout(layout, xp: ModuleType = numpy):
+    """``layout`` (lists and tuples of plain values and of ``*_workspace_shapes`` specs, e.g.
+    an engine plan's slices) with each spec allocated as ``allocate`` does."""
+    if isinstance(layout, Mapping):
+        return allocate(layout, xp)
+    if isinstance(layout, (list, tuple)):
+        return type(layout)(allocate_layout(item, xp) for item in layout)
+    return layout
 
 
 def scratch(ws: Mapping[str, Array] | None, name: str, shape: tuple[int, ...], dtype: Any,

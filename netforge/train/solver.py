@@ -147,9 +147,13 @@ class Solver:
 
         # Nothing reads the train net's intermediate diffs, nor the test nets' intermediate
         # activations: both share memory by liveness (graph/train_memory.py, memory_plan.py).
+        # The train net's arena moves its arrays when a pass changes memory: the views the
+        # test nets (its weights) and the update rule keep are rebuilt through the solver.
+        self.net.plan.hold_arena_views(self)
         self.net.plan.share_diffs()
         if recompute_columns:
-            train_memory.recompute_columns(self.net.plan)
+            with self.net.plan.rearranging():
+                train_memory.recompute_columns(self.net.plan)
         for test_net in self.test_nets:
             test_net.plan.share_memory(())
         self.iter = 0
@@ -166,6 +170,8 @@ class Solver:
         self.metrics: MetricsWriter | None = None
         self._scalars = _LossScalars(self.net.ctx.xp, max(sp.average_loss, 1))
         self.guard = divergence.Guard(self.net)
+        # The update rule's history and scratch and the loss scalars join the arena too.
+        self.net.plan.adopt_arena(holders=[self], history=[self.rule, self._scalars])
         self.stop_requested = False
         self.test_results: list[dict] = []  # last test pass: one {name: mean} per test net
         if parallel:  # shard the data, one flat gradient buffer, rank 0's weights
