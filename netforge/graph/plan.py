@@ -64,6 +64,7 @@ class Plan:
     memory: MemoryPlan | None = None  # set by share_memory (forward-only nets)
     diffs: DiffPlan | None = None  # set by share_diffs (train nets of a solver)
     arena: Arena | None = None  # where all of it lives once adopted (graph/arena.py)
+    _rearranging: int = field(default=0, repr=False)  # depth of nested memory passes
 
     def hold_arena_views(self, holder) -> None:
         """Let the arena rebuild the views of this plan's arrays that ``holder`` keeps (test
@@ -95,12 +96,18 @@ class Plan:
         passes find sharing by each array's own root, so the arena gives the regions of
         ``kinds`` back an array of their own first, and takes them in again after (the
         parameters and the solver's history, which no pass groups, stay put)."""
-        arena = self.arena if self.arena is not None and self.arena.adopted else None
+        # Only the outermost pass releases and adopts (a reshape runs share_diffs and
+        # share_memory inside it).
+        outermost = self._rearranging == 0
+        arena = self.arena if outermost and self.arena is not None and self.arena.adopted \
+            else None
         if arena is not None:
             arena.release(kinds)
+        self._rearranging += 1
         try:
             yield
         finally:
+            self._rearranging -= 1
             if arena is not None:
                 arena.adopt()
 

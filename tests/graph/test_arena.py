@@ -16,6 +16,7 @@ import pytest
 from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.graph.arena import arrays_under
+from netforge.net import Net
 from netforge.ops import batch_split
 from netforge.train.solver import Solver
 from tests.ops.alloc import assert_batch_independent
@@ -267,3 +268,21 @@ def test_a_new_batch_size_lays_the_arena_out_again():
     assert outside == []
     for a, b in zip(net.learnable_params, fresh.net.learnable_params, strict=True):
         np.testing.assert_array_equal(a.blob.data, b.blob.data)
+
+
+def test_a_reshape_of_a_net_sharing_memory_shares_again_inside_the_arena():
+    """Plan.reshape runs share_memory inside it: the arena is laid out once, after, and the
+    outputs equal a net built for the new batch."""
+    param = config.parse_text(CONCAT.format(batch=3), pb.NetParameter())
+    net = Net(param, "test", seed=4, reuse_memory=True)
+    net.blobs["data"].reshape(5, 2, 10, 10)
+    net.blobs["label"].reshape(5)
+    fresh = Net(config.parse_text(CONCAT.format(batch=5), pb.NetParameter()), "test", seed=4)
+    feed(net, "concat", 2)
+    feed(fresh, "concat", 2)
+    net.forward()
+    fresh.forward()
+    assert net.plan.memory is not None and net.plan.memory.shared_blobs
+    buffers = list(net.plan.arena.buffers.values())
+    assert all(in_buffers(net.blobs[n].data, buffers) for n in net.plan.memory.shared_blobs)
+    np.testing.assert_array_equal(net.blobs["loss"].data, fresh.blobs["loss"].data)
