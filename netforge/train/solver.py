@@ -176,6 +176,9 @@ class Solver:
         self.test_results: list[dict] = []  # last test pass: one {name: mean} per test net
         if parallel:  # shard the data, one flat gradient buffer, rank 0's weights
             parallel.attach(self)
+            # The parameter diffs are now views of the flat buffer: it joins the arena in
+            # their place (the diffs' old pieces are dropped).
+            self.net.plan.adopt_arena()
 
     def _child_rng(self) -> np.random.Generator:
         return np.random.default_rng(self.rng.integers(2**63))
