@@ -8,10 +8,12 @@ The whole pipeline, in order (``build_plan``); each pass is a function, tested a
   instantiate.check_layer_names / create_layers   one Layer object per LayerParameter
   wiring.wire                file order, in-place tops, duplicate tops, arity
   params.assign_loss_weights explicit loss_weight, or 1 on top 0 of loss layers
-  shapes.infer_shapes        setup + reshape layer by layer; every blob allocated once
+  shapes.infer_shapes        setup + reshape layer by layer (reshape declares its workspace,
+                             bind_workspace allocates it); every blob allocated once
   params.share_params        params with the same ParamSpec.name share one blob
   backward.mark_need_backward  need-backward from lr_mult, loss reach, propagate_down
   memory_plan.share_scratch  layers' scratch buffers share one arena
+  arena.Arena.adopt          (run by the Net once built) every array moves into one arena
 
 ``compile_net`` runs the graph passes on a NetParameter already upgraded and filtered. A
 forward-only net may later share activation memory too (``Plan.share_memory``).

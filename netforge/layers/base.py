@@ -184,7 +184,7 @@ class Layer:
         here. Default: nothing."""
 
     def scratch_buffers(self) -> list[ScratchBuffer]:
-        """The workspace arrays (allocated by ``reshape``) this layer lends to the memory
+        """The workspace arrays (declared by ``reshape``) this layer lends to the memory
         plan, which may put them in memory shared with other layers' scratch: only one
         layer runs at a time. The plan asks again after every reshape. Buffers of one layer
         never overlap one another. Default: none; a layer keeps all its workspaces private
