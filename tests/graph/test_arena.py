@@ -15,7 +15,9 @@ import pytest
 
 from netforge import config
 from netforge import netforge_pb2 as pb
-from netforge.graph.arena import arrays_under
+from netforge.blob import Blob
+from netforge.graph.arena import KINDS, arrays_under, rebind, rebuilt
+from netforge.layers.base import ScratchBuffer
 from netforge.net import Net
 from netforge.ops import batch_split
 from netforge.train.solver import Solver
@@ -286,3 +288,46 @@ def test_a_reshape_of_a_net_sharing_memory_shares_again_inside_the_arena():
     buffers = list(net.plan.arena.buffers.values())
     assert all(in_buffers(net.blobs[n].data, buffers) for n in net.plan.memory.shared_blobs)
     np.testing.assert_array_equal(net.blobs["loss"].data, fresh.blobs["loss"].data)
+
+
+def test_release_gives_every_region_an_array_of_its_own_as_the_passes_expect():
+    """The memory passes group blobs by the array that owns their memory: after release, a
+    blob that owned its array before the arena owns one again (same shape and dtype)."""
+    solver = make_solver("resnet_style", 3)
+    plan = solver.net.plan
+    arena = plan.arena
+    buffers = list(arena.buffers.values())
+    arena.release(KINDS)
+    assert not arena.adopted
+    for blobs in plan.layer_params.values():
+        for blob in blobs:
+            assert blob.data.base is None and not in_buffers(blob.data, buffers)
+    for slot in solver.rule.history:
+        assert all(h.base is None for h in slot)  # each history array is its own again
+    assert all(not in_buffers(b.data, buffers) for b in plan.blobs.values())
+
+
+def test_rebind_rebuilds_views_in_lists_tuples_dicts_and_frozen_objects():
+    old = np.arange(12.0)
+    new = np.zeros(12)
+    blob = Blob((12,))
+    blob.data = old
+    scratch = ScratchBuffer({"tmp": old[2:5]}, "tmp")
+    holder = [blob, (3, old), {"a": old}, scratch]
+
+    def replace(array):
+        if array is old:
+            return new
+        if np.shares_memory(array, old):
+            return new[2:5]
+        return None
+
+    rebind([holder], replace)
+    assert blob.data is new and holder[1][0] == 3 and holder[1][1] is new
+    assert holder[2]["a"] is new and np.shares_memory(scratch.array, new)
+
+
+def test_a_view_with_negative_strides_is_refused_not_silently_left_behind():
+    target = np.zeros(64, dtype=np.uint8)
+    with pytest.raises(ValueError, match="negative strides"):
+        rebuilt(np.arange(4.0)[::-1], target, 0, whole=False)
