@@ -109,6 +109,17 @@ class BatchLoader:
     def close(self) -> None:
         self.pool.close()
 
+    # A loader is pickled into the worker processes of process_prefetch: threads, cursors
+    # and open files stay behind and are made again where it is unpickled.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["pool"] = self.pool.workers
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.pool = RowPool(state["pool"], name="netforge-decode")
+
 
 class DatumLoader(BatchLoader):
     """Datums of an LMDB in key order, wrapping around, transformed (keys data, label)."""
@@ -127,6 +138,9 @@ class DatumLoader(BatchLoader):
         # Shapes come from the first record, as Caffe's do.
         key, value = self.reader.first()
         first, _ = self._decode(key, value)
+        # Raw pixels decode in microseconds, under the GIL: row threads would only add
+        # hand-overs. Compressed images decode in Pillow, which releases the GIL.
+        self.parallel_rows = parse_datum(value).encoded
         self.first_shape = first.shape
         self.shapes = {"data": transformer.output_shape(first.shape), "label": ()}
         if rand_skip:
@@ -169,11 +183,24 @@ class DatumLoader(BatchLoader):
             self.transformer.apply(image, data[i], draw=draws[i])
             labels[i] = label
 
-        self.pool.run(one, n)
+        if self.parallel_rows:
+            self.pool.run(one, n)
+        else:
+            for i in range(n):
+                one(i)
 
     def close(self) -> None:
         super().close()
         self.reader.close()
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["reader"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.reader = LmdbReader(self.source)
 
 
 class ImageListLoader(BatchLoader):

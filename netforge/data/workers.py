@@ -25,6 +25,23 @@ def default_workers() -> int:
     return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
 
 
+def default_processes() -> int:
+    """Worker processes per Data/ImageData layer (0: decode in the layer's prefetch thread).
+
+    ``NETFORGE_DATA_PROCESSES`` if set; else one process per layer when the machine has two
+    cores or more, and the thread on one core. Why: a thread decodes while holding the GIL
+    the training loop needs (see process_prefetch), a process does not; on one core the
+    two share the core either way, and a process only adds the hand-over.
+    """
+    text = os.environ.get("NETFORGE_DATA_PROCESSES", "").strip()
+    if text:
+        try:
+            return max(0, int(text))
+        except ValueError:
+            pass
+    return 1 if (os.cpu_count() or 1) >= 2 else 0
+
+
 class RowPool:
     """Runs ``fn(i)`` for every row ``i`` of a batch, split into contiguous chunks over threads.
 
