@@ -7,109 +7,58 @@ on a 2-core machine (tools/bench/datafeed.py) that made a LeNet step 5-20 % slow
 fed by DummyData. A worker process has its own interpreter: the only work left in the
 training process is one small message and the copy of the finished batch into the top.
 
-How: one ``multiprocessing.shared_memory`` segment holds ``depth`` slots, each one batch of
-every top array. The consumer sends batch ``k`` to worker ``k % workers`` with the slot to
-fill (slot ``k % depth``); workers answer in the order they were asked, so ``next()`` waits
-for exactly one answer. A batch is ``loader.load_batch(k, slot)``: a function of the
-loader's seed, stream origin, shard and k only, so 0 (the thread), 1 or N workers, and a
-resumed run, see identical batches.
+How: one shared memory file holds ``depth`` slots, each one batch of every top array. The
+consumer sends batch ``k`` to worker ``k % workers`` with the slot to fill (slot
+``k % depth``); workers answer in the order they were asked, so ``next()`` waits for exactly
+one answer. A batch is ``loader.load_batch(k, slot)``: a function of the loader's seed,
+stream origin, shard and k only, so 0 workers (the thread), 1 or N, and a resumed run, see
+identical batches.
 
-Cleanup: the segment's name is unlinked as soon as every worker has attached, so nothing
-stays in /dev/shm after a normal end, Ctrl-C or a crash (the mappings live as long as the
-processes that hold them; until the unlink, multiprocessing's resource tracker removes the
-name if this process dies). Workers ignore SIGINT/SIGHUP (the training process decides what
-an interrupt means and stops them) and leave when their pipe closes, i.e. when the training
-process ends in any way. A worker that dies is reported as one ``RunError`` naming it and its
-exit status; ``next()`` never hangs on it.
+Why a memfd and fresh interpreters, not multiprocessing's Process and SharedMemory: the
+memory is an anonymous ``memfd`` handed to the workers by descriptor. It has no name in
+/dev/shm at all, so no way of ending (normal, Ctrl-C, crash, SIGKILL) can leak one: the
+kernel frees it with the last process that maps it. (A named SharedMemory leaks when the
+creator is killed before it unlinks, and on Python < 3.13 each attaching process registers it
+with a resource tracker of its own.) The workers are ``python -m netforge.data.batch_worker``
+processes: multiprocessing's spawn and forkserver would re-run the user's main script in each
+worker (a pycaffe-style script without an ``if __name__ == "__main__"`` guard would start
+training again), and fork would copy a process that runs BLAS and prefetch threads. Workers
+have their own session (a terminal's Ctrl-C goes to the training process, which stops them)
+and leave when their socket closes, i.e. when the training process ends in any way. A worker
+that dies is reported as one ``RunError`` naming it and its exit status; ``next()`` never
+hangs on it.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import mmap
 import os
-import pickle
 import signal
+import socket
+import subprocess
+import sys
 from multiprocessing import connection
-from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
 
 import numpy as np
 
+from netforge.data.batch_worker import slot_layout, slot_views
 from netforge.errors import RunError
 
 log = logging.getLogger("netforge")
 
-START_METHOD = "forkserver"  # not fork: the training process runs BLAS and prefetch threads
-# Imported once by the fork server, so that each worker starts in milliseconds, not the
-# fraction of a second importing numpy, lmdb, protobuf and Pillow would take.
-PRELOAD = ["netforge.data.process_prefetch", "netforge.data.loaders"]
-STARTUP_SECONDS = 120.0  # a worker that has not attached by then is reported as stuck
-ALIGN = 64  # bytes: every array of a slot starts on a cache line
+STARTUP_SECONDS = 120.0  # a worker that has not answered by then is reported as stuck
+# Where this netforge lives, so that workers import the same copy whatever sys.path says.
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 
-def slot_layout(arrays: dict[str, np.ndarray]) -> tuple[list[tuple], int]:
-    """``([(key, shape, dtype str, byte offset)], slot bytes)`` for one set of batch arrays."""
-    layout, offset = [], 0
-    for key, array in arrays.items():
-        layout.append((key, tuple(array.shape), array.dtype.str, offset))
-        offset += -(-array.nbytes // ALIGN) * ALIGN
-    return layout, max(offset, ALIGN)
+def supported() -> bool:
+    """Whether this platform has what the workers need (memfd: Linux, FreeBSD)."""
+    return hasattr(os, "memfd_create")
 
 
-def slot_views(buffer, layout, slot_bytes: int, slot: int) -> dict[str, np.ndarray]:
-    """The arrays of slot ``slot`` as views of the shared buffer."""
-    base = slot * slot_bytes
-    return {key: np.ndarray(shape, dtype=np.dtype(dtype), buffer=buffer, offset=base + offset)
-            for key, shape, dtype, offset in layout}
-
-
-def _picklable(exc: BaseException) -> BaseException:
-    """``exc`` if it survives pickling, else a RuntimeError carrying its text."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
-
-
-def serve(conn, shm_name: str, layout, slot_bytes: int, depth: int, loader) -> None:
-    """A worker process's loop: fill the slot named by each request, answer, repeat."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    shm = SharedMemory(name=shm_name)
-    slots = [slot_views(shm.buf, layout, slot_bytes, s) for s in range(depth)]
-    conn.send(("ready", os.getpid()))
-    try:
-        while True:
-            try:
-                request = conn.recv()
-            except (EOFError, OSError):  # the training process is gone
-                break
-            if request is None:
-                break
-            index, slot = request
-            try:
-                loader.load_batch(index, slots[slot])
-                conn.send((index, slot, None))
-            except BaseException as exc:  # handed to the consumer, which re-raises it
-                conn.send((index, slot, _picklable(exc)))
-    finally:
-        slots = None
-        loader.close()
-        shm.close()
-
-
-def unlink(shm: SharedMemory) -> None:
-    """Remove the segment's name (once; later calls do nothing)."""
-    try:
-        shm.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def exit_description(process) -> str:
-    code = process.exitcode
+def exit_description(code: int | None) -> str:
     if code is None:
         return "still running"
     if code < 0:
@@ -118,6 +67,15 @@ def exit_description(process) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
+
+
+def worker_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [PACKAGE_PARENT, *filter(None, [env.get("PYTHONPATH")])])
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"  # a worker does no matrix maths: no idle BLAS threads
+    return env
 
 
 class ProcessPrefetcher:
@@ -139,52 +97,62 @@ class ProcessPrefetcher:
         self._want = int(start)  # the batch next() returns
         self._issued = int(start)  # the next batch to ask a worker for
         self._closed = False
-        self._processes: list = []
-        self._conns: list = []
+        self._processes: list[subprocess.Popen] = []
+        self._conns: list[connection.Connection] = []
         self._layout, self._slot_bytes = slot_layout(loader.allocate())
-        self._shm = SharedMemory(create=True, size=self._slot_bytes * self.depth)
+        memory_fd = os.memfd_create("netforge-batches", os.MFD_CLOEXEC)
         try:
-            self._slots = [slot_views(self._shm.buf, self._layout, self._slot_bytes, s)
+            os.ftruncate(memory_fd, self._slot_bytes * self.depth)
+            self._memory = mmap.mmap(memory_fd, self._slot_bytes * self.depth)
+            self._slots = [slot_views(self._memory, self._layout, self._slot_bytes, s)
                            for s in range(self.depth)]
-            self._start_workers(loader, max(1, int(workers)))
+            self._start_workers(loader, max(1, int(workers)), memory_fd)
         except BaseException:
             self.close()
             raise
         finally:
-            unlink(self._shm)  # every worker has attached (or none will): drop the name
+            os.close(memory_fd)  # the mappings keep the memory alive
         for _ in range(self.depth):
             self._issue()
 
-    def _start_workers(self, loader, workers: int) -> None:
-        context = multiprocessing.get_context(START_METHOD)
-        if START_METHOD == "forkserver":
-            context.set_forkserver_preload(PRELOAD)  # takes effect when the server starts
-        for w in range(workers):
-            parent_end, child_end = context.Pipe(duplex=True)
-            process = context.Process(
-                target=serve, name=f"{self.name}-{w}", daemon=True,
-                args=(child_end, self._shm.name, self._layout, self._slot_bytes, self.depth,
-                      loader),
-            )
-            process.start()
-            child_end.close()
+    def _start_workers(self, loader, workers: int, memory_fd: int) -> None:
+        env = worker_environment()
+        for _ in range(workers):
+            ours, theirs = socket.socketpair()
+            with theirs:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "netforge.data.batch_worker", str(theirs.fileno()),
+                     str(memory_fd)],
+                    pass_fds=(theirs.fileno(), memory_fd), env=env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, start_new_session=True,
+                )
             self._processes.append(process)
-            self._conns.append(parent_end)
+            self._conns.append(connection.Connection(ours.detach()))
+        for conn in self._conns:  # sent after every start, so the workers import together
+            conn.send((loader, self._layout, self._slot_bytes, self.depth))
         for w in range(workers):
-            self._receive(w, "starting")
+            answer = self._receive(w, "starting", STARTUP_SECONDS)
+            if answer[0] == "failed":
+                raise answer[1]
 
-    def _receive(self, w: int, doing: str):
-        """The next message of worker ``w``; RunError if it dies first."""
+    @property
+    def worker_pids(self) -> list[int]:
+        return [process.pid for process in self._processes]
+
+    def _receive(self, w: int, doing: str, timeout: float | None = None):
+        """The next message of worker ``w``; RunError if it dies (or is stuck) first."""
         conn, process = self._conns[w], self._processes[w]
-        timeout = STARTUP_SECONDS if doing == "starting" else None
-        ready = connection.wait([conn, process.sentinel], timeout)
-        if conn in ready:
+        if connection.wait([conn], timeout):
             try:
                 return conn.recv()
-            except (EOFError, OSError):
+            except (EOFError, OSError):  # the socket closed: the worker is gone
                 pass
-        process.join(1.0)
-        what = exit_description(process) if ready else f"no answer in {timeout:.0f} s"
+            try:
+                what = exit_description(process.wait(5.0))
+            except subprocess.TimeoutExpired:
+                what = "its connection broke"
+        else:
+            what = f"no answer in {timeout:.0f} s"
         raise RunError(f"{self.name}: data worker process {w} (pid {process.pid}) died "
                        f"while {doing} ({what})")
 
@@ -199,16 +167,18 @@ class ProcessPrefetcher:
             raise self._error
         if self._closed:
             raise RuntimeError("the prefetcher is closed")
-        if self._current is not None:  # the consumer is done with it: refill it
-            self._current = None
-            self._issue()
-        index = self._want
         try:
+            if self._current is not None:  # the consumer is done with it: refill it
+                self._current = None
+                self._issue()
+            index = self._want
             got, slot, error = self._receive(index % len(self._conns),
                                              f"loading batch {index}")
-        except RunError as exc:
+        except (RunError, OSError) as exc:
+            if not isinstance(exc, RunError):  # a send to a worker that is gone
+                exc = RunError(f"{self.name}: a data worker process is gone ({exc})")
             self._error = exc
-            raise
+            raise exc from None
         if error is not None:
             self._error = error
             raise error
@@ -235,19 +205,19 @@ class ProcessPrefetcher:
             except (OSError, ValueError):
                 pass
         for process in self._processes:
-            process.join(timeout)
-            if process.is_alive():
-                process.terminate()
-                process.join(1.0)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         for conn in self._conns:
             conn.close()
         self._current = None
         self._slots = []
-        if self._shm is not None:
-            shm, self._shm = self._shm, None
-            unlink(shm)
+        memory, self._memory = getattr(self, "_memory", None), None
+        if memory is not None:
             try:
-                shm.close()
+                memory.close()
             except BufferError:  # a caller still holds a batch view: freed with it
                 log.debug("%s: shared batch slots still referenced at close", self.name)
 

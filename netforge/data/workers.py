@@ -31,8 +31,11 @@ def default_processes() -> int:
     ``NETFORGE_DATA_PROCESSES`` if set; else one process per layer when the machine has two
     cores or more, and the thread on one core. Why: a thread decodes while holding the GIL
     the training loop needs (see process_prefetch), a process does not; on one core the
-    two share the core either way, and a process only adds the hand-over.
+    two share the core either way, and a process only adds the hand-over. Platforms without
+    ``os.memfd_create`` (the workers' shared memory) always use the thread.
     """
+    if not hasattr(os, "memfd_create"):
+        return 0
     text = os.environ.get("NETFORGE_DATA_PROCESSES", "").strip()
     if text:
         try:
