@@ -3,9 +3,15 @@
 Run as ``python -m netforge.data.batch_worker CONN_FD MEMORY_FD`` by ``ProcessPrefetcher``:
 ``CONN_FD`` is its end of a socket pair (``multiprocessing.connection`` framing), ``MEMORY_FD``
 the memfd holding the batch slots. The first message is ``(loader, layout, slot_bytes,
-depth)``; then each ``(index, slot)`` request is answered ``(index, slot, None)`` once
-``loader.load_batch(index, slot arrays)`` is done, or ``(index, slot, exception)``. ``None``,
-or the socket closing (the training process ended, however it ended), stops the worker.
+depth)`` (pickled); then each request, ``REQUEST.pack(index, slot)``, is answered with the
+same bytes once ``loader.load_batch(index, slot arrays)`` is done, or with a pickled
+``(index, slot, exception)``. (Raw bytes: pickling costs more than the rest of a hand-over.)
+An empty request, or the socket closing (the training process ended, however it ended),
+stops the worker.
+
+A worker runs at a lower priority (``nice`` +10, Linux's SCHED_BATCH): it has ``depth``
+batches of slack, the training loop has none, so when both want a core the loop wins, and a
+request does not make the scheduler switch from the loop to the worker at once.
 """
 
 from __future__ import annotations
@@ -14,9 +20,13 @@ import mmap
 import os
 import pickle
 import signal
+import struct
 import sys
 
 import numpy as np
+
+REQUEST = struct.Struct("<qq")  # batch index, slot
+WORKER_NICE = 10
 
 
 def slot_layout(arrays: dict[str, np.ndarray], align: int = 64) -> tuple[list[tuple], int]:
@@ -58,19 +68,19 @@ def serve(conn, memory_fd: int) -> None:
     try:
         while True:
             try:
-                request = conn.recv()
+                request = conn.recv_bytes()
             except (EOFError, OSError):  # the training process is gone
                 break
-            if request is None:
+            if not request:
                 break
-            index, slot = request
+            index, slot = REQUEST.unpack(request)
             try:
                 loader.load_batch(index, slots[slot])
-                answer = (index, slot, None)
+                answer = request
             except Exception as exc:  # handed to the consumer, which re-raises it
-                answer = (index, slot, picklable(exc))
+                answer = pickle.dumps((index, slot, picklable(exc)))
             try:
-                conn.send(answer)
+                conn.send_bytes(answer)
             except OSError:
                 break
     finally:
@@ -78,11 +88,21 @@ def serve(conn, memory_fd: int) -> None:
         loader.close()
 
 
+def lower_priority() -> None:
+    try:
+        os.nice(WORKER_NICE)
+        if hasattr(os, "SCHED_BATCH"):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError:  # not permitted here: run at the normal priority
+        pass
+
+
 def main(argv: list[str]) -> int:
     # The training process decides what Ctrl-C or a hang-up means, and then stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    lower_priority()
     from multiprocessing.connection import Connection
 
     conn = Connection(int(argv[0]))

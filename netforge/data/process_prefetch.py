@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -43,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from netforge.data.batch_worker import slot_layout, slot_views
+from netforge.data.batch_worker import REQUEST, slot_layout, slot_views
 from netforge.errors import RunError
 
 log = logging.getLogger("netforge")
@@ -131,7 +132,7 @@ class ProcessPrefetcher:
         for conn in self._conns:  # sent after every start, so the workers import together
             conn.send((loader, self._layout, self._slot_bytes, self.depth))
         for w in range(workers):
-            answer = self._receive(w, "starting", STARTUP_SECONDS)
+            answer = pickle.loads(self._receive(w, "starting", STARTUP_SECONDS))
             if answer[0] == "failed":
                 raise answer[1]
 
@@ -140,11 +141,11 @@ class ProcessPrefetcher:
         return [process.pid for process in self._processes]
 
     def _receive(self, w: int, doing: str, timeout: float | None = None):
-        """The next message of worker ``w``; RunError if it dies (or is stuck) first."""
+        """The next message of worker ``w`` (bytes); RunError if it dies (or is stuck) first."""
         conn, process = self._conns[w], self._processes[w]
-        if connection.wait([conn], timeout):
+        if timeout is None or connection.wait([conn], timeout):
             try:
-                return conn.recv()
+                return conn.recv_bytes()
             except (EOFError, OSError):  # the socket closed: the worker is gone
                 pass
             try:
@@ -158,7 +159,7 @@ class ProcessPrefetcher:
 
     def _issue(self) -> None:
         index = self._issued
-        self._conns[index % len(self._conns)].send((index, index % self.depth))
+        self._conns[index % len(self._conns)].send_bytes(REQUEST.pack(index, index % self.depth))
         self._issued += 1
 
     def next(self) -> dict[str, np.ndarray]:
@@ -172,14 +173,16 @@ class ProcessPrefetcher:
                 self._current = None
                 self._issue()
             index = self._want
-            got, slot, error = self._receive(index % len(self._conns),
-                                             f"loading batch {index}")
+            answer = self._receive(index % len(self._conns), f"loading batch {index}")
         except (RunError, OSError) as exc:
             if not isinstance(exc, RunError):  # a send to a worker that is gone
                 exc = RunError(f"{self.name}: a data worker process is gone ({exc})")
             self._error = exc
             raise exc from None
-        if error is not None:
+        if len(answer) == REQUEST.size:
+            got, slot = REQUEST.unpack(answer)
+        else:
+            got, slot, error = pickle.loads(answer)
             self._error = error
             raise error
         if got != index:  # cannot happen: each worker answers in order
@@ -201,7 +204,7 @@ class ProcessPrefetcher:
         self._closed = True
         for conn in self._conns:
             try:
-                conn.send(None)
+                conn.send_bytes(b"")
             except (OSError, ValueError):
                 pass
         for process in self._processes:

@@ -1,8 +1,11 @@
-"""Parallel decode/transform workers for the data layers and the converter.
+"""How many decode workers: row threads within a batch, and batch processes per layer.
 
-Threads, not processes: Pillow releases the GIL while it decodes, and numpy while it
-subtracts and scales, so threads overlap the expensive parts without copying batches
-between processes. ``NETFORGE_DATA_WORKERS`` overrides the default count (1 = serial).
+Row threads (``RowPool``) split one batch's rows wherever the batch is loaded (the layer's
+prefetch thread, a worker process, the converter): Pillow releases the GIL while it decodes
+compressed images, so threads overlap that work. ``NETFORGE_DATA_WORKERS`` overrides their
+count (1 = serial). Batch processes (``default_processes``, see process_prefetch) take the
+whole loading of batches out of the training process; ``NETFORGE_DATA_PROCESSES`` overrides
+their count (0 = the layer's prefetch thread).
 """
 
 from __future__ import annotations

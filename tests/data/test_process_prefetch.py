@@ -140,7 +140,8 @@ def test_a_dead_worker_is_one_clear_error_and_no_segment_is_left(db):
     p = ProcessPrefetcher(source, depth=2, workers=2)
     p.next()
     # The slots are one anonymous memfd shared by descriptor: nothing named to leak.
-    for pid in [os.getpid(), *p.worker_pids]:
+    assert "/memfd:netforge-batches (deleted)" in shared_mappings(os.getpid())
+    for pid in p.worker_pids:
         assert shared_mappings(pid) == {"/memfd:netforge-batches (deleted)"}
     assert not {n for n in shm_names() - before if "psm_" in n or "netforge" in n}
     os.kill(p.worker_pids[1], signal.SIGKILL)  # it owns the odd batches

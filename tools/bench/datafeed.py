@@ -117,6 +117,38 @@ def torch_step():
     return step
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def data_layer_costs(solver, batches: int) -> tuple[float, float]:
+    """(ms the training thread spends in the Data layer's forward, CPU ms of decoding per
+    batch) with batches ready: a pause before each forward lets the prefetcher refill.
+    Both are CPU-time figures, little changed by other processes taking turns on the cores."""
+    layer = solver.net.layer_dict["mnist"]
+    tops = [solver.net.blobs[name] for name in layer.param.top]
+    layer.forward([], tops)  # starts the prefetcher
+    time.sleep(0.5)
+    workers = getattr(layer._prefetcher, "worker_pids", [])
+    worker_start = sum(process_cpu_seconds(pid) for pid in workers)
+    process_start, forward = time.process_time(), 0.0
+    for _ in range(batches):
+        time.sleep(0.004)
+        start = time.thread_time()
+        layer.forward([], tops)
+        forward += time.thread_time() - start
+    time.sleep(0.05)  # the refill of the last slot
+    process_cpu = time.process_time() - process_start
+    if workers:
+        decode = sum(process_cpu_seconds(pid) for pid in workers) - worker_start
+    else:  # the prefetch thread: what the process used beyond the forwards
+        decode = process_cpu - forward
+    return forward / batches * 1e3, decode / batches * 1e3
+
+
 def one_round(step, seconds: float) -> float:
     """Median ms of single steps over about ``seconds``, after a pause and a warm-up."""
     time.sleep(0.05)  # let the previous contender's spinning BLAS threads go to sleep
@@ -139,6 +171,8 @@ def main() -> None:
     parser.add_argument("--modes", default="thread,process,auto",
                         help="Data layer decode modes: thread, process, auto (comma list)")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--cost-batches", type=int, default=200,
+                        help="batches for the Data-layer-alone CPU costs")
     args = parser.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -161,6 +195,8 @@ def main() -> None:
                 steps["torch"] = torch_step()
             except ImportError:
                 print("torch is not installed: no torch row", file=sys.stderr)
+        costs = {name: data_layer_costs(solver, args.cost_batches)
+                 for name, solver in contenders.items() if name.startswith("data/")}
         scores: dict[str, list[float]] = {name: [] for name in steps}
         names = list(steps)
         for r in range(args.rounds):
@@ -183,6 +219,12 @@ def main() -> None:
         if "torch" in ms and name != "torch":
             line += f"   / torch {paired(scores, name, 'torch'):.2f}"
         print(line)
+
+
+    print("Data layer alone, batches ready (CPU time: training thread per forward; decoding "
+          "per batch, in the prefetch thread or the worker process):")
+    for name, (forward, decode) in costs.items():
+        print(f"  {name:14s} forward {forward:6.3f} ms   decode {decode:6.3f} ms")
 
 
 def paired(scores: dict[str, list[float]], a: str, b: str) -> float:
