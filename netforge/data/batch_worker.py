@@ -1,13 +1,19 @@
 """The worker side of process_prefetch: a process that fills shared batch slots on request.
 
-Run as ``python -m netforge.data.batch_worker CONN_FD MEMORY_FD`` by ``ProcessPrefetcher``:
-``CONN_FD`` is its end of a socket pair (``multiprocessing.connection`` framing), ``MEMORY_FD``
-the memfd holding the batch slots. The first message is ``(loader, layout, slot_bytes,
-depth)`` (pickled); then each request, ``REQUEST.pack(index, slot)``, is answered with the
-same bytes once ``loader.load_batch(index, slot arrays)`` is done, or with a pickled
-``(index, slot, exception)``. (Raw bytes: pickling costs more than the rest of a hand-over.)
-An empty request, or the socket closing (the training process ended, however it ended),
-stops the worker.
+Run as ``python -m netforge.data.batch_worker SOCKET_FD`` by ``ProcessPrefetcher``; the fd is
+its end of a Unix socket pair, framed by ``multiprocessing.connection``. A worker serves one
+*session* after another (a prefetcher's life; an idle worker waits for the next one):
+
+- the session starts with a pickled ``("session", loader, layout, slot_bytes, depth)`` and
+  the memfd of the batch slots passed as a descriptor (``reduction.sendfds``); the worker
+  answers ``("ready", pid)``, or ``("failed", exception)`` and waits for another session;
+- each request, ``REQUEST.pack(index, slot)``, is answered with the same bytes once
+  ``loader.load_batch(index, slot arrays)`` is done, or with a pickled ``(index, slot,
+  exception)`` (raw bytes: pickling would cost more than the rest of a hand-over);
+- an empty request ends the session: after answering every earlier request the worker
+  answers ``("released",)``, closes the loader and unmaps the slots.
+
+The socket closing (the training process ended, however it ended) stops the worker.
 
 A worker runs at a lower priority (``nice`` +10, Linux's SCHED_BATCH): it has ``depth``
 batches of slack, the training loop has none, so when both want a core the loop wins, and a
@@ -55,37 +61,65 @@ def picklable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def serve(conn, memory_fd: int) -> None:
-    """Receive the loader, then fill the slot named by each request until told to stop."""
+class Gone(Exception):
+    """The training process closed the socket."""
+
+
+def receive(conn, raw: bool = False):
     try:
-        loader, layout, slot_bytes, depth = conn.recv()
+        return conn.recv_bytes() if raw else conn.recv()
     except (EOFError, OSError):
-        return
-    memory = mmap.mmap(memory_fd, slot_bytes * depth)
-    os.close(memory_fd)  # the mapping keeps the memory alive
-    slots = [slot_views(memory, layout, slot_bytes, s) for s in range(depth)]
-    conn.send(("ready", os.getpid()))
+        raise Gone from None
+
+
+def session(conn, sock, loader, layout, slot_bytes: int, depth: int) -> None:
+    """One prefetcher's session: map the slots, answer requests until released."""
+    from multiprocessing.reduction import recvfds
+
+    memory_fd = recvfds(sock, 1)[0]
     try:
+        memory = mmap.mmap(memory_fd, slot_bytes * depth)
+    finally:
+        os.close(memory_fd)  # the mapping keeps the memory alive
+    slots = [slot_views(memory, layout, slot_bytes, s) for s in range(depth)]
+    try:
+        conn.send(("ready", os.getpid()))
         while True:
-            try:
-                request = conn.recv_bytes()
-            except (EOFError, OSError):  # the training process is gone
-                break
+            request = receive(conn, raw=True)
             if not request:
-                break
+                conn.send(("released",))
+                return
             index, slot = REQUEST.unpack(request)
             try:
                 loader.load_batch(index, slots[slot])
                 answer = request
             except Exception as exc:  # handed to the consumer, which re-raises it
                 answer = pickle.dumps((index, slot, picklable(exc)))
-            try:
-                conn.send_bytes(answer)
-            except OSError:
-                break
+            conn.send_bytes(answer)
     finally:
         slots = None
         loader.close()
+        memory.close()
+
+
+def serve(conn, sock) -> None:
+    """Sessions until the training process goes away."""
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # the loader did not unpickle (its dataset is gone?)
+            from multiprocessing.reduction import recvfds
+
+            os.close(recvfds(sock, 1)[0])
+            conn.send(("failed", picklable(exc)))
+            continue
+        _, loader, layout, slot_bytes, depth = message
+        try:
+            session(conn, sock, loader, layout, slot_bytes, depth)
+        except Gone:
+            return
 
 
 def lower_priority() -> None:
@@ -103,16 +137,14 @@ def main(argv: list[str]) -> int:
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     lower_priority()
+    import socket
     from multiprocessing.connection import Connection
 
-    conn = Connection(int(argv[0]))
+    sock = socket.socket(fileno=int(argv[0]))
+    conn = Connection(os.dup(sock.fileno()))
     try:
-        serve(conn, int(argv[1]))
-    except Exception as exc:  # a start-up failure: tell the training process what it was
-        try:
-            conn.send(("failed", picklable(exc)))
-        except OSError:
-            pass
+        serve(conn, sock)
+    except OSError:  # the socket broke mid-answer: the training process is gone
         return 1
     return 0
 

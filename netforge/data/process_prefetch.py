@@ -39,7 +39,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from multiprocessing import connection
+from multiprocessing.reduction import sendfds
 from pathlib import Path
 
 import numpy as np
@@ -79,13 +82,103 @@ def worker_environment() -> dict[str, str]:
     return env
 
 
+class Worker:
+    """One batch worker process and its socket; serves one prefetcher at a time."""
+
+    def __init__(self, env: dict[str, str]):
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "netforge.data.batch_worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, start_new_session=True,
+            )
+        self.sock = ours
+        self.conn = connection.Connection(os.dup(ours.fileno()))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def start_session(self, loader, layout, slot_bytes: int, depth: int, memory_fd: int):
+        self.conn.send(("session", loader, layout, slot_bytes, depth))
+        sendfds(self.sock, [memory_fd])
+
+    def end_session(self, timeout: float) -> bool:
+        """Release the worker (after its pending answers); False if it did not answer."""
+        try:
+            self.conn.send_bytes(b"")
+            end = time.monotonic() + timeout
+            while connection.wait([self.conn], max(0.0, end - time.monotonic())):
+                answer = self.conn.recv_bytes()
+                if len(answer) != REQUEST.size and pickle.loads(answer) == ("released",):
+                    return True
+        except (EOFError, OSError):
+            pass
+        return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the socket (the worker then exits) and reap the process."""
+        self.conn.close()
+        self.sock.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# Idle workers, kept for the next prefetcher of this process: a fresh interpreter takes a
+# fraction of a second to import numpy and the loaders, and a layer restarts its prefetcher
+# on every set_state/shard (tests and tools build many layers). They exit with this process.
+MAX_IDLE_WORKERS = 8
+_idle: list[Worker] = []
+_idle_lock = threading.Lock()
+
+
+def take_workers(count: int) -> list[Worker]:
+    """``count`` workers, idle ones first."""
+    taken = []
+    with _idle_lock:
+        while _idle and len(taken) < count:
+            worker = _idle.pop()
+            if worker.alive():
+                taken.append(worker)
+            else:
+                worker.stop()
+    if len(taken) < count:
+        env = worker_environment()
+        taken += [Worker(env) for _ in range(count - len(taken))]
+    return taken
+
+
+def give_back(worker: Worker) -> None:
+    with _idle_lock:
+        if worker.alive() and len(_idle) < MAX_IDLE_WORKERS:
+            _idle.append(worker)
+            return
+    worker.stop()
+
+
+def stop_idle_workers() -> None:
+    """Stop the workers kept for reuse (they also stop by themselves when this process ends)."""
+    with _idle_lock:
+        idle = list(_idle)
+        _idle.clear()
+    for worker in idle:
+        worker.stop()
+
+
 class ProcessPrefetcher:
     """Keeps up to ``depth`` batches of ``loader`` loaded ahead, by ``workers`` processes.
 
     The interface of ``Prefetcher``: ``next()`` returns the next batch's arrays (views of a
     shared slot, valid until the following ``next()``), ``last_index`` its batch number,
-    ``close()`` stops the workers. ``loader`` must pickle (it is rebuilt in each worker) and
-    provide ``allocate()`` and ``load_batch(index, out)``.
+    ``close()`` releases the workers (kept for reuse). ``loader`` must pickle (it is rebuilt
+    in each worker) and provide ``allocate()`` and ``load_batch(index, out)``.
     """
 
     def __init__(self, loader, depth: int = 4, *, workers: int = 1, start: int = 0,
@@ -98,8 +191,9 @@ class ProcessPrefetcher:
         self._want = int(start)  # the batch next() returns
         self._issued = int(start)  # the next batch to ask a worker for
         self._closed = False
-        self._processes: list[subprocess.Popen] = []
-        self._conns: list[connection.Connection] = []
+        self._workers: list[Worker] = []
+        self._in_session: list[bool] = []
+        self._memory = None
         self._layout, self._slot_bytes = slot_layout(loader.allocate())
         memory_fd = os.memfd_create("netforge-batches", os.MFD_CLOEXEC)
         try:
@@ -107,7 +201,7 @@ class ProcessPrefetcher:
             self._memory = mmap.mmap(memory_fd, self._slot_bytes * self.depth)
             self._slots = [slot_views(self._memory, self._layout, self._slot_bytes, s)
                            for s in range(self.depth)]
-            self._start_workers(loader, max(1, int(workers)), memory_fd)
+            self._start_sessions(loader, max(1, int(workers)), memory_fd)
         except BaseException:
             self.close()
             raise
@@ -116,50 +210,56 @@ class ProcessPrefetcher:
         for _ in range(self.depth):
             self._issue()
 
-    def _start_workers(self, loader, workers: int, memory_fd: int) -> None:
-        env = worker_environment()
-        for _ in range(workers):
-            ours, theirs = socket.socketpair()
-            with theirs:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "netforge.data.batch_worker", str(theirs.fileno()),
-                     str(memory_fd)],
-                    pass_fds=(theirs.fileno(), memory_fd), env=env, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, start_new_session=True,
-                )
-            self._processes.append(process)
-            self._conns.append(connection.Connection(ours.detach()))
-        for conn in self._conns:  # sent after every start, so the workers import together
-            conn.send((loader, self._layout, self._slot_bytes, self.depth))
+    def _start_sessions(self, loader, workers: int, memory_fd: int) -> None:
+        self._workers = take_workers(workers)
+        self._in_session = [False] * workers
+        for worker in self._workers:  # all sent first, so that fresh ones import together
+            try:
+                worker.start_session(loader, self._layout, self._slot_bytes, self.depth,
+                                     memory_fd)
+            except OSError:
+                pass  # gone: reported by the receive below
         for w in range(workers):
             answer = pickle.loads(self._receive(w, "starting", STARTUP_SECONDS))
             if answer[0] == "failed":
                 raise answer[1]
+            self._in_session[w] = True
 
     @property
     def worker_pids(self) -> list[int]:
-        return [process.pid for process in self._processes]
+        return [worker.pid for worker in self._workers]
 
-    def _receive(self, w: int, doing: str, timeout: float | None = None):
-        """The next message of worker ``w`` (bytes); RunError if it dies (or is stuck) first."""
-        conn, process = self._conns[w], self._processes[w]
-        if timeout is None or connection.wait([conn], timeout):
+    def _receive(self, w: int, doing: str, timeout: float | None = None) -> bytes:
+        """The next message of worker ``w``; RunError if it dies (or is stuck) first."""
+        worker = self._workers[w]
+        if timeout is None or connection.wait([worker.conn], timeout):
             try:
-                return conn.recv_bytes()
+                return worker.conn.recv_bytes()
             except (EOFError, OSError):  # the socket closed: the worker is gone
                 pass
+            raise self._died(w, doing)
+        raise self._died(w, doing, f"no answer in {timeout:.0f} s")
+
+    def _died(self, w: int, doing: str, what: str | None = None) -> RunError:
+        """The one error for worker ``w`` gone while ``doing``; it is never used again."""
+        worker = self._workers[w]
+        if what is None:
             try:
-                what = exit_description(process.wait(5.0))
+                what = exit_description(worker.process.wait(5.0))
             except subprocess.TimeoutExpired:
                 what = "its connection broke"
-        else:
-            what = f"no answer in {timeout:.0f} s"
-        raise RunError(f"{self.name}: data worker process {w} (pid {process.pid}) died "
-                       f"while {doing} ({what})")
+        self._in_session[w] = False
+        worker.stop(0.0)
+        return RunError(f"{self.name}: data worker process {w} (pid {worker.pid}) died "
+                        f"while {doing} ({what})")
 
     def _issue(self) -> None:
         index = self._issued
-        self._conns[index % len(self._conns)].send_bytes(REQUEST.pack(index, index % self.depth))
+        w = index % len(self._workers)
+        try:
+            self._workers[w].conn.send_bytes(REQUEST.pack(index, index % self.depth))
+        except OSError:
+            raise self._died(w, f"loading batch {index}") from None
         self._issued += 1
 
     def next(self) -> dict[str, np.ndarray]:
@@ -173,12 +273,10 @@ class ProcessPrefetcher:
                 self._current = None
                 self._issue()
             index = self._want
-            answer = self._receive(index % len(self._conns), f"loading batch {index}")
-        except (RunError, OSError) as exc:
-            if not isinstance(exc, RunError):  # a send to a worker that is gone
-                exc = RunError(f"{self.name}: a data worker process is gone ({exc})")
+            answer = self._receive(index % len(self._workers), f"loading batch {index}")
+        except RunError as exc:
             self._error = exc
-            raise exc from None
+            raise
         if len(answer) == REQUEST.size:
             got, slot = REQUEST.unpack(answer)
         else:
@@ -198,26 +296,21 @@ class ProcessPrefetcher:
         return self
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the workers (after the batch each is loading) and free the shared memory."""
+        """Release the workers (after the batch each is loading; they are kept for the next
+        prefetcher) and free the shared memory."""
         if self._closed:
             return
         self._closed = True
-        for conn in self._conns:
-            try:
-                conn.send_bytes(b"")
-            except (OSError, ValueError):
-                pass
-        for process in self._processes:
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for conn in self._conns:
-            conn.close()
+        for worker, in_session in zip(self._workers, self._in_session, strict=True):
+            if not in_session:
+                give_back(worker)
+            elif worker.end_session(timeout):
+                give_back(worker)
+            else:  # stuck or gone: never reused
+                worker.stop(0.0)
         self._current = None
         self._slots = []
-        memory, self._memory = getattr(self, "_memory", None), None
+        memory, self._memory = self._memory, None
         if memory is not None:
             try:
                 memory.close()

@@ -16,7 +16,7 @@ import pytest
 
 from netforge.data.loaders import DatumLoader
 from netforge.data.prefetch import Prefetcher
-from netforge.data.process_prefetch import ProcessPrefetcher
+from netforge.data.process_prefetch import ProcessPrefetcher, stop_idle_workers
 from netforge.data.transformer import Transformer
 from netforge.errors import DataError, RunError
 from tests.layers.test_data_layers import write_caffe_lmdb
@@ -154,30 +154,40 @@ def test_a_dead_worker_is_one_clear_error_and_no_segment_is_left(db):
     with pytest.raises(RunError, match="died"):  # it stays failed
         p.next()
     p.close()
-    assert all(gone(pid) for pid in p.worker_pids)
+    assert gone(p.worker_pids[1])
+    stop_idle_workers()  # the survivor went back to the idle pool
+    assert gone(p.worker_pids[0])
     source.close()
 
 
-@needs_dev_shm
-def test_close_stops_the_workers(db):
-    path, _, _ = db
-    source = loader(path)
-    p = ProcessPrefetcher(source, depth=2, workers=2)
-    p.next()
+def test_closed_workers_serve_the_next_prefetcher_then_stop(db):
+    path, images, _ = db
+    first = loader(path, crop=4, mirror=True, batch=3)
+    p = ProcessPrefetcher(first, depth=3, workers=2)
+    p.next()  # the workers now have batches 1..3 loaded or loading: close must drain them
     pids = p.worker_pids
     p.close()
     p.close()  # twice is harmless
-    assert all(gone(pid, 5.0) for pid in pids)
     with pytest.raises(RuntimeError, match="closed"):
         p.next()
-    source.close()
+    second = loader(path, batch=2)  # another geometry, another loader: same processes
+    with ProcessPrefetcher(second, depth=2, workers=2) as q:
+        assert sorted(q.worker_pids) == sorted(pids)
+        batches = take(q, 3)
+    for k, batch in enumerate(batches):
+        rows = [(2 * k + i) % 5 for i in range(2)]
+        np.testing.assert_array_equal(batch["data"], np.stack([images[r] for r in rows]) * 0.5)
+    stop_idle_workers()
+    assert all(gone(pid, 5.0) for pid in pids)
+    first.close()
+    second.close()
 
 
 CHILD = """
 import os, signal, sys, time
 import numpy as np
 from netforge.data.loaders import DatumLoader
-from netforge.data.process_prefetch import ProcessPrefetcher
+from netforge.data.process_prefetch import ProcessPrefetcher, stop_idle_workers
 from netforge.data.transformer import Transformer
 
 source = DatumLoader(sys.argv[1], 2, Transformer(), seed=1, dtype=np.float32, label="Data x")
