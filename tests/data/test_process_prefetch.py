@@ -57,7 +57,7 @@ def shared_mappings(pid: int) -> set[str]:
     return {p for p in paths if "memfd:" in p or p.startswith("/dev/shm")}
 
 
-def gone(pid: int, within: float = 10.0) -> bool:
+def gone(pid: int, within: float = 20.0) -> bool:
     """Whether process ``pid`` has exited (or is a zombie) within ``within`` seconds."""
     end = time.monotonic() + within
     while time.monotonic() < end:
