@@ -15,9 +15,11 @@ its end of a Unix socket pair, framed by ``multiprocessing.connection``. A worke
 
 The socket closing (the training process ended, however it ended) stops the worker.
 
-A worker runs at a lower priority (``nice`` +10, Linux's SCHED_BATCH): it has ``depth``
-batches of slack, the training loop has none, so when both want a core the loop wins, and a
-request does not make the scheduler switch from the loop to the worker at once.
+A worker runs under Linux's SCHED_BATCH policy: a request wakes it without making the
+scheduler switch from the training loop to it at once (the worker has ``depth`` batches of
+slack, the loop has none), yet its share of a contended core stays the normal one. (A nice
+value would lower that share too: measured on this shared machine, at nice +10 a worker fell
+behind whenever other jobs kept the cores busy, and the training loop waited for it.)
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import sys
 import numpy as np
 
 REQUEST = struct.Struct("<qq")  # batch index, slot
-WORKER_NICE = 10
 
 
 def slot_layout(arrays: dict[str, np.ndarray], align: int = 64) -> tuple[list[tuple], int]:
@@ -122,12 +123,11 @@ def serve(conn, sock) -> None:
             return
 
 
-def lower_priority() -> None:
+def batch_policy() -> None:
     try:
-        os.nice(WORKER_NICE)
         if hasattr(os, "SCHED_BATCH"):
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    except OSError:  # not permitted here: run at the normal priority
+    except OSError:  # not permitted here: the normal policy
         pass
 
 
@@ -136,7 +136,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    lower_priority()
+    batch_policy()
     import socket
     from multiprocessing.connection import Connection
 

@@ -149,7 +149,7 @@ def alive(pid: int) -> bool:
 
 def all_gone(pids, within: float = 20.0) -> bool:
     """Whether every process in ``pids`` exits within ``within`` s (workers leave when
-    their socket closes; at nice 10 on a busy machine that takes a moment)."""
+    their socket closes, which on a busy machine takes a moment)."""
     end = time.monotonic() + within
     while any(alive(pid) for pid in pids) and time.monotonic() < end:
         time.sleep(0.05)
