@@ -157,6 +157,28 @@ class DatumLoader(BatchLoader):
         except DataError as exc:
             raise DataError(f"{where}: {exc}") from None
 
+    def _raw_batch(self, records) -> tuple[np.ndarray | None, list[int]]:
+        """The batch's pixels as one (N, C, H, W) uint8 array when every record holds raw
+        bytes of the first record's size (the common case: one copy, no per-image arrays);
+        (None, []) otherwise, and the row-by-row path decodes them (and names a bad one)."""
+        if self.force_color or self.force_gray:
+            return None, []
+        shape = self.first_shape
+        size = shape[0] * shape[1] * shape[2]
+        pixels, labels = [], []
+        for _, value in records:
+            try:
+                datum = parse_datum(value)
+            except DataError:
+                return None, []
+            if datum.encoded or len(datum.data) != size or \
+                    (datum.channels, datum.height, datum.width) != shape:
+                return None, []
+            pixels.append(datum.data)
+            labels.append(datum.label)
+        images = np.frombuffer(b"".join(pixels), dtype=np.uint8).reshape(len(records), *shape)
+        return images, labels
+
     def load_batch(self, index: int, out: dict[str, np.ndarray]) -> None:
         n = self.batch_size
         # The cursor is sequential (and not thread-safe): read the raw records first, then
@@ -170,6 +192,12 @@ class DatumLoader(BatchLoader):
                     self.reader.next()
         draws = self.row_draws(index, self.transformer)
         data, labels = out["data"], out["label"]
+        if not self.parallel_rows:
+            images, raw_labels = self._raw_batch(records)
+            if images is not None:
+                self.transformer.apply_batch(images, data, draws)
+                labels[...] = raw_labels
+                return
 
         def one(i: int) -> None:
             key, value = records[i]

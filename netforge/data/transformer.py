@@ -144,6 +144,40 @@ class Transformer:
         if self.scale != 1.0:
             out *= out.dtype.type(self.scale)
 
+    def apply_batch(self, images: np.ndarray, out: np.ndarray, draws: np.ndarray) -> None:
+        """``apply`` to every image of a batch: ``images`` (N, C, H, W), ``out`` (N, C, h, w),
+        ``draws`` (N, 3). The same values bit for bit (the same numpy operations on the same
+        element types), in a few whole-batch operations instead of a few per image: what
+        costs most for small images is numpy's overhead per call, not the arithmetic."""
+        n, channels, height, width = images.shape
+        _, _, out_h, out_w = out.shape
+        offsets = [self.offsets(height, width, draw=draw) for draw in draws]
+        h_off = np.array([o[0] for o in offsets], dtype=np.intp)
+        w_off = np.array([o[1] for o in offsets], dtype=np.intp)
+        mirror = np.array([o[2] for o in offsets], dtype=bool)
+        mean = self.mean_image
+        if (h_off == h_off[0]).all() and (w_off == w_off[0]).all():  # one crop for all
+            rows, cols = slice(h_off[0], h_off[0] + out_h), slice(w_off[0], w_off[0] + out_w)
+            src = images[:, :, rows, cols]
+            if mean is not None:
+                mean = mean[:, rows, cols]
+        else:  # each image's crop, gathered from the windows of every possible crop
+            windows = np.lib.stride_tricks.sliding_window_view
+            src = windows(images, (out_h, out_w), axis=(2, 3))[np.arange(n), :, h_off, w_off]
+            if mean is not None:
+                mean = windows(mean, (out_h, out_w), axis=(1, 2))[:, h_off, w_off]
+                mean = mean.transpose(1, 0, 2, 3)
+        if mean is not None:
+            np.subtract(src, mean, out=out, casting="unsafe")
+        elif self.mean_values is not None:
+            np.subtract(src, self._values_for(channels), out=out, casting="unsafe")
+        else:
+            np.copyto(out, src, casting="unsafe")
+        if mirror.any():  # after the mean, which stays at source positions (as in apply)
+            out[mirror] = out[mirror][..., ::-1]
+        if self.scale != 1.0:
+            out *= out.dtype.type(self.scale)
+
     def __call__(self, chw: np.ndarray, *, rng=None) -> np.ndarray:
         """Transform one image into a new float32 array."""
         out = np.empty(self.output_shape(chw.shape), dtype=np.float32)
