@@ -151,7 +151,13 @@ def take_workers(count: int) -> list[Worker]:
                 worker.stop()
     if len(taken) < count:
         env = worker_environment()
-        taken += [Worker(env) for _ in range(count - len(taken))]
+        try:
+            taken += [Worker(env) for _ in range(count - len(taken))]
+        except OSError as exc:
+            for worker in taken:
+                give_back(worker)
+            raise RunError(f"cannot start a data worker process ({sys.executable}: {exc}); "
+                           "NETFORGE_DATA_PROCESSES=0 loads batches in a thread instead") from None
     return taken
 
 

@@ -9,6 +9,8 @@ TRAIN step (forward + backward + SGD update; configs/lenet_train_test.prototxt's
 - ``data/<mode>``: the real Data layer, for each ``--modes`` entry (``thread``: decode in the
   prefetch thread; ``process``: decode in worker processes into shared memory; ``auto``: the
   default choice for this machine);
+- ``data/control``: a second DummyData net, timed like the Data rows: its "overhead" shows
+  how far apart two identical contenders land in this run (the noise floor);
 - ``torch``: PyTorch's step on in-memory tensors (the same net), when torch is installed.
 
 Each round times every contender (in an order rotated round by round) for about ``--seconds``
@@ -171,6 +173,8 @@ def main() -> None:
     parser.add_argument("--modes", default="thread,process,auto",
                         help="Data layer decode modes: thread, process, auto (comma list)")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                        help="add data/control, a second DummyData net (the noise floor)")
     parser.add_argument("--cost-batches", type=int, default=200,
                         help="batches for the Data-layer-alone CPU costs")
     args = parser.parse_args()
@@ -184,6 +188,8 @@ def main() -> None:
         db = Path(tmp) / "mnist"
         records = write_mnist_lmdb(db)
         contenders = {"dummy": lenet_solver(None, None)}
+        if args.control:  # a second DummyData net: its "overhead" is the noise floor
+            contenders["data/control"] = lenet_solver(None, None)
         for mode in args.modes.split(","):
             contenders[f"data/{mode}"] = lenet_solver(db, workers[mode])
         steps = {name: (lambda s=s: s.step(1)) for name, s in contenders.items()}
@@ -196,7 +202,8 @@ def main() -> None:
             except ImportError:
                 print("torch is not installed: no torch row", file=sys.stderr)
         costs = {name: data_layer_costs(solver, args.cost_batches)
-                 for name, solver in contenders.items() if name.startswith("data/")}
+                 for name, solver in contenders.items()
+                 if name.startswith("data/") and name != "data/control"}
         scores: dict[str, list[float]] = {name: [] for name in steps}
         names = list(steps)
         for r in range(args.rounds):
