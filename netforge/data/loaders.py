@@ -22,6 +22,8 @@ from netforge.data.transformer import Transformer
 from netforge.data.workers import RowPool
 from netforge.errors import DataError
 
+ROW_THREADS_MIN_ELEMENTS = 16384  # e.g. 3×74×74: below it, a row costs less than a hand-over
+
 # SeedSequence spawn keys: batch k uses (k,); per-epoch shuffles use (_EPOCH, ...).
 _EPOCH = 1 << 40
 
@@ -138,9 +140,11 @@ class DatumLoader(BatchLoader):
         # Shapes come from the first record, as Caffe's do.
         key, value = self.reader.first()
         first, _ = self._decode(key, value)
-        # Raw pixels decode in microseconds, under the GIL: row threads would only add
-        # hand-overs. Compressed images decode in Pillow, which releases the GIL.
-        self.parallel_rows = parse_datum(value).encoded
+        # Rows go to the row threads when each is real work done outside the GIL: Pillow
+        # decoding a compressed image, numpy on a large one. Small raw images take
+        # microseconds each, mostly numpy's per-call overhead under the GIL: they are
+        # decoded and transformed as one batch instead (_raw_batch, apply_batch).
+        self.parallel_rows = parse_datum(value).encoded or first.size > ROW_THREADS_MIN_ELEMENTS
         self.first_shape = first.shape
         self.shapes = {"data": transformer.output_shape(first.shape), "label": ()}
         if rand_skip:

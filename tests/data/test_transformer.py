@@ -108,7 +108,10 @@ def test_shape_errors(image):
 @pytest.mark.parametrize("mean_kind", ["image", "values", "none"])
 @pytest.mark.parametrize("train,crop", [(True, 5), (False, 5), (True, 0)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_apply_batch_equals_apply_image_by_image(mean_kind, train, crop, dtype):
+@pytest.mark.parametrize("gather_max", [4096, 10])  # the batch gather, then image by image
+def test_apply_batch_equals_apply_image_by_image(mean_kind, train, crop, dtype, gather_max,
+                                                 monkeypatch):
+    monkeypatch.setattr("netforge.data.transformer.GATHER_MAX_ELEMENTS", gather_max)
     rng = np.random.default_rng(4)
     images = rng.integers(0, 256, size=(9, 3, 7, 8), dtype=np.uint8)
     mean = {"image": rng.uniform(0, 255, size=(3, 7, 8)).astype(np.float32),
