@@ -225,11 +225,19 @@ class ProcessPrefetcher:
                                      memory_fd)
             except OSError:
                 pass  # gone: reported by the receive below
+        failure = None  # every answer is read, so that no reused worker keeps a stale one
         for w in range(workers):
-            answer = pickle.loads(self._receive(w, "starting", STARTUP_SECONDS))
+            try:
+                answer = pickle.loads(self._receive(w, "starting", STARTUP_SECONDS))
+            except RunError as exc:
+                failure = failure or exc
+                continue
             if answer[0] == "failed":
-                raise answer[1]
-            self._in_session[w] = True
+                failure = failure or answer[1]
+            else:
+                self._in_session[w] = True
+        if failure is not None:
+            raise failure
 
     @property
     def worker_pids(self) -> list[int]:

@@ -132,6 +132,24 @@ def test_a_loading_error_is_reraised_in_the_consumer(tmp_path):
     source.close()
 
 
+def test_a_loader_that_cannot_start_is_reported_and_the_workers_stay_usable(db, tmp_path):
+    import shutil
+
+    path, images, _ = db
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    doomed = loader(copy)  # opened here; the workers reopen it from its path, now gone
+    doomed.close()
+    shutil.rmtree(copy)
+    with pytest.raises(DataError, match="does not exist"):
+        ProcessPrefetcher(doomed, depth=2, workers=2)
+    good = loader(path)
+    with ProcessPrefetcher(good, depth=2, workers=2) as p:
+        batch = p.next()
+        np.testing.assert_array_equal(batch["data"], np.stack(images[:2]) * 0.5)
+    good.close()
+
+
 @needs_dev_shm
 def test_a_dead_worker_is_one_clear_error_and_no_segment_is_left(db):
     path, _, _ = db
