@@ -127,6 +127,24 @@ class Transformer:
                 h_off, w_off = (height - self.crop_size) // 2, (width - self.crop_size) // 2
         return h_off, w_off, do_mirror
 
+    def batch_offsets(self, height: int, width: int, draws: np.ndarray):
+        """``offsets`` for every row of ``draws`` at once: (h_off, w_off, mirror) arrays, the
+        same numbers (the same float products, truncated the same way)."""
+        draws = np.asarray(draws, dtype=np.float64)
+        n = len(draws)
+        mirror = draws[:, 0] < 0.5 if self.mirror else np.zeros(n, dtype=bool)
+        h_off = np.zeros(n, dtype=np.intp)
+        w_off = np.zeros(n, dtype=np.intp)
+        if self.crop_size:
+            rows, cols = height - self.crop_size + 1, width - self.crop_size + 1
+            if self.train:
+                h_off = np.minimum((draws[:, 1] * rows).astype(np.intp), rows - 1)
+                w_off = np.minimum((draws[:, 2] * cols).astype(np.intp), cols - 1)
+            else:
+                h_off[:] = (height - self.crop_size) // 2
+                w_off[:] = (width - self.crop_size) // 2
+        return h_off, w_off, mirror
+
     def apply(self, chw: np.ndarray, out: np.ndarray, *, rng=None, draw=None) -> None:
         """Transform ``chw`` (C, H, W) into ``out`` (C, h, w), a float view of the batch.
 
@@ -155,10 +173,7 @@ class Transformer:
         costs most for small images is numpy's overhead per call, not the arithmetic."""
         n, channels, height, width = images.shape
         _, _, out_h, out_w = out.shape
-        offsets = [self.offsets(height, width, draw=draw) for draw in draws]
-        h_off = np.array([o[0] for o in offsets], dtype=np.intp)
-        w_off = np.array([o[1] for o in offsets], dtype=np.intp)
-        mirror = np.array([o[2] for o in offsets], dtype=bool)
+        h_off, w_off, mirror = self.batch_offsets(height, width, draws)
         mean = self.mean_image
         if (h_off == h_off[0]).all() and (w_off == w_off[0]).all():  # one crop for all
             rows, cols = slice(h_off[0], h_off[0] + out_h), slice(w_off[0], w_off[0] + out_w)

@@ -123,6 +123,9 @@ def test_apply_batch_equals_apply_image_by_image(mean_kind, train, crop, dtype, 
     expected = np.empty((9, *shape), dtype)
     for i in range(9):
         t.apply(images[i], expected[i], draw=draws[i])
+    h_off, w_off, mirror = t.batch_offsets(7, 8, draws)
+    assert [t.offsets(7, 8, draw=d) for d in draws] == \
+        list(zip(h_off.tolist(), w_off.tolist(), mirror.tolist(), strict=True))
     got = np.empty((9, *shape), dtype)
     t.apply_batch(images, got, draws)
     np.testing.assert_array_equal(got, expected)
