@@ -22,6 +22,8 @@ from netforge.data.transformer import Transformer
 from netforge.data.workers import RowPool
 from netforge.errors import DataError
 
+ROW_THREADS_MIN_ELEMENTS = 16384  # e.g. 3×74×74: below it, a row costs less than a hand-over
+
 # SeedSequence spawn keys: batch k uses (k,); per-epoch shuffles use (_EPOCH, ...).
 _EPOCH = 1 << 40
 
@@ -109,6 +111,17 @@ class BatchLoader:
     def close(self) -> None:
         self.pool.close()
 
+    # A loader is pickled into the worker processes of process_prefetch: threads, cursors
+    # and open files stay behind and are made again where it is unpickled.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["pool"] = self.pool.workers
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.pool = RowPool(state["pool"], name="netforge-decode")
+
 
 class DatumLoader(BatchLoader):
     """Datums of an LMDB in key order, wrapping around, transformed (keys data, label)."""
@@ -127,6 +140,11 @@ class DatumLoader(BatchLoader):
         # Shapes come from the first record, as Caffe's do.
         key, value = self.reader.first()
         first, _ = self._decode(key, value)
+        # Rows go to the row threads when each is real work done outside the GIL: Pillow
+        # decoding a compressed image, numpy on a large one. Small raw images take
+        # microseconds each, mostly numpy's per-call overhead under the GIL: they are
+        # decoded and transformed as one batch instead (_raw_batch, apply_batch).
+        self.parallel_rows = parse_datum(value).encoded or first.size > ROW_THREADS_MIN_ELEMENTS
         self.first_shape = first.shape
         self.shapes = {"data": transformer.output_shape(first.shape), "label": ()}
         if rand_skip:
@@ -143,6 +161,28 @@ class DatumLoader(BatchLoader):
         except DataError as exc:
             raise DataError(f"{where}: {exc}") from None
 
+    def _raw_batch(self, records) -> tuple[np.ndarray | None, list[int]]:
+        """The batch's pixels as one (N, C, H, W) uint8 array when every record holds raw
+        bytes of the first record's size (the common case: one copy, no per-image arrays);
+        (None, []) otherwise, and the row-by-row path decodes them (and names a bad one)."""
+        if self.force_color or self.force_gray:
+            return None, []
+        shape = self.first_shape
+        size = shape[0] * shape[1] * shape[2]
+        pixels, labels = [], []
+        for _, value in records:
+            try:
+                datum = parse_datum(value)
+            except DataError:
+                return None, []
+            if datum.encoded or len(datum.data) != size or \
+                    (datum.channels, datum.height, datum.width) != shape:
+                return None, []
+            pixels.append(datum.data)
+            labels.append(datum.label)
+        images = np.frombuffer(b"".join(pixels), dtype=np.uint8).reshape(len(records), *shape)
+        return images, labels
+
     def load_batch(self, index: int, out: dict[str, np.ndarray]) -> None:
         n = self.batch_size
         # The cursor is sequential (and not thread-safe): read the raw records first, then
@@ -156,6 +196,12 @@ class DatumLoader(BatchLoader):
                     self.reader.next()
         draws = self.row_draws(index, self.transformer)
         data, labels = out["data"], out["label"]
+        if not self.parallel_rows:
+            images, raw_labels = self._raw_batch(records)
+            if images is not None:
+                self.transformer.apply_batch(images, data, draws)
+                labels[...] = raw_labels
+                return
 
         def one(i: int) -> None:
             key, value = records[i]
@@ -169,11 +215,24 @@ class DatumLoader(BatchLoader):
             self.transformer.apply(image, data[i], draw=draws[i])
             labels[i] = label
 
-        self.pool.run(one, n)
+        if self.parallel_rows:
+            self.pool.run(one, n)
+        else:
+            for i in range(n):
+                one(i)
 
     def close(self) -> None:
         super().close()
         self.reader.close()
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["reader"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.reader = LmdbReader(self.source)
 
 
 class ImageListLoader(BatchLoader):

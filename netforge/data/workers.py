@@ -1,8 +1,11 @@
-"""Parallel decode/transform workers for the data layers and the converter.
+"""How many decode workers: row threads within a batch, and batch processes per layer.
 
-Threads, not processes: Pillow releases the GIL while it decodes, and numpy while it
-subtracts and scales, so threads overlap the expensive parts without copying batches
-between processes. ``NETFORGE_DATA_WORKERS`` overrides the default count (1 = serial).
+Row threads (``RowPool``) split one batch's rows wherever the batch is loaded (the layer's
+prefetch thread, a worker process, the converter): Pillow releases the GIL while it decodes
+compressed images, so threads overlap that work. ``NETFORGE_DATA_WORKERS`` overrides their
+count (1 = serial). Batch processes (``default_processes``, see process_prefetch) take the
+whole loading of batches out of the training process; ``NETFORGE_DATA_PROCESSES`` overrides
+their count (0 = the layer's prefetch thread).
 """
 
 from __future__ import annotations
@@ -23,6 +26,26 @@ def default_workers() -> int:
         except ValueError:
             pass
     return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+
+
+def default_processes() -> int:
+    """Worker processes per Data/ImageData layer (0: decode in the layer's prefetch thread).
+
+    ``NETFORGE_DATA_PROCESSES`` if set; else one process per layer when the machine has two
+    cores or more, and the thread on one core. Why: a thread decodes while holding the GIL
+    the training loop needs (see process_prefetch), a process does not; on one core the
+    two share the core either way, and a process only adds the hand-over. Platforms without
+    ``os.memfd_create`` (the workers' shared memory) always use the thread.
+    """
+    if not hasattr(os, "memfd_create"):
+        return 0
+    text = os.environ.get("NETFORGE_DATA_PROCESSES", "").strip()
+    if text:
+        try:
+            return max(0, int(text))
+        except ValueError:
+            pass
+    return 1 if (os.cpu_count() or 1) >= 2 else 0
 
 
 class RowPool:

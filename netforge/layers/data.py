@@ -17,8 +17,10 @@ from netforge.data.hdf5 import Hdf5Appender, read_hdf5_list
 from netforge.data.image_list import parse_list_file
 from netforge.data.loaders import BatchLoader, DatumLoader, Hdf5Loader, ImageListLoader
 from netforge.data.prefetch import Prefetcher
+from netforge.data.process_prefetch import ProcessPrefetcher
 from netforge.data.records import load_mean_file
 from netforge.data.transformer import Transformer
+from netforge.data.workers import default_processes
 from netforge.errors import ConfigError, DataError
 from netforge.fillers import check_filler, fill
 from netforge.layers.base import Layer
@@ -135,7 +137,11 @@ class PrefetchingLayer(Layer):
 
     loader: BatchLoader | None = None
     depth = 4
-    _prefetcher: Prefetcher | None = None
+    # Worker processes that decode into shared memory (0: the prefetch thread); None: the
+    # machine's default (``default_processes``). HDF5Data keeps the thread: its rows are
+    # already in memory and a copy is all it does.
+    processes: int | None = None
+    _prefetcher: Prefetcher | ProcessPrefetcher | None = None
     _next_batch = 0
 
     def top_keys(self) -> list[str]:
@@ -154,14 +160,19 @@ class PrefetchingLayer(Layer):
         if self._prefetcher is None:
             if self.loader is None:
                 raise DataError(f"{self.label}: the layer is closed")
-            self._prefetcher = Prefetcher(
-                self.loader.load_batch, self.depth, allocate=self.loader.allocate,
-                start=self._next_batch, name=f"prefetch-{self.name}",
-            )
+            self._prefetcher = self._start_prefetch()
         batch = self._prefetcher.next()
         self._next_batch = self._prefetcher.last_index + 1
         for top, key in zip(tops, self.top_keys(), strict=True):
             _copy_to_top(top.data, batch[key])
+
+    def _start_prefetch(self) -> Prefetcher | ProcessPrefetcher:
+        processes = default_processes() if self.processes is None else self.processes
+        if processes > 0:
+            return ProcessPrefetcher(self.loader, self.depth, workers=processes,
+                                     start=self._next_batch, name=self.label)
+        return Prefetcher(self.loader.load_batch, self.depth, allocate=self.loader.allocate,
+                          start=self._next_batch, name=f"prefetch-{self.name}")
 
     def shard(self, rank: int, world: int) -> None:
         """Data-parallel reading: rank ``rank`` of ``world`` takes records r, r+N, ... of
@@ -306,6 +317,7 @@ class HDF5DataLayer(PrefetchingLayer):
     """
 
     min_tops = 1
+    processes = 0
 
     def setup(self, bottom_shapes):
         p = self.param.hdf5_data_param

@@ -103,3 +103,35 @@ def test_shape_errors(image):
     with pytest.raises(DataError, match="crop_size 8"):
         Transformer(crop_size=8).output_shape(image.shape)
     assert Transformer(crop_size=7).output_shape(image.shape) == (3, 7, 7)
+
+
+@pytest.mark.parametrize("mean_kind", ["image", "values", "none"])
+@pytest.mark.parametrize("train,crop", [(True, 5), (False, 5), (True, 0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("gather_max", [4096, 10])  # the batch gather, then image by image
+def test_apply_batch_equals_apply_image_by_image(mean_kind, train, crop, dtype, gather_max,
+                                                 monkeypatch):
+    monkeypatch.setattr("netforge.data.transformer.GATHER_MAX_ELEMENTS", gather_max)
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, size=(9, 3, 7, 8), dtype=np.uint8)
+    mean = {"image": rng.uniform(0, 255, size=(3, 7, 8)).astype(np.float32),
+            "values": [104.0, 117.0, 123.0], "none": None}[mean_kind]
+    t = Transformer(scale=0.017, mean=mean, crop_size=crop, mirror=True, train=train)
+    draws = t.batch_draws(seed=3, index=2, count=9)
+    assert 0 < (draws[:, 0] < 0.5).sum() < 9  # some images mirrored, some not
+    shape = t.output_shape(images.shape[1:])
+    expected = np.empty((9, *shape), dtype)
+    for i in range(9):
+        t.apply(images[i], expected[i], draw=draws[i])
+    h_off, w_off, mirror = t.batch_offsets(7, 8, draws)
+    assert [t.offsets(7, 8, draw=d) for d in draws] == \
+        list(zip(h_off.tolist(), w_off.tolist(), mirror.tolist(), strict=True))
+    got = np.empty((9, *shape), dtype)
+    t.apply_batch(images, got, draws)
+    np.testing.assert_array_equal(got, expected)
+    for i in range(9):  # and Caffe's per-pixel loop
+        h_off, w_off, mirror = t.offsets(7, 8, draw=draws[i])
+        want = reference(images[i], scale=0.017, crop=crop, h_off=h_off, w_off=w_off,
+                         mirror=mirror, mean_image=mean if mean_kind == "image" else None,
+                         mean_values=mean if mean_kind == "values" else None)
+        np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-4)
