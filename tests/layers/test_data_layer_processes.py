@@ -108,12 +108,13 @@ def test_solver_resumed_with_workers_is_bit_exact(db, tmp_path, monkeypatch):
 
 
 # -- the command line ---------------------------------------------------------------------------
-def write_solver(tmp_path, db, max_iter=100000):
+def write_solver(tmp_path, db, max_iter=100000, snapshot=0):
     net = tmp_path / "net.prototxt"
     net.write_text(SOLVER_NET.replace("@SOURCE@", str(db)))
     solver = tmp_path / "solver.prototxt"
     solver.write_text(f'net: "{net}" base_lr: 0.01 lr_policy: "fixed" max_iter: {max_iter} '
-                      f'display: 0 snapshot_prefix: "{tmp_path}/snap" random_seed: 1')
+                      f'display: 0 snapshot: {snapshot} snapshot_prefix: "{tmp_path}/snap" '
+                      'random_seed: 1')
     return solver
 
 
@@ -181,11 +182,16 @@ def test_train_reports_a_dead_worker_in_one_line(db, tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_train_interrupted_stops_its_workers(db, tmp_path):
-    train = start_training(tmp_path, db)
+    train = start_training(tmp_path, db, snapshot=5)
     pids = worker_pids(train.pid)
     assert pids, "no batch worker started"
+    # Ctrl-C only once the solver runs its loop (its first snapshot is written): before that
+    # the net is still being built and an interrupt just ends the command.
+    end = time.monotonic() + 60
+    while not (tmp_path / "snap_iter_5.caffemodel").exists() and time.monotonic() < end:
+        time.sleep(0.05)
     os.killpg(train.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
     train.communicate(timeout=60)
     assert train.returncode == 0  # Caffe's default: snapshot, then stop
-    assert list(tmp_path.glob("snap_iter_*.caffemodel"))
+    assert list(tmp_path.glob("snap_iter_*.solverstate"))
     assert all_gone(pids)
