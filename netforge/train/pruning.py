@@ -54,6 +54,15 @@ def magnitude_kept(values: np.ndarray, *, sparsity: float | None = None,
     return result.reshape(values.shape) & kept
 
 
+def checked_param_index(params, index: int, what: str, where: str) -> int:
+    """``index`` if the net has a learnable param there; else the one-line error naming the
+    solver state (shared by the pruning masks and the weight-sharing clusters)."""
+    if index >= len(params):
+        raise DataError(f"{where}: {what} for param {index} but the net has "
+                        f"{len(params)} learnable params")
+    return index
+
+
 class ParamMasks:
     """Per learnable parameter (by index in ``params``), the 0/1 mask of the weights kept."""
 
@@ -97,10 +106,7 @@ class ParamMasks:
     def from_protos(cls, params, protos, where: str = "solver state") -> ParamMasks:
         masks = cls(params)
         for proto in protos:
-            i = proto.param_index
-            if i >= len(params):
-                raise DataError(f"{where}: pruning mask for param {i} but the net has "
-                                f"{len(params)} learnable params")
+            i = checked_param_index(params, proto.param_index, "pruning mask", where)
             shape = tuple(int(d) for d in proto.shape)
             count = int(np.prod(shape))
             bits = np.frombuffer(proto.kept_bits, np.uint8)

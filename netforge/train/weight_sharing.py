@@ -19,6 +19,7 @@ import numpy as np
 from netforge import backend
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, DataError
+from netforge.train.pruning import checked_param_index
 
 MAX_BITS = 16
 
@@ -73,10 +74,8 @@ class ParamClusters:
     def from_protos(cls, params, protos, where: str = "solver state") -> ParamClusters:
         clusters = cls(params)
         for proto in protos:
-            i = proto.param_index
-            if i >= len(params):
-                raise DataError(f"{where}: weight-sharing clusters for param {i} but the net "
-                                f"has {len(params)} learnable params")
+            i = checked_param_index(params, proto.param_index, "weight-sharing clusters",
+                                    where)
             shape = tuple(int(d) for d in proto.shape)
             index_map = np.asarray(proto.index_map, np.int64)
             if shape != tuple(params[i].blob.shape) or index_map.size != int(np.prod(shape)):
