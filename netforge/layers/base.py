@@ -240,6 +240,16 @@ class Layer:
         return [spec for layout in self.workspace_layouts.values()
                 for spec in layout_specs(layout)]
 
+    def shard(self, rank: int, world: int) -> None:
+        """Data-parallel training, rank ``rank`` of ``world``: the layer's batch holds the
+        global batch's rows rank, rank + world, ...; a random stream then draws the numbers
+        of those rows (``RandomStream.shard``), so that masks differ between ranks and N
+        ranks draw what one process draws for the whole batch. Data layers override it to
+        read those records."""
+        stream = getattr(self, "random", None)
+        if stream is not None:
+            stream.shard(rank, world)
+
     def empty(self, shape, dtype=None):
         """An array allocated outside reshape's declarations: only for a buffer a layer
         finds it needs in forward, once (an in-place run its reshape could not foresee)."""

@@ -54,6 +54,10 @@ class BatchNormLayer(Layer):
         if len(shape) == 0:
             raise self.shape_error("needs a bottom with at least one axis, got a scalar")
         self.channels = 1 if len(shape) == 1 else shape[1]
+        # Data-parallel training: None keeps Caffe's per-rank batch statistics; ``synchronise``
+        # sets the ranks' reducer (batch_norm_param.sync_statistics asks for it).
+        self.reducer = None
+        self.sync_requested = bool(p.sync_statistics)
         zero = _constant_filler(0.0)
         for blob_shape in ((self.channels,), (self.channels,), (1,)):
             self.add_param(blob_shape, zero)
@@ -90,6 +94,20 @@ class BatchNormLayer(Layer):
             self.declare_dict("ws", ops.batch_norm_workspace_shapes(self.view, self.dtype))
         return [shape]
 
+    def synchronise(self, reducer) -> None:
+        """Normalise with the statistics of the global batch, all ranks' records together
+        (forward: Σ x and Σ (x - mean)^2 summed over the ranks; backward: the two channel
+        sums through them), instead of each rank's own (Caffe's). ``reducer`` sums a small
+        array over the ranks in place (``reducer.sum_in_place``) and has ``world``. The
+        running statistics are then equal on every rank."""
+        self.reducer = reducer
+
+    def _reduced(self) -> dict:
+        if self.reducer is None or self.use_global_stats:
+            return {}
+        count = self.view[0] * self.view[2] * self.reducer.world
+        return {"reduce": self.reducer.sum_in_place, "count": count}
+
     def scratch_buffers(self) -> list[ScratchBuffer]:
         """Backward's (N, C, S) temporary holds nothing between calls: the graph shares it
         with other layers' scratch (with use_global_stats there is none)."""
@@ -104,11 +122,12 @@ class BatchNormLayer(Layer):
                                         eps=self.eps, ws=self.ws)
             ops.batch_norm_forward_global(x, y, self.mean, self.inv_std)
             return
+        reduced = self._reduced()
         ops.batch_norm_forward_train(x, y, self.x_norm, self.mean, self.var, self.inv_std,
-                                     eps=self.eps, ws=self.ws)
+                                     eps=self.eps, ws=self.ws, **reduced)
+        count = reduced.get("count", self.view[0] * self.view[2])
         ops.batch_norm_update_stats(mean_acc, var_acc, factor_acc, self.mean, self.var,
-                                    fraction=self.fraction, count=self.view[0] * self.view[2],
-                                    ws=self.ws)
+                                    fraction=self.fraction, count=count, ws=self.ws)
 
     def backward(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
@@ -118,7 +137,8 @@ class BatchNormLayer(Layer):
         if self.use_global_stats:
             ops.batch_norm_backward_global(dy, self.inv_std, dx)
         else:
-            ops.batch_norm_backward_train(dy, self.x_norm, self.inv_std, dx, ws=self.ws)
+            ops.batch_norm_backward_train(dy, self.x_norm, self.inv_std, dx, ws=self.ws,
+                                          **self._reduced())
 
 
 class _BroadcastLayer(Layer):

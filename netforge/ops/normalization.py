@@ -87,15 +87,17 @@ def _col(v: Array) -> Array:
 
 def batch_norm_workspace_shapes(shape3: tuple[int, ...], dtype=numpy.float32) -> WorkspaceSpec:
     """Scratch for the TRAIN-mode kernels: ``tmp`` (N, C, S), ``rows`` (N, C), ``vec``,
-    ``vec2`` (C,)."""
+    ``vec2`` (C,), and ``pair`` (2, C), the backward sums one ``reduce`` call sums over
+    data-parallel ranks."""
     n, c, _ = shape3
     dt = numpy.dtype(dtype)
     return {"tmp": (tuple(shape3), dt), "rows": ((n, c), dt), "vec": ((c,), dt),
-            "vec2": ((c,), dt)}
+            "vec2": ((c,), dt), "pair": ((2, c), dt)}
 
 
 def batch_norm_forward_train(x: Array, y: Array, x_norm: Array | None, mean: Array, var: Array,
-                             inv_std: Array, *, eps: float, ws: dict | None = None) -> None:
+                             inv_std: Array, *, eps: float, ws: dict | None = None,
+                             reduce=None, count: int | None = None) -> None:
     """Normalise with the batch statistics: y = (x - mean) / sqrt(var + eps) per channel.
 
     Args:
@@ -103,21 +105,28 @@ def batch_norm_forward_train(x: Array, y: Array, x_norm: Array | None, mean: Arr
             backward needs even after a later in-place layer (Scale) overwrote the top.
         mean, var, inv_std: (C,) outputs: the batch mean, the *biased* batch variance (as
             Caffe normalises with it), and 1 / sqrt(var + eps).
+        reduce, count: statistics of a batch spread over data-parallel ranks: ``reduce(a)``
+            sums the (C,) array ``a`` over the ranks in place (twice: Σ x, then
+            Σ (x - mean)^2, the same two-pass form), ``count`` is N * S over all of them.
     """
-    if compiled.active(x, y, x_norm, mean, var, inv_std):
+    if reduce is None and compiled.active(x, y, x_norm, mean, var, inv_std):
         compiled.load("normalization").batch_norm_forward_train(x, y, x_norm, mean, var,
                                                                 inv_std, eps)
         return
     xp = get_array_module(x)
     n, c, s = x.shape
     rows = scratch(ws, "rows", (n, c), x.dtype, xp)
-    inv_count = 1.0 / (n * s)
+    inv_count = 1.0 / (count or n * s)
     row_sums(x, rows)
     xp.sum(rows, axis=0, out=mean)
+    if reduce is not None:
+        reduce(mean)
     xp.multiply(mean, inv_count, out=mean)
     xp.subtract(x, _col(mean), out=y)
     row_sums(y, rows, y)  # Σ (x - mean)^2, Caffe's E((X - EX)^2) form
     xp.sum(rows, axis=0, out=var)
+    if reduce is not None:
+        reduce(var)
     xp.multiply(var, inv_count, out=var)
     xp.add(var, eps, out=inv_std)
     xp.sqrt(inv_std, out=inv_std)
@@ -178,23 +187,27 @@ def batch_norm_forward_global(x: Array, y: Array, mean: Array, inv_std: Array) -
 
 
 def batch_norm_backward_train(dy: Array, x_norm: Array, inv_std: Array, dx: Array, *,
-                              ws: dict | None = None) -> None:
+                              ws: dict | None = None, reduce=None,
+                              count: int | None = None) -> None:
     """Through the batch statistics (Caffe's formula, exact for the forward above):
 
     dx = (dy - mean(dy) - x_norm * mean(dy * x_norm)) * inv_std, means per channel over
-    N and S. dx may be dy.
+    N and S. dx may be dy. ``reduce``, ``count``: the means over a batch spread over
+    data-parallel ranks (as in ``batch_norm_forward_train``; one call on a (2, C) array).
     """
-    if compiled.active(dy, x_norm, inv_std, dx):
+    if reduce is None and compiled.active(dy, x_norm, inv_std, dx):
         compiled.load("normalization").batch_norm_backward_train(dy, x_norm, inv_std, dx)
         return
     xp = get_array_module(dy)
     n, c, s = dy.shape
-    mean_dy = scratch(ws, "vec", (c,), dy.dtype, xp)
-    mean_dy_xn = scratch(ws, "vec2", (c,), dy.dtype, xp)
+    pair = scratch(ws, "pair", (2, c), dy.dtype, xp)
+    mean_dy, mean_dy_xn = pair[0], pair[1]
     channel_sums(dy, mean_dy, ws=ws)  # (no accumulate: only ws["rows"] is used)
     channel_sums(dy, mean_dy_xn, b=x_norm, ws=ws)
+    if reduce is not None:
+        reduce(pair)
     # Fold -1/m and inv_std into the per-channel factors before touching the big arrays.
-    factor = -1.0 / (n * s)
+    factor = -1.0 / (count or n * s)
     xp.multiply(mean_dy, inv_std, out=mean_dy)
     xp.multiply(mean_dy, factor, out=mean_dy)
     xp.multiply(mean_dy_xn, inv_std, out=mean_dy_xn)

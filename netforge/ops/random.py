@@ -11,6 +11,7 @@ stores and a resume restores exactly.
     philox_workspace_shapes(count) -> spec             the scratch of one chunk
     philox_bits(ws, count, *, key, words, offset=0) -> uint64 view of ``count`` words
     RandomStream(key, stream, xp)                      one consumer's stream (a layer's)
+        .shard(rank, world)                            data-parallel: this rank's rows only
         .random(out=array)                             U[0, 1), numpy-Generator-shaped
         .uniform_at_least(mask, threshold)             mask (bool) = u >= threshold, no floats
 
@@ -75,10 +76,15 @@ def philox_workspace_shapes(count: int) -> WorkspaceSpec:
             "iota": ((blocks,), numpy.dtype(numpy.uint64))}
 
 
-def philox_bits(ws: dict, count: int, *, key: tuple[int, int], words, offset: int = 0) -> Array:
+def philox_bits(ws: dict, count: int, *, key: tuple[int, int], words, offset: int = 0,
+                block_numbers: Array | None = None) -> Array:
     """The ``count`` (≤ what one chunk holds) 32-bit numbers ``offset .. offset+count-1`` of
     the draw whose counter words 1..3 are ``words`` (ints, or 0-d uint64 device arrays),
-    as a uint64 view into ``ws["state"]`` (valid until the next call)."""
+    as a uint64 view into ``ws["state"]`` (valid until the next call).
+
+    ``block_numbers`` (uint64, ``count / 4`` of them; ``offset`` 0): the blocks to compute
+    instead of consecutive ones, so that one call gathers whole blocks from anywhere in the
+    draw (a data-parallel rank's rows, ``RandomStream.shard``)."""
     state, prod, iota = ws["state"], ws["prod"], ws["iota"]
     first, skip = divmod(int(offset), 4)
     blocks = -(-(skip + int(count)) // 4)
@@ -89,7 +95,10 @@ def philox_bits(ws: dict, count: int, *, key: tuple[int, int], words, offset: in
     s = state[:blocks]
     c = [s[:, 0], s[:, 1], s[:, 2], s[:, 3]]
     p0, p1 = prod[0, :blocks], prod[1, :blocks]
-    xp.add(iota[:blocks], numpy.uint64(first), out=c[0])
+    if block_numbers is not None:
+        xp.copyto(c[0], block_numbers)
+    else:
+        xp.add(iota[:blocks], numpy.uint64(first), out=c[0])
     for word, column in zip(words, c[1:], strict=True):
         if isinstance(word, int):
             column.fill(word & MASK32)
@@ -129,6 +138,43 @@ class RandomStream:
         self.draws = xp.zeros((), dtype=xp.uint64)
         self._words = (xp.zeros((), dtype=xp.uint64), self.stream, xp.zeros((), dtype=xp.uint64))
         self.ws: dict | None = None
+        self.rank, self.world = 0, 1
+        self._pieces: dict = {}  # draw shape -> where a sharded draw's numbers come from
+
+    def shard(self, rank: int, world: int) -> None:
+        """Data-parallel drawing: from now on a draw into an array of n rows (axis 0, the
+        batch) gives rows ``rank, rank + world, ...`` of the same draw into n × world rows:
+        the numbers rank ``rank`` would see, as one process, for the records it reads
+        (``PrefetchingLayer.shard``). So each rank draws other masks, and N ranks draw
+        exactly what one process with the N-times batch draws."""
+        self.rank, self.world = int(rank), int(world)
+        self._pieces.clear()
+
+    def _shard_pieces(self, shape: tuple[int, ...]) -> list:
+        """(local start, count, global offset, block numbers or None) per chunk of a sharded
+        draw into ``shape``, made once per shape. Rows of whole blocks (a multiple of 4
+        numbers) are gathered several rows a call by block numbers; other rows are computed
+        one contiguous range at a time."""
+        rows = int(shape[0])
+        width = int(numpy.prod(shape[1:], dtype=numpy.int64))
+        per = (len(self.ws["iota"]) - 1) * 4
+        pieces = []
+        if width % 4 == 0 and 0 < width <= per:
+            quads, rows_per = width // 4, per // width
+            for lo in range(0, rows, rows_per):
+                hi = min(rows, lo + rows_per)
+                first = (numpy.arange(lo, hi, dtype=numpy.uint64) * self.world + self.rank)
+                numbers = first[:, None] * numpy.uint64(quads) + numpy.arange(
+                    quads, dtype=numpy.uint64)
+                pieces.append((lo * width, (hi - lo) * width, 0,
+                               self.xp.asarray(numbers.reshape(-1))))
+            return pieces
+        for row in range(rows):
+            origin = (row * self.world + self.rank) * width
+            for start in range(0, width, per):
+                n = min(per, width - start)
+                pieces.append((row * width + start, n, origin + start, None))
+        return pieces
 
     # -- state (read only at snapshot time) -------------------------------------------------
     def get_state(self) -> dict:
@@ -152,17 +198,28 @@ class RandomStream:
             self.xp.copyto(self.ws["iota"], self.xp.arange(blocks, dtype=self.xp.uint64))
 
     # -- draws ------------------------------------------------------------------------------
-    def _chunks(self, count: int):
-        """(start, bits) per chunk of the next draw, then advance the counter (on device)."""
+    def _chunks(self, shape: tuple[int, ...]):
+        """(start, bits) per chunk of the next draw into an array of ``shape``, then advance
+        the counter (on device)."""
         xp = self.xp
+        count = int(numpy.prod(shape, dtype=numpy.int64))
         self.reserve(min(count, CHUNK_BLOCKS * 4 - 4))
         lo, _, hi = self._words
         xp.bitwise_and(self.draws, _LOW, out=lo)
         xp.right_shift(self.draws, _32, out=hi)
-        per = (len(self.ws["iota"]) - 1) * 4
-        for start in range(0, count, per):
-            n = min(per, count - start)
-            yield start, philox_bits(self.ws, n, key=self.key, words=self._words, offset=start)
+        if self.world > 1 and len(shape) > 0 and count:
+            key = tuple(shape)
+            if key not in self._pieces:
+                self._pieces[key] = self._shard_pieces(key)
+            for start, n, origin, numbers in self._pieces[key]:
+                yield start, philox_bits(self.ws, n, key=self.key, words=self._words,
+                                         offset=origin, block_numbers=numbers)
+        else:
+            per = (len(self.ws["iota"]) - 1) * 4
+            for start in range(0, count, per):
+                n = min(per, count - start)
+                yield start, philox_bits(self.ws, n, key=self.key, words=self._words,
+                                         offset=start)
         xp.add(self.draws, numpy.uint64(1), out=self.draws)
 
     def random(self, size=None, dtype=numpy.float64, out: Array | None = None) -> Array:
@@ -173,7 +230,7 @@ class RandomStream:
             raise ValueError("RandomStream.random needs a C-contiguous out")
         flat = out.reshape(-1)
         xp = self.xp
-        for start, bits in self._chunks(out.size):
+        for start, bits in self._chunks(out.shape):
             piece = flat[start:start + bits.size]
             if out.dtype == numpy.float32:
                 xp.right_shift(bits, numpy.uint64(8), out=bits)
@@ -192,5 +249,5 @@ class RandomStream:
         if not mask.flags.c_contiguous:
             raise ValueError("RandomStream.uniform_at_least needs a C-contiguous mask")
         flat = mask.reshape(-1)
-        for start, bits in self._chunks(mask.size):
+        for start, bits in self._chunks(mask.shape):
             self.xp.greater_equal(bits, bound, out=flat[start:start + bits.size])

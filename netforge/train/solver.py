@@ -297,8 +297,6 @@ class Solver:
             self.apply_update(verbose=bool(display))
             if sp.debug_info and display:
                 debug_info.emit(debug_info.update_lines(self.net.learnable_params))
-            if self.parallel:
-                self.parallel.after_update(self.net)
             self.iter += 1
             request = self.signals.take() if self.signals else "none"
             if self.parallel:  # any rank's signal stops/snapshots all ranks together

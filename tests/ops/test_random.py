@@ -116,3 +116,37 @@ def test_cupy_draws_equal_numpy_draws():
         on_host = RandomStream((1, 2), 3, np).random(out=np.empty((7, 300), dtype))
         on_device = RandomStream((1, 2), 3, cupy).random(out=cupy.empty((7, 300), dtype))
         np.testing.assert_array_equal(on_device.get(), on_host)
+
+
+# -- data-parallel streams: each rank draws its own rows of the global draw ------------------------
+@pytest.mark.parametrize("row_shape", [(2, 4), (5,), (3, 1, 1), (12,)])
+@pytest.mark.parametrize("chunk_blocks", [philox.CHUNK_BLOCKS, 5])  # 5: rows span passes
+def test_sharded_streams_draw_their_rows_of_the_whole_batch(monkeypatch, row_shape,
+                                                            chunk_blocks):
+    monkeypatch.setattr(philox, "CHUNK_BLOCKS", chunk_blocks)
+    world, rows = 3, 4
+    whole = RandomStream((9, 10), 77)
+    ranks = [RandomStream((9, 10), 77) for _ in range(world)]
+    for rank, stream in enumerate(ranks):
+        stream.shard(rank, world)
+    for _ in range(2):  # the second draw too: the counter advances alike
+        expected = whole.random(out=np.empty((rows * world, *row_shape), np.float64))
+        mask = np.empty((rows * world, *row_shape), bool)
+        for rank, stream in enumerate(ranks):
+            got = stream.random(out=np.empty((rows, *row_shape), np.float64))
+            np.testing.assert_array_equal(got, expected[rank::world])
+        # uniform_at_least walks the same pieces (its own draw, the next counter)
+        whole.uniform_at_least(mask, 0.4)
+        for rank, stream in enumerate(ranks):
+            mine = np.empty((rows, *row_shape), bool)
+            stream.uniform_at_least(mine, 0.4)
+            np.testing.assert_array_equal(mine, mask[rank::world])
+
+
+def test_a_sharded_row_is_the_definitions_numbers_of_its_global_row():
+    key, width, world = (5, 6), 6, 2
+    stream = RandomStream(key, 3)
+    stream.shard(1, world)
+    bits = stream.random(out=np.empty((3, width), np.float64)) * 2.0**32
+    naive = np.array(_naive_stream(key, (0, 3, 0), 6 * width), np.float64).reshape(6, width)
+    np.testing.assert_array_equal(bits, naive[1::2])  # global rows 1, 3, 5

@@ -224,13 +224,21 @@ class GradientBuckets:
         return self.comm.start_allreduce(self.flat[start:stop])
 
 
+def device_pointer(array) -> int:
+    """The address of an array's first element: CuPy's ``data.ptr``, or a host array's
+    ``ctypes.data`` (the tests drive NcclReducer with numpy buffers and a fake nccl)."""
+    pointer = getattr(getattr(array, "data", None), "ptr", None)
+    return int(pointer) if pointer is not None else int(array.ctypes.data)
+
+
 class NcclReducer:
     """GPU all-reduce of the same flat buffer through NCCL (CuPy's bindings), one call per
     bucket on a stream of its own that first waits for the compute stream's work so far; so
     bucket k is reduced while backward's kernels for the layers below it run. MPI hands the
     NCCL unique id from rank 0 to the others.
 
-    Not run in CI (no GPU there); the README says what was and was not verified.
+    Not run on a GPU yet: tests/train/parallel/test_nccl.py drives it with a fake nccl module
+    (the bucket sequence, pointers, counts, streams, the timeout); the README says so.
     """
 
     def __init__(self, comm: MpiComm, device_id: int):
@@ -263,8 +271,9 @@ class NcclReducer:
 
     def start_allreduce(self, buffer):
         self._after_compute()
-        self.nccl_comm.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size,
-                                 self._dtype(buffer), self.nccl.NCCL_SUM, self.stream.ptr)
+        pointer = device_pointer(buffer)
+        self.nccl_comm.allReduce(pointer, pointer, buffer.size, self._dtype(buffer),
+                                 self.nccl.NCCL_SUM, self.stream.ptr)
         return self.stream.record()
 
     def progress(self, requests) -> None:
@@ -285,6 +294,6 @@ class NcclReducer:
 
     def broadcast(self, buffer, what: str) -> None:
         self._after_compute()
-        self.nccl_comm.bcast(buffer.data.ptr, buffer.size, self._dtype(buffer), 0,
+        self.nccl_comm.bcast(device_pointer(buffer), buffer.size, self._dtype(buffer), 0,
                              self.stream.ptr)
         self.wait([self.stream.record()], what)

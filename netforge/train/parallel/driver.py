@@ -16,7 +16,11 @@ What the Solver asks of it (its ``parallel`` hooks), and what each rank then doe
 * ``agree`` — after every iteration the ranks exchange their signal requests (SIGINT/SIGHUP
   on any rank), so all stop or snapshot at the same iteration; also the ranks' heartbeat.
 * ``is_root`` — rank 0 alone logs, tests and snapshots.
-* ``after_update`` — optionally averages BatchNorm's running statistics over the ranks.
+
+BatchNorm keeps per-rank batch statistics, as Caffe does, unless synchronised (the option
+``sync_batchnorm`` for every BatchNorm layer, or ``batch_norm_param.sync_statistics`` for
+one): then it normalises with the global batch's statistics, summed over the ranks through
+``sum_in_place``, and N ranks compute what one process with the N-times batch computes.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ class DataParallel:
 
     Args:
         comm: an ``MpiComm`` (or anything with its methods).
-        sync_batchnorm: average BatchNorm's running mean/variance over the ranks after each
-            update (Caffe keeps them per rank and snapshots rank 0's).
+        sync_batchnorm: every BatchNorm layer normalises with the statistics of the global
+            batch (Caffe keeps them per rank, and snapshots rank 0's running statistics).
         bucket_bytes: all-reduce bucket size.
         device_id: the GPU this rank drives (NCCL then reduces the gradients), or None.
     """
@@ -105,11 +109,23 @@ class DataParallel:
         if self.device_id is not None:
             self.reducer = collectives.NcclReducer(self.comm, self.device_id)
         self.buckets = collectives.GradientBuckets(net, self.reducer, self.bucket_bytes)
+        synced = 0
+        for layer in net.layers:
+            if layer.type == "BatchNorm" and (self.sync_batchnorm or layer.sync_requested):
+                layer.synchronise(self)
+                synced += 1
         self.broadcast_parameters(net)
         if self.is_root:
             log.info("Data-parallel: %d ranks, effective batch = %d × the net's batch; "
                      "%d gradient values in %d buckets", self.world, self.world,
                      self.buckets.flat.size, len(self.buckets.buckets))
+            if synced:
+                log.info("Data-parallel: %d BatchNorm layers use the global batch's "
+                         "statistics", synced)
+
+    def sum_in_place(self, array) -> None:
+        """Sum a small array (BatchNorm's channel sums) over the ranks, in place, now."""
+        self.reducer.wait([self.reducer.start_allreduce(array)], "the BatchNorm statistics")
 
     def broadcast_parameters(self, net) -> None:
         """Every rank starts from rank 0's weights (and BatchNorm statistics)."""
@@ -135,20 +151,6 @@ class DataParallel:
 
     def keepalive(self) -> None:
         self.comm.keepalive()
-
-    def after_update(self, net) -> None:
-        if not self.sync_batchnorm:
-            return
-        requests, arrays = [], []
-        for layer in net.layers:
-            if layer.type == "BatchNorm":
-                for blob in layer.blobs:
-                    requests.append(self.reducer.start_allreduce(blob.data))
-                    arrays.append(blob.data)
-        if requests:
-            self.reducer.wait(requests, "the BatchNorm statistics")
-            for array in arrays:
-                array *= 1.0 / self.world
 
     def finish(self) -> None:
         """End the run together: no rank exits (and finalizes MPI) while rank 0 still tests

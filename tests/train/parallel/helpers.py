@@ -34,8 +34,11 @@ def rank_env(**extra) -> dict:
     return env
 
 
-def data_net(db, batch: int) -> str:
-    """Data (LMDB, with random crops and mirrors) → conv → ip → ReLU → ip → softmax loss."""
+def data_net(db, batch: int, dropout: bool = False) -> str:
+    """Data (LMDB, with random crops and mirrors) → conv → ip → ReLU [→ Dropout] → ip →
+    softmax loss."""
+    drop = ('layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" '
+            'dropout_param { dropout_ratio: 0.3 } }') if dropout else ""
     return f"""
     name: "parallel_net"
     layer {{ name: "data" type: "Data" top: "data" top: "label"
@@ -47,17 +50,22 @@ def data_net(db, batch: int) -> str:
     layer {{ name: "ip1" type: "InnerProduct" bottom: "conv" top: "ip1"
             inner_product_param {{ num_output: 6 weight_filler {{ type: "xavier" }} }} }}
     layer {{ name: "relu" type: "ReLU" bottom: "ip1" top: "ip1" }}
+    {drop}
     layer {{ name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
             inner_product_param {{ num_output: 3 weight_filler {{ type: "xavier" }} }} }}
     layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }}
     """
 
 
-def make_solver(folder: Path, db, rule: str, batch: int, parallel=None) -> Solver:
+def make_solver(folder: Path, db, rule: str, batch: int, parallel=None,
+                dropout: bool = False) -> Solver:
+    """``rule``: the solver type and its settings (base_lr 0.05 unless it gives one)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    rate = "" if "base_lr" in rule else "base_lr: 0.05"
     sp = config.parse_text(
-        f'{rule} base_lr: 0.05 lr_policy: "step" gamma: 0.5 stepsize: 20 weight_decay: 0.001 '
+        f'{rule} {rate} lr_policy: "step" gamma: 0.5 stepsize: 20 weight_decay: 0.001 '
         f'max_iter: 50 random_seed: 5 snapshot_prefix: "{folder}/snap"', pb.SolverParameter())
-    sp.train_net_param.CopyFrom(config.parse_text(data_net(db, batch), pb.NetParameter()))
+    sp.train_net_param.CopyFrom(config.parse_text(data_net(db, batch, dropout),
+                                                  pb.NetParameter()))
     return Solver(sp, parallel=parallel, metrics=False)
