@@ -64,6 +64,8 @@ class Plan:
     memory: MemoryPlan | None = None  # set by share_memory (forward-only nets)
     diffs: DiffPlan | None = None  # set by share_diffs (train nets of a solver)
     arena: Arena | None = None  # where all of it lives once adopted (graph/arena.py)
+    # Fused chains by the index of their head step (netforge.graph.fusion; {}: none)
+    fused: dict = field(default_factory=dict)
     _rearranging: int = field(default=0, repr=False)  # depth of nested memory passes
 
     def hold_arena_views(self, holder) -> None:

@@ -51,6 +51,7 @@ from typing import NamedTuple
 
 import numpy
 
+from netforge.ops.fused import ChannelEpilogue, apply_epilogue
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, is_cupy, pair, view_as
 
 IntPair = int | tuple[int, int]
@@ -355,8 +356,10 @@ def _top_as_nol(geo: _ConvGeom, ws: dict) -> Array:
 
 
 def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPair = 1,
-                 pad: IntPair = 0, dilation: IntPair = 1, group: int = 1, ws: dict) -> None:
-    """y = conv(x, w) + b.
+                 pad: IntPair = 0, dilation: IntPair = 1, group: int = 1, ws: dict,
+                 epilogue: ChannelEpilogue | None = None) -> None:
+    """y = conv(x, w) + b, then ``epilogue`` (``netforge.ops.fused``: the BatchNorm, Scale
+    and ReLU that follow, fused in by the graph) in the pass that writes y.
 
     Args:
         x: (N, C, H, W) input.
@@ -370,13 +373,19 @@ def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPa
         from netforge.ops.cuda import conv as cuda_conv
         if cuda_conv.conv_forward(x, w, b, y, stride=pair(stride), pad=pair(pad),
                                   dilation=pair(dilation)):
+            if epilogue is not None:
+                y3 = view_as(y, (y.shape[0], y.shape[1], y.shape[2] * y.shape[3]))
+                apply_epilogue(y3, y3, None, epilogue)
             return
     geo = _conv_geom(x.shape, w.shape, stride, pad, dilation, group)
     g, og, cg, lp = geo.g, geo.o // geo.g, geo.c // geo.g, geo.lp
     if geo.mode == "pointwise":
         xp.matmul(view_as(w, (g, og, cg)), view_as(x, (geo.n, g, cg, lp)),
                   out=view_as(y, (geo.n, g, og, lp)))
-        if b is not None:
+        if epilogue is not None:
+            y3 = view_as(y, (geo.n, geo.o, lp))
+            apply_epilogue(y3, y3, b, epilogue)
+        elif b is not None:
             add_channel_bias(y, b)
         return
     w_g = view_as(w, (g, og, geo.k))
@@ -385,7 +394,9 @@ def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPa
         xp.matmul(w_g, _ws(ws, "col", (g, geo.k, sub.m)), out=_ws(ws, "top", (g, og, sub.m)))
         # The transpose into (N, O, L) and the bias add share one pass over y.
         y3 = view_as(y[lo:hi], (sub.n, geo.o, lp))
-        if b is None:
+        if epilogue is not None:
+            apply_epilogue(_top_as_nol(sub, ws), y3, b, epilogue)
+        elif b is None:
             xp.copyto(y3, _top_as_nol(sub, ws))
         else:
             xp.add(_top_as_nol(sub, ws), b[:, None], out=y3)
