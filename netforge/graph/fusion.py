@@ -34,10 +34,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from netforge.graph.plan import LayerStep
 from netforge.ops.fused import ChannelEpilogue
 from netforge.ops.xp import view_as
+
+if TYPE_CHECKING:  # graph.plan imports this module (Plan.share_memory)
+    from netforge.graph.plan import LayerStep
 
 log = logging.getLogger("netforge")
 
@@ -52,6 +55,7 @@ class FusedChain:
     first: int
     head: LayerStep
     absorbed: list[LayerStep] = field(default_factory=list)
+    forward_only: bool = False  # the net never runs backward (nothing keeps copies for it)
 
     @property
     def last(self) -> int:
@@ -81,6 +85,8 @@ class FusedChain:
     def forward(self) -> None:
         head = self.head
         head.layer.forward(head.bottoms, head.tops, epilogue=self.epilogue())
+        if self.forward_only:
+            return
         for step in self.absorbed:  # a Scale's backward reads its bottom: BatchNorm's x_norm
             layer = step.layer
             if layer.type == "Scale" and layer.need_backward and not layer.copy_borrowed:
@@ -88,7 +94,7 @@ class FusedChain:
                 layer.xp.copyto(copy, head.layer.x_norm)
 
 
-def _absorbable(head: LayerStep, step: LayerStep, done: list[str]) -> bool:
+def _absorbable(head: LayerStep, step: LayerStep, done: list[str], forward_only: bool) -> bool:
     """Whether ``step`` (right after the chain so far) can join ``head``'s chain."""
     layer = step.layer
     kind = layer.type
@@ -108,7 +114,7 @@ def _absorbable(head: LayerStep, step: LayerStep, done: list[str]) -> bool:
         if head_kind == "InnerProduct":
             return False
         batch_stats = head_kind == "BatchNorm" and not head.layer.use_global_stats
-        return batch_stats or not layer.need_backward
+        return batch_stats or forward_only or not layer.need_backward
     return True  # ReLU
 
 
@@ -119,8 +125,10 @@ def _head(step: LayerStep) -> bool:
     return len(step.bottom_names) == 1 and len(step.top_names) == 1
 
 
-def find_chains(steps: list[LayerStep]) -> dict[int, FusedChain]:
-    """The fused chains of a plan's steps, by the index of their head (the pass)."""
+def find_chains(steps: list[LayerStep], forward_only: bool = False) -> dict[int, FusedChain]:
+    """The fused chains of a plan's steps, by the index of their head (the pass).
+    ``forward_only``: the net never runs backward (``Plan.share_memory``), so a Scale's
+    copy of its bottom is never read and any Scale may be absorbed."""
     chains: dict[int, FusedChain] = {}
     i = 0
     while i < len(steps):
@@ -128,10 +136,10 @@ def find_chains(steps: list[LayerStep]) -> dict[int, FusedChain]:
         if not _head(head):
             i += 1
             continue
-        chain = FusedChain(i, head)
+        chain = FusedChain(i, head, forward_only=forward_only)
         done: list[str] = []
         j = i + 1
-        while j < len(steps) and _absorbable(head, steps[j], done):
+        while j < len(steps) and _absorbable(head, steps[j], done, forward_only):
             chain.absorbed.append(steps[j])
             done.append(steps[j].layer.type)
             j += 1

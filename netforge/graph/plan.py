@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from netforge.blob import Blob
 from netforge.errors import GraphError
-from netforge.graph import memory_plan, train_memory
+from netforge.graph import fusion, memory_plan, train_memory
 from netforge.graph.arena import Arena, plan_sources
 from netforge.graph.memory_plan import MemoryPlan
 from netforge.graph.shapes import reshape_step, reshare_tops
@@ -169,6 +169,8 @@ class Plan:
         forward."""
         with self.rearranging():
             self.memory = memory_plan.share_memory(self, keep)
+        if self.fused:  # forward only: Scales that would need backward may fuse too
+            self.fused = fusion.find_chains(self.steps, forward_only=True)
         return self.memory
 
     def share_diffs(self) -> DiffPlan:
