@@ -51,6 +51,7 @@ from typing import NamedTuple
 
 import numpy
 
+from netforge.ops import compiled, winograd
 from netforge.ops.fused import ChannelEpilogue, apply_epilogue
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, is_cupy, pair, view_as
 
@@ -323,6 +324,9 @@ def conv_workspace_shapes(x_shape: tuple[int, ...], w_shape: tuple[int, ...], *,
     geo = _conv_geom(x_shape, w_shape, stride, pad, dilation, group)
     dt = numpy.dtype(dtype)
     spec: WorkspaceSpec = {"dw": (tuple(w_shape), dt), "db": ((geo.o,), dt)}
+    if winograd.applies(x_shape, w_shape, stride=stride, pad=pad, dilation=dilation,
+                        group=group):  # forward by Winograd; backward still needs the rest
+        spec.update(winograd.workspace_shapes(x_shape, w_shape, pad=pad, dtype=dt))
     if geo.batched_wgrad:
         spec["dw_batch"] = ((geo.n, geo.o, geo.c // geo.g), dt)
         return spec
@@ -377,6 +381,9 @@ def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPa
                 y3 = view_as(y, (y.shape[0], y.shape[1], y.shape[2] * y.shape[3]))
                 apply_epilogue(y3, y3, None, epilogue)
             return
+    if "wino_v" in ws and compiled.active(x, w, b, y):  # 3x3 stride 1 (ops/winograd.py)
+        winograd.conv_forward(x, w, b, y, pad=pad, ws=ws, epilogue=epilogue)
+        return
     geo = _conv_geom(x.shape, w.shape, stride, pad, dilation, group)
     g, og, cg, lp = geo.g, geo.o // geo.g, geo.c // geo.g, geo.lp
     if geo.mode == "pointwise":
@@ -451,7 +458,8 @@ def conv_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Array 
         if db is not None:
             add_bias_gradient(dy3, db, ws["db"])
         return
-    reuse_col = reuse_col and geo.nb >= geo.n
+    # Columns are left by an im2col forward only (not by Winograd's).
+    reuse_col = reuse_col and geo.nb >= geo.n and "wino_v" not in ws
     for lo, hi, sub in _chunks(geo):
         _load_top(xp, dy3[lo:hi], db, sub, ws)
         if dw is not None:
