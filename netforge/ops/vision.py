@@ -41,6 +41,10 @@ The column matrix comes in two layouts, chosen by a measured cost model (``_RUN_
   2-D transposes of x and y, but numpy's per-run overhead dominates when OW is small
   (LeNet conv2: im2col 6x, col2im 5x faster than "nchw").
 
+A 3x3 stride-1 ungrouped layer whose shape the measured rule of ``netforge.ops.winograd``
+accepts runs forward by Winograd F(2x2, 3x3) instead (its workspace then holds the tile
+arrays besides the columns, which backward rebuilds).
+
 A 1x1, stride-1, unpadded convolution skips im2col: x (N, C, H*W) already is a stack of
 column matrices, and y = w @ x[n] is one batched matmul.
 """
