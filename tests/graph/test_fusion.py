@@ -246,3 +246,67 @@ def test_fused_chains_run_and_no_fusion_env_turns_them_off(monkeypatch):
     assert ran == [chain.names for chain in net.plan.fused.values()]
     monkeypatch.setenv("NETFORGE_NO_FUSION", "1")
     assert Net(NETS["alexnet_like"](), "test", seed=1).plan.fused == {}
+
+
+def _deploy_bn_block() -> pb.NetParameter:
+    """BN_BLOCK without its loss: every chain absorbs BatchNorm, Scale and ReLU."""
+    return _param(BN_BLOCK.split('layer { name: "fc"')[0].replace(
+        _input((4, 3, 8, 8)), _input((4, 3, 8, 8), label=False)))
+
+
+@pytest.mark.parametrize("name", ["deploy_bn_block", "alexnet_like"])
+def test_blobs_a_user_asks_for_hold_the_unfused_values(name):
+    """pycaffe's ``net.forward(blobs=[...])`` and ``net.blobs[...]`` after a forward, for
+    every blob of the net, and ``forward(end=<a layer inside a chain>)`` (the values before
+    the layers after it, e.g. conv1 before its BatchNorm): each equals the unfused net's."""
+    param = _deploy_bn_block() if name == "deploy_bn_block" else NETS[name]()
+    nets = []
+    for fused in (True, False):
+        net = Net(param, "test", seed=7)
+        _fill(net)
+        if not fused:
+            net.plan.fused = {}
+        nets.append(net)
+    fused_net, plain_net = nets
+    assert fused_net.plan.fused
+    names = [n for n in fused_net.blobs if n not in fused_net.inputs]
+    got = {k: np.array(v) for k, v in fused_net.forward(blobs=names).items()}
+    want = {k: np.array(v) for k, v in plain_net.forward(blobs=names).items()}
+    _assert_same(got, want)
+    _assert_same({k: np.array(b.data) for k, b in fused_net.blobs.items()},
+                 {k: np.array(b.data) for k, b in plain_net.blobs.items()})
+    inside = [step.layer.name for chain in fused_net.plan.fused.values()
+              for step in [chain.head, *chain.absorbed[:-1]]]
+    for end in inside:
+        got = {k: np.array(v) for k, v in fused_net.forward(end=end, blobs=names).items()}
+        want = {k: np.array(v) for k, v in plain_net.forward(end=end, blobs=names).items()}
+        _assert_same(got, want)
+    # conv1 before its BatchNorm: the convolution alone, independently of either net.
+    if name == "deploy_bn_block":
+        conv1 = np.array(fused_net.forward(end="conv1")["conv1"])
+        x = np.array(fused_net.blobs["data"].data, dtype=np.float64)
+        w = np.array(fused_net.params["conv1"][0].data, dtype=np.float64)
+        xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        naive = np.zeros(conv1.shape)
+        for i in range(3):
+            for j in range(3):
+                naive += np.einsum("nchw,oc->nohw", xp[:, :, i:i + 8, j:j + 8], w[:, :, i, j])
+        np.testing.assert_allclose(conv1, naive, rtol=1e-4, atol=1e-4)
+        assert (conv1 < 0).any()  # not rectified
+
+
+def test_kept_blobs_of_a_memory_sharing_predict_net_via_forward_blobs():
+    """``reuse_memory`` predict net: ``forward(blobs=keep)`` hands the kept chain outputs,
+    equal to the unfused net's."""
+    param = _deploy_bn_block()
+    keep = ("conv1",)
+    results = []
+    for fused in (True, False):
+        net = Net(param, "test", seed=7, reuse_memory=True, keep_blobs=keep)
+        _fill(net)
+        if not fused:
+            net.plan.fused = {}
+        else:
+            assert len(net.plan.fused) == 2
+        results.append({k: np.array(v) for k, v in net.forward(blobs=list(keep)).items()})
+    _assert_same(results[0], results[1])
