@@ -16,28 +16,45 @@ from netforge.ops.compiled.jit import kernel
 @kernel
 def _epilogue(src, y, bias, mean, inv_std, scale, shift, has_bias, has_norm, has_scale,
               has_shift, relu, leaky, slope):
+    # One channel row at a time, one sweep per stage: the row (at most a few tens of KiB)
+    # stays in L1 between sweeps, and each sweep is a branch-free loop LLVM vectorises (a
+    # single loop testing every stage's flag per element ran scalar: slower than the
+    # unfused layers on ResNet-50's 1x1 convolutions).
     n, c, s = y.shape
-    zero = y.dtype.type(0)
     for b in range(n):
         for ch in range(c):
-            add = bias[ch] if has_bias else zero
-            mu = mean[ch] if has_norm else zero
-            inv = inv_std[ch] if has_norm else zero
-            mul = scale[ch] if has_scale else zero
-            sh = shift[ch] if has_shift else zero
-            for i in range(s):
-                v = src[b, ch, i]
-                if has_bias:
-                    v = v + add
-                if has_norm:
-                    v = (v - mu) * inv
-                if has_scale:
-                    v = v * mul
-                if has_shift:
-                    v = v + sh
-                if relu and v <= 0:  # NaN stays NaN, as with the ReLU kernel
-                    v = v * slope if leaky else zero
-                y[b, ch, i] = v
+            row_in = src[b, ch]
+            row = y[b, ch]
+            if has_bias:
+                add = bias[ch]
+                for i in range(s):
+                    row[i] = row_in[i] + add
+            else:
+                for i in range(s):
+                    row[i] = row_in[i]
+            if has_norm:
+                mu = mean[ch]
+                inv = inv_std[ch]
+                for i in range(s):
+                    row[i] = (row[i] - mu) * inv
+            if has_scale:
+                mul = scale[ch]
+                for i in range(s):
+                    row[i] = row[i] * mul
+            if has_shift:
+                sh = shift[ch]
+                for i in range(s):
+                    row[i] = row[i] + sh
+            if relu:  # v <= 0: NaN stays NaN, as with the ReLU kernel
+                if leaky:
+                    for i in range(s):
+                        v = row[i]
+                        row[i] = v * slope if v <= 0 else v
+                else:
+                    zero = y.dtype.type(0)
+                    for i in range(s):
+                        v = row[i]
+                        row[i] = zero if v <= 0 else v
 
 
 _EMPTY: dict = {}  # dtype -> the empty vector that stands for an absent stage
