@@ -1,4 +1,4 @@
-"""The per-channel epilogue of ``netforge.ops.fused`` in one pass: bias, stored-statistics
+"""The per-channel epilogue of ``netforge.ops.fused`` in one pass over memory: bias, stored-statistics
 BatchNorm, Scale, Scale's bias and ReLU, each stage one float operation as the layer it
 stands for computes it (so the result equals the unfused layers' bit for bit).
 
