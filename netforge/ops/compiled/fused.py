@@ -1,6 +1,6 @@
-"""The per-channel epilogue of ``netforge.ops.fused`` in one pass over memory: bias, stored-statistics
-BatchNorm, Scale, Scale's bias and ReLU, each stage one float operation as the layer it
-stands for computes it (so the result equals the unfused layers' bit for bit).
+"""The per-channel epilogue of ``netforge.ops.fused`` in one pass over memory: bias,
+stored-statistics BatchNorm, Scale, Scale's bias and ReLU, each stage one float operation as
+the layer it stands for computes it (so the result equals the unfused layers' bit for bit).
 
 ``src`` may be strided (a GEMM product seen through a transpose); absent stages come as
 empty vectors and a False flag.
