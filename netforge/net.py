@@ -17,7 +17,7 @@ import numpy as np
 from netforge import backend, config, weights
 from netforge import netforge_pb2 as pb
 from netforge.errors import ConfigError, OutOfMemoryError, ShapeError
-from netforge.graph import debug_info
+from netforge.graph import debug_info, fusion
 from netforge.graph.compile import build_plan
 from netforge.layers import python_layer
 from netforge.layers.base import LayerContext
@@ -255,17 +255,23 @@ class Net:
             # pycaffe's batch idiom: net.blobs["data"].reshape(5, C, H, W); net.forward().
             # Caffe reshapes every layer on each forward; a changed input must reach them all.
             self.reshape()
-        for i in range(first, last + 1):
-            step = self._steps[i]
-            if step.layer.dynamic_top_shapes:
-                before = [top.shape for top in step.tops]
-                step.layer.forward(step.bottoms, step.tops)
-                if any(top.shape != shape for top, shape in zip(step.tops, before, strict=True)):
-                    self.plan.reshape(i + 1)  # e.g. Filter kept a different number of rows
-            else:
-                step.layer.forward(step.bottoms, step.tops)
-            if self.debug_info:
-                debug_info.emit(debug_info.forward_lines(step))
+        if self.debug_info or not self.plan.fused:  # debug_info logs every layer
+            for i in range(first, last + 1):
+                self._forward_step(i)
+        else:  # conv/BatchNorm + the in-place layers after them in one pass (graph.fusion)
+            fusion.run_forward(self.plan.fused, self._steps, first, last, self._forward_step)
+
+    def _forward_step(self, i: int) -> None:
+        step = self._steps[i]
+        if step.layer.dynamic_top_shapes:
+            before = [top.shape for top in step.tops]
+            step.layer.forward(step.bottoms, step.tops)
+            if any(top.shape != shape for top, shape in zip(step.tops, before, strict=True)):
+                self.plan.reshape(i + 1)  # e.g. Filter kept a different number of rows
+        else:
+            step.layer.forward(step.bottoms, step.tops)
+        if self.debug_info:
+            debug_info.emit(debug_info.forward_lines(step))
 
     def reshape(self) -> None:
         """Propagate changed input shapes through the net (pycaffe's ``net.reshape()``):

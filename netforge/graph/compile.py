@@ -13,6 +13,8 @@ The whole pipeline, in order (``build_plan``); each pass is a function, tested a
   params.share_params        params with the same ParamSpec.name share one blob
   backward.mark_need_backward  need-backward from lr_mult, loss reach, propagate_down
   memory_plan.share_scratch  layers' scratch buffers share one arena
+  fusion.find_chains         conv/InnerProduct/BatchNorm + the in-place BatchNorm, Scale,
+                             ReLU after them run as one pass (NETFORGE_NO_FUSION=1: off)
   arena.Arena.adopt          (run by the Net once built) every array moves into one arena
 
 ``compile_net`` runs the graph passes on a NetParameter already upgraded and filtered. A
@@ -22,10 +24,11 @@ forward-only net may later share activation memory too (``Plan.share_memory``).
 from __future__ import annotations
 
 import logging
+import os
 
 from netforge import config
 from netforge import netforge_pb2 as pb
-from netforge.graph import memory_plan
+from netforge.graph import fusion, memory_plan
 from netforge.graph.backward import mark_need_backward
 from netforge.graph.instantiate import check_layer_names, create_layers
 from netforge.graph.params import assign_loss_weights, loss_tops, share_params
@@ -70,4 +73,6 @@ def compile_net(net: pb.NetParameter, ctx: LayerContext) -> Plan:
     # Scratch that holds nothing between calls lives in one arena shared by all layers.
     before, after = memory_plan.share_scratch(plan)
     log.info("Layer scratch: %d bytes shared as %d", before, after)
+    if os.environ.get("NETFORGE_NO_FUSION", "") != "1":
+        plan.fused = fusion.find_chains(plan.steps)
     return plan

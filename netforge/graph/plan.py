@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from netforge.blob import Blob
 from netforge.errors import GraphError
-from netforge.graph import memory_plan, train_memory
+from netforge.graph import fusion, memory_plan, train_memory
 from netforge.graph.arena import Arena, plan_sources
 from netforge.graph.memory_plan import MemoryPlan
 from netforge.graph.shapes import reshape_step, reshare_tops
@@ -64,6 +64,8 @@ class Plan:
     memory: MemoryPlan | None = None  # set by share_memory (forward-only nets)
     diffs: DiffPlan | None = None  # set by share_diffs (train nets of a solver)
     arena: Arena | None = None  # where all of it lives once adopted (graph/arena.py)
+    # Fused chains by the index of their head step (netforge.graph.fusion; {}: none)
+    fused: dict = field(default_factory=dict)
     _rearranging: int = field(default=0, repr=False)  # depth of nested memory passes
 
     def hold_arena_views(self, holder) -> None:
@@ -167,6 +169,8 @@ class Plan:
         forward."""
         with self.rearranging():
             self.memory = memory_plan.share_memory(self, keep)
+        if self.fused:  # forward only: Scales that would need backward may fuse too
+            self.fused = fusion.find_chains(self.steps, forward_only=True)
         return self.memory
 
     def share_diffs(self) -> DiffPlan:

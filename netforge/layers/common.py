@@ -62,12 +62,15 @@ class InnerProductLayer(Layer):
     def scratch_buffers(self) -> list[ScratchBuffer]:
         return scratch_in(self.ws)  # gradient staging only, filled and used within one backward
 
-    def forward(self, bottoms, tops):
+    def forward(self, bottoms, tops, *, epilogue=None):
+        """``epilogue``: an in-place ReLU after this layer, fused in by the graph
+        (``netforge.graph.fusion``)."""
         x = bottoms[0].data.reshape(self.m, -1)
         y = tops[0].data.reshape(self.m, -1)
         w = self.blobs[0].data
         b = self.blobs[1].data if self.bias_term else None
-        engine.linear_forward(self.plan, x, w, b, y, transpose=self.transpose)
+        engine.linear_forward(self.plan, x, w, b, y, transpose=self.transpose,
+                              epilogue=epilogue)
 
     def backward(self, tops, propagate_down, bottoms):
         dy = tops[0].diff.reshape(self.m, -1)

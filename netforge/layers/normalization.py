@@ -16,6 +16,7 @@ from netforge.layers.base import Layer, ScratchBuffer, scratch_in
 from netforge.layers.common import canonical_axis
 from netforge.layers.registry import register
 from netforge.ops import normalization as ops
+from netforge.ops.fused import apply_epilogue
 from netforge.ops.xp import view_as
 
 log = logging.getLogger("netforge")
@@ -113,21 +114,38 @@ class BatchNormLayer(Layer):
         with other layers' scratch (with use_global_stats there is none)."""
         return scratch_in(self.ws, ["tmp"])
 
-    def forward(self, bottoms, tops):
+    def forward(self, bottoms, tops, *, epilogue=None):
+        """``epilogue``: the in-place Scale and ReLU after this layer, fused in by the graph
+        (``netforge.graph.fusion``): applied in the normalising pass (stored statistics) or
+        in one pass after it (batch statistics; x_norm keeps the normalised values)."""
         x = view_as(bottoms[0].data, self.view)
         y = view_as(tops[0].data, self.view)
-        mean_acc, var_acc, factor_acc = (blob.data for blob in self.blobs)
+        self.compute_statistics()
         if self.use_global_stats:
-            ops.batch_norm_global_stats(mean_acc, var_acc, factor_acc, self.mean, self.inv_std,
-                                        eps=self.eps, ws=self.ws)
-            ops.batch_norm_forward_global(x, y, self.mean, self.inv_std)
+            if epilogue is None:
+                ops.batch_norm_forward_global(x, y, self.mean, self.inv_std)
+            else:
+                apply_epilogue(x, y, None, epilogue.with_changes(mean=self.mean,
+                                                                 inv_std=self.inv_std))
             return
         reduced = self._reduced()
         ops.batch_norm_forward_train(x, y, self.x_norm, self.mean, self.var, self.inv_std,
                                      eps=self.eps, ws=self.ws, **reduced)
         count = reduced.get("count", self.view[0] * self.view[2])
+        mean_acc, var_acc, factor_acc = (blob.data for blob in self.blobs)
         ops.batch_norm_update_stats(mean_acc, var_acc, factor_acc, self.mean, self.var,
                                     fraction=self.fraction, count=count, ws=self.ws)
+        if epilogue is not None:
+            apply_epilogue(y, y, None, epilogue)
+
+    def compute_statistics(self) -> None:
+        """With stored statistics: mean and inv_std from the accumulators (each forward, as
+        Caffe does; a convolution that absorbs this layer calls it before it runs). With
+        batch statistics the normalising kernel computes them itself."""
+        if self.use_global_stats:
+            mean_acc, var_acc, factor_acc = (blob.data for blob in self.blobs)
+            ops.batch_norm_global_stats(mean_acc, var_acc, factor_acc, self.mean, self.inv_std,
+                                        eps=self.eps, ws=self.ws)
 
     def backward(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:

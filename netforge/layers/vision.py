@@ -167,11 +167,14 @@ class ConvolutionLayer(Layer):
         return [buffer for parts in self.workspaces for _, _, ws in parts
                 for buffer in scratch_in(ws, kept_for_backward=self.kept_for_backward(ws))]
 
-    def forward(self, bottoms, tops):
+    def forward(self, bottoms, tops, *, epilogue=None):
+        """``epilogue``: the in-place layers after this one, fused in by the graph
+        (``netforge.graph.fusion``; a ``netforge.ops.fused.ChannelEpilogue``)."""
         w = self.blobs[0].data
         b = self.blobs[1].data if self.bias_term else None
         for bottom, top, parts in zip(bottoms, tops, self.workspaces, strict=True):
-            engine.conv_forward(parts, bottom.data, w, b, top.data, **self._geometry())
+            engine.conv_forward(parts, bottom.data, w, b, top.data, epilogue=epilogue,
+                                **self._geometry())
 
     def _param_diffs(self):
         dw = self.blobs[0].diff if self.param_propagate_down[0] else None

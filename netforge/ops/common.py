@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import numpy
 
+from netforge.ops.fused import ChannelEpilogue, apply_epilogue
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, is_cupy, scratch, view_as
 
 # --------------------------------------------------------------------------- linear
@@ -52,8 +53,9 @@ def linear_workspace_shapes(w_shape: tuple[int, ...], *, transpose: bool = False
 
 
 def linear_forward(x: Array, w: Array, b: Array | None, y: Array, *,
-                   transpose: bool = False) -> None:
-    """y = x @ w.T + b (x @ w when ``transpose``: Caffe's transposed weight layout).
+                   transpose: bool = False, epilogue: ChannelEpilogue | None = None) -> None:
+    """y = x @ w.T + b (x @ w when ``transpose``: Caffe's transposed weight layout), then
+    ``epilogue`` (``netforge.ops.fused``, e.g. a fused ReLU) in the pass that adds b.
 
     Args:
         x: (M, K); w: (N, K), or (K, N) when transpose; b: (N,) or None; y: (M, N), assigned.
@@ -62,9 +64,15 @@ def linear_forward(x: Array, w: Array, b: Array | None, y: Array, *,
     if is_cupy(xp):  # cuDNN matmul: capturable, unlike cupy.matmul (ops/cuda/conv.py)
         from netforge.ops.cuda import conv as cuda_conv
         if cuda_conv.linear_forward(x, w, b, y, transpose=transpose):
+            if epilogue is not None:
+                y3 = view_as(y, (y.shape[0], y.shape[1], 1))
+                apply_epilogue(y3, y3, None, epilogue)
             return
     xp.matmul(x, w if transpose else w.T, out=y)
-    if b is not None:
+    if epilogue is not None:  # while the product is still in cache
+        y3 = view_as(y, (y.shape[0], y.shape[1], 1))
+        apply_epilogue(y3, y3, b, epilogue)
+    elif b is not None:
         xp.add(y, b, out=y)
 
 

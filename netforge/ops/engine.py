@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from netforge.ops import batch_split, vision
 from netforge.ops import common as linear_ops
+from netforge.ops.fused import ChannelEpilogue
 from netforge.ops.xp import Array, WorkspaceSpec, allocate_layout
 
 Part = tuple[int, int, dict]  # (first image, end, the slice's workspace)
@@ -81,9 +82,10 @@ def conv_layout(x_shape: tuple[int, ...], w_shape: tuple[int, ...], geometry: di
         accumulators=acc)
 
 
-def conv_forward(parts: list[Part], x: Array, w: Array, b: Array | None, y: Array,
-                 **geometry) -> None:
-    run_slices(parts, lambda xs, ys, ws: vision.conv_forward(xs, w, b, ys, ws=ws, **geometry),
+def conv_forward(parts: list[Part], x: Array, w: Array, b: Array | None, y: Array, *,
+                 epilogue: ChannelEpilogue | None = None, **geometry) -> None:
+    run_slices(parts, lambda xs, ys, ws: vision.conv_forward(xs, w, b, ys, ws=ws,
+                                                             epilogue=epilogue, **geometry),
                x, y)
 
 
@@ -142,10 +144,11 @@ def linear_layout(rows: int, outputs: int, xp, *, w_shape: tuple[int, ...] | Non
 
 
 def linear_forward(plan, x: Array, w: Array, b: Array | None, y: Array, *,
-                   transpose: bool) -> None:
+                   transpose: bool, epilogue: ChannelEpilogue | None = None) -> None:
     row_parts = plan[0]
     batch_split.run([lambda lo=lo, hi=hi: linear_ops.linear_forward(
-        x[lo:hi], w, b, y[lo:hi], transpose=transpose) for lo, hi in row_parts])
+        x[lo:hi], w, b, y[lo:hi], transpose=transpose, epilogue=epilogue)
+        for lo, hi in row_parts])
 
 
 def linear_backward(plan, dy: Array, x: Array, w: Array, *, dx: Array | None,

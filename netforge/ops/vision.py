@@ -41,6 +41,10 @@ The column matrix comes in two layouts, chosen by a measured cost model (``_RUN_
   2-D transposes of x and y, but numpy's per-run overhead dominates when OW is small
   (LeNet conv2: im2col 6x, col2im 5x faster than "nchw").
 
+A 3x3 stride-1 ungrouped layer whose shape the measured rule of ``netforge.ops.winograd``
+accepts runs forward by Winograd F(2x2, 3x3) instead (its workspace then holds the tile
+arrays besides the columns, which backward rebuilds).
+
 A 1x1, stride-1, unpadded convolution skips im2col: x (N, C, H*W) already is a stack of
 column matrices, and y = w @ x[n] is one batched matmul.
 """
@@ -51,6 +55,8 @@ from typing import NamedTuple
 
 import numpy
 
+from netforge.ops import compiled, winograd
+from netforge.ops.fused import ChannelEpilogue, apply_epilogue
 from netforge.ops.xp import Array, WorkspaceSpec, get_array_module, is_cupy, pair, view_as
 
 IntPair = int | tuple[int, int]
@@ -322,6 +328,9 @@ def conv_workspace_shapes(x_shape: tuple[int, ...], w_shape: tuple[int, ...], *,
     geo = _conv_geom(x_shape, w_shape, stride, pad, dilation, group)
     dt = numpy.dtype(dtype)
     spec: WorkspaceSpec = {"dw": (tuple(w_shape), dt), "db": ((geo.o,), dt)}
+    if winograd.applies(x_shape, w_shape, stride=stride, pad=pad, dilation=dilation,
+                        group=group):  # forward by Winograd; backward still needs the rest
+        spec.update(winograd.workspace_shapes(x_shape, w_shape, pad=pad, dtype=dt))
     if geo.batched_wgrad:
         spec["dw_batch"] = ((geo.n, geo.o, geo.c // geo.g), dt)
         return spec
@@ -355,8 +364,10 @@ def _top_as_nol(geo: _ConvGeom, ws: dict) -> Array:
 
 
 def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPair = 1,
-                 pad: IntPair = 0, dilation: IntPair = 1, group: int = 1, ws: dict) -> None:
-    """y = conv(x, w) + b.
+                 pad: IntPair = 0, dilation: IntPair = 1, group: int = 1, ws: dict,
+                 epilogue: ChannelEpilogue | None = None) -> None:
+    """y = conv(x, w) + b, then ``epilogue`` (``netforge.ops.fused``: the BatchNorm, Scale
+    and ReLU that follow, fused in by the graph) in the pass that writes y.
 
     Args:
         x: (N, C, H, W) input.
@@ -370,13 +381,22 @@ def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPa
         from netforge.ops.cuda import conv as cuda_conv
         if cuda_conv.conv_forward(x, w, b, y, stride=pair(stride), pad=pair(pad),
                                   dilation=pair(dilation)):
+            if epilogue is not None:
+                y3 = view_as(y, (y.shape[0], y.shape[1], y.shape[2] * y.shape[3]))
+                apply_epilogue(y3, y3, None, epilogue)
             return
+    if "wino_v" in ws and compiled.active(x, w, b, y):  # 3x3 stride 1 (ops/winograd.py)
+        winograd.conv_forward(x, w, b, y, pad=pad, ws=ws, epilogue=epilogue)
+        return
     geo = _conv_geom(x.shape, w.shape, stride, pad, dilation, group)
     g, og, cg, lp = geo.g, geo.o // geo.g, geo.c // geo.g, geo.lp
     if geo.mode == "pointwise":
         xp.matmul(view_as(w, (g, og, cg)), view_as(x, (geo.n, g, cg, lp)),
                   out=view_as(y, (geo.n, g, og, lp)))
-        if b is not None:
+        if epilogue is not None:
+            y3 = view_as(y, (geo.n, geo.o, lp))
+            apply_epilogue(y3, y3, b, epilogue)
+        elif b is not None:
             add_channel_bias(y, b)
         return
     w_g = view_as(w, (g, og, geo.k))
@@ -385,7 +405,9 @@ def conv_forward(x: Array, w: Array, b: Array | None, y: Array, *, stride: IntPa
         xp.matmul(w_g, _ws(ws, "col", (g, geo.k, sub.m)), out=_ws(ws, "top", (g, og, sub.m)))
         # The transpose into (N, O, L) and the bias add share one pass over y.
         y3 = view_as(y[lo:hi], (sub.n, geo.o, lp))
-        if b is None:
+        if epilogue is not None:
+            apply_epilogue(_top_as_nol(sub, ws), y3, b, epilogue)
+        elif b is None:
             xp.copyto(y3, _top_as_nol(sub, ws))
         else:
             xp.add(_top_as_nol(sub, ws), b[:, None], out=y3)
@@ -440,7 +462,8 @@ def conv_backward(dy: Array, x: Array, w: Array, *, dx: Array | None, dw: Array 
         if db is not None:
             add_bias_gradient(dy3, db, ws["db"])
         return
-    reuse_col = reuse_col and geo.nb >= geo.n
+    # Columns are left by an im2col forward only (not by Winograd's).
+    reuse_col = reuse_col and geo.nb >= geo.n and "wino_v" not in ws
     for lo, hi, sub in _chunks(geo):
         _load_top(xp, dy3[lo:hi], db, sub, ws)
         if dw is not None:

@@ -9,6 +9,8 @@ same name in one of these modules instead:
     loss          softmax + multinomial loss, forward and backward
     normalization BatchNorm (training and global statistics), LRN across channels
     update_rules  each solver rule's normalize + regularize + update + apply as one pass
+    fused         the per-channel epilogue (bias, BatchNorm, Scale, ReLU) of fused layers
+    winograd      Winograd F(2x2, 3x3) filter, input and output tile transforms
 
 Only those modules import numba, and only when an op first needs one (``load``), so a net
 on CuPy, a process with NETFORGE_NO_JIT=1, or an install without numba never pays for it.
