@@ -138,31 +138,35 @@ def share_memory(plan, keep) -> MemoryPlan | None:
 
 
 @dataclass
-class _Group:
-    """Blobs sharing one memory root; ``owner`` is the Blob whose array is that root."""
+class ActivationGroup:
+    """Blobs sharing one data memory root; ``owner`` is the Blob whose array is that root.
+    ``first`` and ``last`` are the times that first write it and last read it (forward step
+    ``i`` is time ``i``; a training plan puts backward after, see train_memory)."""
 
     root: object
     owner: object = None
     names: list[str] = field(default_factory=list)
     first: int = -1  # step that first writes the group
-    last: int = -1  # last step that reads (or writes) it
+    last: int = -1  # last time it is read (or written)
     pinned: bool = False
 
 
-def _share_activations(plan, report: MemoryPlan) -> None:
-    groups: dict[int, _Group] = {}
+def activation_groups(plan, pinned_names) -> dict[int, ActivationGroup]:
+    """Group the blobs of ``plan`` by their data's memory root and give each group its
+    forward live range. Pinned (never shared): the groups holding a name of
+    ``pinned_names``, the tops of source layers (their content comes from outside forward),
+    and memory the plan did not allocate."""
+    groups: dict[int, ActivationGroup] = {}
 
-    def group_of(blob) -> _Group:
+    def group_of(blob) -> ActivationGroup:
         root = root_of(blob.data)
         group = groups.get(id(root))
         if group is None:
-            group = groups[id(root)] = _Group(root)
+            group = groups[id(root)] = ActivationGroup(root)
         if blob.data is root:
             group.owner = blob
         return group
 
-    inputs = set(plan.inputs)
-    pinned_names = set(plan.outputs) | inputs | set(report.keep)
     for i, step in enumerate(plan.steps):
         for blob in step.bottoms:
             group = group_of(blob)
@@ -179,6 +183,17 @@ def _share_activations(plan, report: MemoryPlan) -> None:
     for group in groups.values():
         if group.owner is None or group.first < 0:
             group.pinned = True  # memory we did not allocate, or never written here
+    return groups
+
+
+def data_group_of(groups: dict[int, ActivationGroup], blob) -> ActivationGroup | None:
+    """The group of ``groups`` that ``blob``'s data belongs to."""
+    return groups.get(id(root_of(blob.data)))
+
+
+def _share_activations(plan, report: MemoryPlan) -> None:
+    pinned_names = set(plan.outputs) | set(plan.inputs) | set(report.keep)
+    groups = activation_groups(plan, pinned_names)
     report.activation_bytes_before = sum(nbytes(g.root) for g in groups.values()
                                          if not g.pinned)
 

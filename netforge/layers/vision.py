@@ -194,6 +194,10 @@ class ConvolutionLayer(Layer):
             engine.conv_backward(parts, top.diff, bottom.data, w, dx=dx, dw=dw, db=db,
                                  reuse_col=self.keep_columns, **self._geometry())
 
+    def backward_reads(self, bottoms, tops):
+        """x, for the weight gradient (when the columns are rebuilt, or a 1x1 needs none)."""
+        return tuple(range(len(bottoms))), ()
+
 
 @register("Deconvolution")
 class DeconvolutionLayer(ConvolutionLayer):
@@ -400,6 +404,12 @@ class PoolingLayer(Layer):
                 stochastic.stochastic_pool_backward_test(dy, bottoms[0].data, dx, **window)
         else:
             self._run_parts(pooling.ave_pool_backward, dy, dx)
+
+    def backward_reads(self, bottoms, tops):
+        """MAX: its own argmax; AVE: nothing; stochastic at test: the bottom."""
+        if self.stochastic and self.phase != "TRAIN":
+            return (0,), ()
+        return (), ()
 
 
 def _pool_pair(p, stem: str, field: str, label: str) -> tuple[int, int]:
