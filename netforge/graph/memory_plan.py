@@ -163,7 +163,10 @@ def activation_groups(plan, pinned_names) -> dict[int, ActivationGroup]:
         group = groups.get(id(root))
         if group is None:
             group = groups[id(root)] = ActivationGroup(root)
-        if blob.data is root:
+        if blob.data is root and group.owner is None:
+            # The first blob seen holding the root is its producer's top: blobs that share
+            # the very array later (Split tops, ``Blob.share_data``) are re-pointed at the
+            # owner's memory by ``share_tops``, so the owner is the one to move.
             group.owner = blob
         return group
 

@@ -85,6 +85,19 @@ def test_memory_is_actually_shared():
                for name in later)
 
 
+def test_a_blob_read_through_a_split_moves_into_a_slot_with_its_split_tops():
+    """conv1 feeds three layers through an automatic Split, whose tops hold conv1's very
+    array: the memory that moves into a slot must be conv1's own (the Split tops follow it),
+    else conv1 keeps private memory that is never reused."""
+    _, shared = _pair()
+    plan = shared.plan
+    conv1 = plan.blobs["conv1"].data
+    assert "conv1" in plan.memory.shared_blobs
+    assert conv1.base is not None  # a view into a slot
+    splits = [step for step in plan.steps if step.layer.type == "Split"]
+    assert splits and all(top.data is conv1 for top in splits[0].tops)
+
+
 
 
 def test_diffs_are_dropped_zero_views():
