@@ -1,9 +1,10 @@
 """CPU speed and memory: netforge vs PyTorch on LeNet, CIFAR-10 quick, AlexNet, ResNet-50,
 DenseNet-121.
 
-    .venv/bin/python tools/bench/cpu.py [--nets lenet,cifar10_quick,alexnet,resnet50]
+    .venv/bin/python tools/bench/cpu.py [--nets lenet,cifar10_quick,alexnet,resnet50,densenet121]
         [--modes train,predict] [--threads 2,1] [--rounds 5] [--seconds 1.0] [--no-memory]
-        [--netforge DIR] [--coretype SkylakeX] [--blas-env unset,environment] [--json FILE]
+        [--netforge DIR] [--recompute-columns] [--no-runtime-counted] [--coretype SkylakeX]
+        [--blas-env unset,environment] [--json FILE]
 
 Rows: a TRAIN step (forward + backward + SGD update with momentum and weight decay: netforge's
 ``Solver.step(1)``, torch's zero_grad/forward/cross_entropy/backward/SGD.step) and predict (a
@@ -122,6 +123,20 @@ def predict_options() -> dict:
     return {"reuse_memory": True} if "reuse_memory" in inspect.signature(Net).parameters else {}
 
 
+# Solver options of the netforge under test (--recompute-columns), set by main().
+SOLVER_OPTIONS: dict = {}
+
+
+def solver_options() -> dict:
+    """SOLVER_OPTIONS, less those this netforge checkout's Solver does not take."""
+    import inspect
+
+    from netforge.train.solver import Solver
+
+    known = inspect.signature(Solver).parameters
+    return {k: v for k, v in SOLVER_OPTIONS.items() if k in known}
+
+
 def netforge_case(net_name: str, mode: str, batch: int):
     """(step function, the Net) for netforge."""
     import numpy as np
@@ -129,7 +144,7 @@ def netforge_case(net_name: str, mode: str, batch: int):
     from tools.bench import nets
 
     if mode == "train":
-        solver = nets.make_solver(net_name, batch)
+        solver = nets.make_solver(net_name, batch, **solver_options())
 
         def step():
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -387,6 +402,8 @@ def child(args, extra: list[str], threads: int, other_netforge: bool = True,
            "--check-threads", str(args.check_threads), *extra]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
+    if args.recompute_columns:
+        cmd += ["--recompute-columns"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"child {' '.join(extra)} failed:\n{out.stderr[-3000:]}")
@@ -412,11 +429,16 @@ def main() -> None:
     parser.add_argument("--no-runtime-counted", action="store_true",
                         help="skip the netforge figure with its kernel runtime counted")
     parser.add_argument("--runtime-counted", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--recompute-columns", action="store_true",
+                        help="netforge's Solver(recompute_columns=True): convolutions rebuild "
+                             "their columns in backward (less memory, more time)")
     parser.add_argument("--jit-cache", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["time", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--framework", choices=["netforge", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--check-threads", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.recompute_columns:
+        SOLVER_OPTIONS["recompute_columns"] = True
     if args.child:  # PYTHONPATH (set by the parent) puts the netforge under test first
         args.threads = int(args.threads)
         (time_cases if args.child == "time" else memory_case)(args)
