@@ -13,11 +13,9 @@ lives over ``[lo, hi]``, the first and last step that touch it. ``share_diffs(pl
    outputs without a loss weight, tops of layers that never run backward, labels), the net's
    inputs (``Net.backward`` returns their diffs), the loss tops (the net seeds them), and
    every diff a Python layer touches (user code may accumulate);
-3. assigns the others to slots greedily in backward order (by ``hi``, descending): a group
-   takes the free slot (its occupant's interval ends above this one's ``hi``) closest in
-   size, else a new slot; a slot is one array as large as its largest group (the greedy
-   scheme of memory_plan, in reverse time);
-4. points each group's owner at a view into its slot and re-runs the aliasing
+3. places the others in one arena (memory_plan.pack_into_arena, greedy by size) so that
+   groups alive at the same time get disjoint bytes, on backward's timeline (below);
+4. points each group's owner at a view into the arena and re-runs the aliasing
    (``share_tops``).
 
 Parameter diffs are never shared (they accumulate over iter_size passes). Every layer's
@@ -37,7 +35,7 @@ of its bottoms' and tops' data its backward reads (``Layer.backward_reads``; the
 for a layer that does not say, is all of them): ReLU its top, Convolution and InnerProduct
 their bottoms, MAX pooling, Dropout, BatchNorm, Split, Concat and Eltwise SUM nothing (they
 keep a mask or a copy of their own, or need diffs only). Activations and diffs are packed
-into the same slots, on one timeline: forward step ``i`` at time ``i``, the backward of step
+into the same arena, on one timeline: forward step ``i`` at time ``i``, the backward of step
 ``j`` at ``2n - 1 - j`` (n steps), so the memory of activations that backward has done with
 holds the diffs of the layers below. Never shared: the net's inputs and outputs, the tops of
 source layers (data layers write them), every blob a Python layer touches, and nothing at
@@ -59,7 +57,7 @@ from netforge.graph.memory_plan import (
     activation_groups,
     data_group_of,
     nbytes,
-    pack_into_slots,
+    pack_into_arena,
     root_of,
     share_scratch,
     unsupported_reason,
@@ -74,7 +72,7 @@ log = logging.getLogger("netforge")
 class DiffPlan:
     """What ``share_diffs`` did, for logs and tests."""
 
-    slots: list[int] = field(default_factory=list)  # bytes per diff slot
+    slots: list[int] = field(default_factory=list)  # bytes of the shared arena (one)
     shared_blobs: list[str] = field(default_factory=list)
     private_blobs: list[str] = field(default_factory=list)
     bytes_before: int = 0  # the shared diffs' own bytes
@@ -138,7 +136,7 @@ def recompute_columns(plan) -> tuple[int, int]:
 
 def share_diffs(plan, activations: bool = False) -> DiffPlan:
     """Share the diff memory of ``plan``'s blobs by liveness, and with ``activations`` their
-    data too, all in one set of slots (see the module docstring)."""
+    data too, all in one arena (see the module docstring)."""
     report = DiffPlan(activations=activations)
     report.copy_bytes_saved = share_batch_norm_copies(plan)
     shared = _shareable_diff_groups(plan, report)
@@ -154,22 +152,21 @@ def share_diffs(plan, activations: bool = False) -> DiffPlan:
             data_groups = _shareable_activations(plan, end)
             items += [(g.first, g.last, nbytes(g.root), g) for g in data_groups]
             report.activation_bytes_before = sum(nbytes(g.root) for g in data_groups)
-    items.sort(key=lambda item: item[0])
     data_ids = {id(g) for g in data_groups}
-    for size, members in pack_into_slots(items):
-        arena = members[0].owner.xp.empty(size, dtype="uint8")
-        for group in members:
+    size, offsets = pack_into_arena(items)
+    if offsets:
+        arena = offsets[0][1].owner.xp.empty(size, dtype="uint8")
+        for offset, group in offsets:
             if id(group) in data_ids:
-                group.owner.data = view_into(arena, group.owner.data)
+                group.owner.data = view_into(arena, group.owner.data, offset)
                 report.activation_blobs.extend(group.names)
             else:
-                group.owner.diff = view_into(arena, group.owner.diff)
+                group.owner.diff = view_into(arena, group.owner.diff, offset)
         report.slots.append(size)
     reshare_tops(plan.steps)
-    log.info("Training memory: %d bytes of blob diffs and %d of activations in %d slots of "
+    log.info("Training memory: %d bytes of blob diffs and %d of activations in an arena of "
              "%d bytes; %d blobs keep private diffs", report.bytes_before,
-             report.activation_bytes_before, len(report.slots), report.shared_bytes,
-             len(report.private_blobs))
+             report.activation_bytes_before, report.shared_bytes, len(report.private_blobs))
     return report
 
 
