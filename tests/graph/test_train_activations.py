@@ -94,12 +94,12 @@ layer {{ name: "cat{k}" type: "Concat" bottom: "{features}" bottom: "d{k}_conv" 
 NETS = {"lenet": LENET, "resnet_block": RESNET_BLOCK, "densenet_block": _dense_block()}
 
 
-def _solver(text: str, share_activations: bool) -> Solver:
+def _solver(text: str, share_activations: bool, **options) -> Solver:
     sp = config.parse_text('type: "SGD" base_lr: 0.05 momentum: 0.9 weight_decay: 0.001 '
                            'lr_policy: "fixed" max_iter: 100 random_seed: 7 display: 0',
                            pb.SolverParameter())
     sp.train_net_param.CopyFrom(config.parse_text(text, pb.NetParameter(), "net.prototxt"))
-    return Solver(sp, metrics=False, share_activations=share_activations)
+    return Solver(sp, metrics=False, share_activations=share_activations, **options)
 
 
 def _train(solver: Solver, steps: int) -> list[float]:
@@ -115,9 +115,13 @@ def _train(solver: Solver, steps: int) -> list[float]:
     return losses
 
 
+@pytest.mark.parametrize("recompute_columns", [False, True])
 @pytest.mark.parametrize("name", sorted(NETS))
-def test_weights_after_training_are_bit_identical_with_shared_activations(name):
-    plain, lean = _solver(NETS[name], False), _solver(NETS[name], True)
+def test_weights_after_training_are_bit_identical_with_shared_activations(name,
+                                                                          recompute_columns):
+    """With recompute_columns, convolutions read their bottoms again in backward."""
+    plain = _solver(NETS[name], False)
+    lean = _solver(NETS[name], True, recompute_columns=recompute_columns)
     assert plain.net.plan.diffs.activation_blobs == []
     assert lean.net.plan.diffs.activation_blobs, "nothing was shared"
     assert _train(lean, 4) == _train(plain, 4)
