@@ -159,3 +159,17 @@ def test_asking_for_a_shared_activation_is_refused_and_keeping_them_all_works():
     conv1 = plain.net.forward(blobs=["conv1"])["conv1"]
     assert not any(np.shares_memory(conv1, blob.data) for name, blob in
                    plain.net.plan.blobs.items() if name != "conv1")
+
+
+def test_a_new_batch_size_plans_the_arena_again_and_stays_bit_identical():
+    plain, lean = _solver(NETS["resnet_block"], False), _solver(NETS["resnet_block"], True)
+    before = lean.net.plan.diffs.shared_bytes
+    for solver in (plain, lean):
+        solver.net.blobs["data"].reshape(BATCH + 2, 3, 16, 16)
+        solver.net.blobs["label"].reshape(BATCH + 2)
+        solver.net.reshape()
+    assert lean.net.plan.diffs.activation_blobs
+    assert lean.net.plan.diffs.shared_bytes > before
+    assert _train(lean, 2) == _train(plain, 2)
+    for a, b in zip(plain.net.learnable_params, lean.net.learnable_params, strict=True):
+        np.testing.assert_array_equal(b.blob.data, a.blob.data, err_msg=a.layer_name)
