@@ -152,8 +152,8 @@ class ConvolutionLayer(Layer):
                 "group": self.group}
 
     # Whether backward reuses the columns forward built (reuse_col: no second im2col, but a
-    # private column buffer per layer) or rebuilds them in shared scratch. The graph's
-    # training-memory plan turns it off (netforge.graph.train_memory.recompute_columns).
+    # private column buffer per layer) or rebuilds them in shared scratch. The solver's
+    # training-memory plan turns it off by default (graph/train_memory.recompute_columns).
     keep_columns = True
 
     def kept_for_backward(self, ws: dict) -> tuple[str, ...]:

@@ -3,8 +3,8 @@ DenseNet-121.
 
     .venv/bin/python tools/bench/cpu.py [--nets lenet,cifar10_quick,alexnet,resnet50,densenet121]
         [--modes train,predict] [--threads 2,1] [--rounds 5] [--seconds 1.0] [--no-memory]
-        [--netforge DIR] [--recompute-columns] [--no-runtime-counted] [--coretype SkylakeX]
-        [--blas-env unset,environment] [--json FILE]
+        [--netforge DIR] [--recompute-columns | --keep-columns] [--no-runtime-counted]
+        [--coretype SkylakeX] [--blas-env unset,environment] [--json FILE]
 
 Rows: a TRAIN step (forward + backward + SGD update with momentum and weight decay: netforge's
 ``Solver.step(1)``, torch's zero_grad/forward/cross_entropy/backward/SGD.step) and predict (a
@@ -123,7 +123,8 @@ def predict_options() -> dict:
     return {"reuse_memory": True} if "reuse_memory" in inspect.signature(Net).parameters else {}
 
 
-# Solver options of the netforge under test (--recompute-columns), set by main().
+# Solver options of the netforge under test (--recompute-columns, --keep-columns), set by
+# main(); a checkout's own default otherwise.
 SOLVER_OPTIONS: dict = {}
 
 
@@ -404,6 +405,8 @@ def child(args, extra: list[str], threads: int, other_netforge: bool = True,
         cmd += ["--batch", str(args.batch)]
     if args.recompute_columns:
         cmd += ["--recompute-columns"]
+    if args.keep_columns:
+        cmd += ["--keep-columns"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"child {' '.join(extra)} failed:\n{out.stderr[-3000:]}")
@@ -431,14 +434,17 @@ def main() -> None:
     parser.add_argument("--runtime-counted", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--recompute-columns", action="store_true",
                         help="netforge's Solver(recompute_columns=True): convolutions rebuild "
-                             "their columns in backward (less memory, more time)")
+                             "their columns in backward (this checkout's default)")
+    parser.add_argument("--keep-columns", action="store_true",
+                        help="netforge's Solver(recompute_columns=False): convolutions keep "
+                             "forward's columns for backward")
     parser.add_argument("--jit-cache", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["time", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--framework", choices=["netforge", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--check-threads", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.recompute_columns:
-        SOLVER_OPTIONS["recompute_columns"] = True
+    if args.recompute_columns or args.keep_columns:
+        SOLVER_OPTIONS["recompute_columns"] = not args.keep_columns
     if args.child:  # PYTHONPATH (set by the parent) puts the netforge under test first
         args.threads = int(args.threads)
         (time_cases if args.child == "time" else memory_case)(args)
