@@ -198,16 +198,17 @@ class Plan:
         """Refuse to hand out blobs whose memory a later layer reuses (see share_memory)."""
         if self.memory is not None:
             shared, how = self.memory.shared_blobs, "reuse_memory=True"
+            fix = "name them in keep_blobs to read them"
         elif self.diffs is not None and self.diffs.activation_blobs:
             shared, how = self.diffs.activation_blobs, "a solver's train net"
+            fix = "build the solver with share_activations=False to read them"
         else:
             return
         stale = [name for name in names if name in shared]
         if stale:
             raise GraphError(
                 f'net "{self.name}" shares memory between activations ({how}): '
-                f"blob(s) {', '.join(stale)} do not keep their values after forward; name "
-                "them in keep_blobs to read them")
+                f"blob(s) {', '.join(stale)} do not keep their values after forward; {fix}")
 
     def check_resume(self, first: int) -> None:
         """Refuse a forward from step ``first`` that would read shared (overwritten) blobs
