@@ -156,7 +156,7 @@ class Plan:
             for step in self.steps[start:]:
                 reshape_step(step)
         if diffs is not None:
-            self.share_diffs()
+            self.share_diffs(activations=diffs.activations)
         if memory is not None:
             self.share_memory(memory.keep)
         else:
@@ -173,12 +173,13 @@ class Plan:
             self.fused = fusion.find_chains(self.steps, forward_only=True)
         return self.memory
 
-    def share_diffs(self) -> DiffPlan:
-        """Let blob diffs that are never alive together share memory
-        (``netforge.graph.train_memory``): for a solver's train net, where nothing reads an
-        intermediate diff after backward."""
+    def share_diffs(self, activations: bool = False) -> DiffPlan:
+        """Let blob diffs that are never alive together share memory, and with
+        ``activations`` the activations too (``netforge.graph.train_memory``): for a
+        solver's train net, where nothing reads an intermediate diff or activation after
+        backward."""
         with self.rearranging():
-            self.diffs = train_memory.share_diffs(self)
+            self.diffs = train_memory.share_diffs(self, activations)
         return self.diffs
 
     def _unshare_diffs(self, diffs: DiffPlan) -> None:
@@ -186,19 +187,28 @@ class Plan:
             blob = self.blobs[name]
             if blob.diff is not None and blob.diff.base is not None:
                 blob.diff = blob.xp.zeros(blob.shape, dtype=blob.dtype)
+        for name in diffs.activation_blobs:
+            blob = self.blobs[name]
+            if blob.data.base is not None:  # still a view into a slot
+                blob.data = blob.xp.empty(blob.shape, dtype=blob.dtype)
         reshare_tops(self.steps)
         self.diffs = None
 
     def check_readable(self, names) -> None:
         """Refuse to hand out blobs whose memory a later layer reuses (see share_memory)."""
-        if self.memory is None:
+        if self.memory is not None:
+            shared, how = self.memory.shared_blobs, "reuse_memory=True"
+            fix = "name them in keep_blobs to read them"
+        elif self.diffs is not None and self.diffs.activation_blobs:
+            shared, how = self.diffs.activation_blobs, "a solver's train net"
+            fix = "build the solver with share_activations=False to read them"
+        else:
             return
-        stale = [name for name in names if name in self.memory.shared_blobs]
+        stale = [name for name in names if name in shared]
         if stale:
             raise GraphError(
-                f'net "{self.name}" shares memory between activations (reuse_memory=True): '
-                f"blob(s) {', '.join(stale)} do not keep their values after forward; name "
-                "them in keep_blobs to read them")
+                f'net "{self.name}" shares memory between activations ({how}): '
+                f"blob(s) {', '.join(stale)} do not keep their values after forward; {fix}")
 
     def check_resume(self, first: int) -> None:
         """Refuse a forward from step ``first`` that would read shared (overwritten) blobs

@@ -178,6 +178,16 @@ class Layer:
     # after it (see Plan.reshape).
     dynamic_top_shapes = False
 
+    def backward_reads(self, bottoms: list[Blob], tops: list[Blob]) -> tuple[tuple[int, ...],
+                                                                              tuple[int, ...]]:
+        """(bottom indices, top indices) whose *data* this layer's backward reads, besides
+        its tops' diffs (what it keeps itself, like a mask or a copy, does not count). The
+        training-memory plan (netforge.graph.train_memory) lets an activation that no
+        backward reads share memory after its last forward reader. Asked only of layers the
+        net runs backward for. Default: every bottom and top, safe for a layer that does not
+        say; an override must name every blob its backward touches the data of."""
+        return tuple(range(len(bottoms))), tuple(range(len(tops)))
+
     def share_tops(self, bottoms: list[Blob], tops: list[Blob]) -> None:
         """Called by the plan each time it (re)allocates this layer's tops. A layer whose
         tops alias bottom memory instead of copying (Reshape, a one-top Slice) points them

@@ -84,6 +84,10 @@ class InnerProductLayer(Layer):
         engine.linear_backward(self.plan, dy, x, w, dx=dx, dw=dw, db=db,
                                transpose=self.transpose, ws=self.ws)
 
+    def backward_reads(self, bottoms, tops):
+        """x, for the weight gradient."""
+        return (0,), ()
+
 
 @register("Split")
 class SplitLayer(Layer):
@@ -111,6 +115,10 @@ class SplitLayer(Layer):
         for top in tops[1:]:
             dx += top.diff
 
+    def backward_reads(self, bottoms, tops):
+        """A sum of diffs."""
+        return (), ()
+
 
 @register("Flatten")
 class FlattenLayer(Layer):
@@ -132,6 +140,10 @@ class FlattenLayer(Layer):
     def backward(self, tops, propagate_down, bottoms):
         if propagate_down[0]:
             self.xp.copyto(bottoms[0].diff.reshape(-1), tops[0].diff.reshape(-1))
+
+    def backward_reads(self, bottoms, tops):
+        """A copy of diffs."""
+        return (), ()
 
 
 @register("Concat")
@@ -164,6 +176,10 @@ class ConcatLayer(Layer):
         ops.concat_backward(tops[0].diff,
                             [b.diff if propagate_down[j] else None for j, b in enumerate(bottoms)],
                             axis=self.axis, widths=self.widths)
+
+    def backward_reads(self, bottoms, tops):
+        """Slices of the top diff."""
+        return (), ()
 
 
 @register("Eltwise")
@@ -220,6 +236,12 @@ class EltwiseLayer(Layer):
         else:
             ops.eltwise_max_backward(dy, self.argmax, dxs, ws=self.ws)
 
+    def backward_reads(self, bottoms, tops):
+        """SUM: nothing; MAX: its own argmax; PROD: the bottoms and the top."""
+        if self.operation == pb.EltwiseParameter.PROD:
+            return tuple(range(len(bottoms))), (0,)
+        return (), ()
+
 
 @register("Softmax")
 class SoftmaxLayer(Layer):
@@ -245,3 +267,7 @@ class SoftmaxLayer(Layer):
         if propagate_down[0]:
             ops.softmax_backward(tops[0].data, tops[0].diff, bottoms[0].diff, axis=self.axis,
                                  ws=self.ws)
+
+    def backward_reads(self, bottoms, tops):
+        """The derivative comes from the probabilities, its top."""
+        return (), (0,)

@@ -134,6 +134,10 @@ class SoftmaxWithLossLayer(LossLayer):
         ops.softmax_loss_backward(self.prob, bottoms[1].data, bottoms[0].diff,
                                   loss_weight=_loss_weight(tops), **self._kwargs())
 
+    def backward_reads(self, bottoms, tops):
+        """The labels; the probabilities are its own."""
+        return (1,), ()
+
 
 @register("Accuracy")
 class AccuracyLayer(Layer):

@@ -36,6 +36,10 @@ class ReLULayer(NeuronLayer):
             ops.relu_backward(tops[0].diff, tops[0].data, bottoms[0].diff,
                               negative_slope=self.slope, ws=self.ws)
 
+    def backward_reads(self, bottoms, tops):
+        """The gradient gate is y > 0 (y serves for x, in place or not)."""
+        return (), (0,)
+
 
 class _SmoothNeuronLayer(NeuronLayer):
     """Sigmoid/TanH/BNLL: backward from the top data (so in place needs no copy of x);
@@ -55,6 +59,10 @@ class SigmoidLayer(_SmoothNeuronLayer):
         if propagate_down[0]:
             ops.sigmoid_backward(tops[0].diff, tops[0].data, bottoms[0].diff, ws=self.ws)
 
+    def backward_reads(self, bottoms, tops):
+        """The derivative comes from y."""
+        return (), (0,)
+
 
 @register("TanH")
 class TanHLayer(_SmoothNeuronLayer):
@@ -64,6 +72,10 @@ class TanHLayer(_SmoothNeuronLayer):
     def backward(self, tops, propagate_down, bottoms):
         if propagate_down[0]:
             ops.tanh_backward(tops[0].diff, tops[0].data, bottoms[0].diff, ws=self.ws)
+
+    def backward_reads(self, bottoms, tops):
+        """The derivative comes from y."""
+        return (), (0,)
 
 
 @register("Dropout")
@@ -96,6 +108,10 @@ class DropoutLayer(NeuronLayer):
             ops.dropout_backward(tops[0].diff, self.mask, self.ratio, bottoms[0].diff)
         elif tops[0].diff is not bottoms[0].diff:
             self.xp.copyto(bottoms[0].diff, tops[0].diff)
+
+    def backward_reads(self, bottoms, tops):
+        """Its own mask, no blob data."""
+        return (), ()
 
 
 class _BottomKeepingLayer(NeuronLayer):
@@ -243,6 +259,10 @@ class BNLLLayer(_SmoothNeuronLayer):
         if propagate_down[0]:  # from the top data, so in place needs no copy
             ops.bnll_backward(tops[0].diff, tops[0].data, bottoms[0].diff, ws=self.ws)
 
+    def backward_reads(self, bottoms, tops):
+        """The derivative comes from y."""
+        return (), (0,)
+
 
 @register("Power")
 class PowerLayer(_BottomKeepingLayer):
@@ -292,6 +312,10 @@ class ExpLayer(NeuronLayer):
         if propagate_down[0]:  # from the top data: works in place
             ops.exp_backward(tops[0].diff, tops[0].data, bottoms[0].diff, base=self.base,
                              scale=self.scale)
+
+    def backward_reads(self, bottoms, tops):
+        """The derivative comes from y."""
+        return (), (0,)
 
 
 @register("Log")

@@ -158,6 +158,10 @@ class BatchNormLayer(Layer):
             ops.batch_norm_backward_train(dy, self.x_norm, self.inv_std, dx, ws=self.ws,
                                           **self._reduced())
 
+    def backward_reads(self, bottoms, tops):
+        """Its own x_norm copy and inverse deviations, no blob data."""
+        return (), ()
+
 
 class _BroadcastLayer(Layer):
     """Scale and Bias: bottom[0] combined with a blob that covers ``num_axes`` of its axes
@@ -269,6 +273,13 @@ class ScaleLayer(_BroadcastLayer):
         if propagate_down[0]:
             ops.scale_backward(dy, self._flat(scale.data), view_as(bottoms[0].diff, self.view))
 
+    def backward_reads(self, bottoms, tops):
+        """x for the scale gradient (its own copy when in place), and the scale bottom."""
+        second = (1,) if self.two_bottoms else ()
+        if tops[0] is bottoms[0]:
+            return second, ()
+        return (0, *second), ()
+
 
 @register("Bias")
 class BiasLayer(_BroadcastLayer):
@@ -306,6 +317,10 @@ class BiasLayer(_BroadcastLayer):
                              accumulate=not self.two_bottoms, ws=self.ws)
         if propagate_down[0] and tops[0] is not bottoms[0]:
             self.xp.copyto(bottoms[0].diff, tops[0].diff)
+
+    def backward_reads(self, bottoms, tops):
+        """Sums and copies of diffs."""
+        return (), ()
 
 
 @register("MVN")
@@ -387,3 +402,7 @@ class LRNLayer(Layer):
             ops.lrn_backward(tops[0].diff, bottoms[0].data, self.scale, self.inv_pow,
                              bottoms[0].diff, size=self.size, alpha=self.alpha,
                              beta=self.beta, region=self.region, ws=self.ws)
+
+    def backward_reads(self, bottoms, tops):
+        """x and its own scale."""
+        return (0,), ()

@@ -85,6 +85,10 @@ class ReshapeLayer(Layer):
     def backward(self, tops, propagate_down, bottoms):
         pass  # ... and its diff
 
+    def backward_reads(self, bottoms, tops):
+        """No backward work (views)."""
+        return (), ()
+
 
 _REDUCTIONS = {pb.ReductionParameter.SUM: "SUM", pb.ReductionParameter.ASUM: "ASUM",
                pb.ReductionParameter.SUMSQ: "SUMSQ", pb.ReductionParameter.MEAN: "MEAN"}

@@ -152,8 +152,8 @@ class ConvolutionLayer(Layer):
                 "group": self.group}
 
     # Whether backward reuses the columns forward built (reuse_col: no second im2col, but a
-    # private column buffer per layer) or rebuilds them in shared scratch. The graph's
-    # training-memory plan turns it off (netforge.graph.train_memory.recompute_columns).
+    # private column buffer per layer) or rebuilds them in shared scratch. The solver's
+    # training-memory plan turns it off by default (graph/train_memory.recompute_columns).
     keep_columns = True
 
     def kept_for_backward(self, ws: dict) -> tuple[str, ...]:
@@ -193,6 +193,10 @@ class ConvolutionLayer(Layer):
             dx = bottom.diff if propagate_down[j] else None
             engine.conv_backward(parts, top.diff, bottom.data, w, dx=dx, dw=dw, db=db,
                                  reuse_col=self.keep_columns, **self._geometry())
+
+    def backward_reads(self, bottoms, tops):
+        """x, for the weight gradient (when the columns are rebuilt, or a 1x1 needs none)."""
+        return tuple(range(len(bottoms))), ()
 
 
 @register("Deconvolution")
@@ -400,6 +404,12 @@ class PoolingLayer(Layer):
                 stochastic.stochastic_pool_backward_test(dy, bottoms[0].data, dx, **window)
         else:
             self._run_parts(pooling.ave_pool_backward, dy, dx)
+
+    def backward_reads(self, bottoms, tops):
+        """MAX: its own argmax; AVE: nothing; stochastic at test: the bottom."""
+        if self.stochastic and self.phase != "TRAIN":
+            return (0,), ()
+        return (), ()
 
 
 def _pool_pair(p, stem: str, field: str, label: str) -> tuple[int, int]:

@@ -76,14 +76,20 @@ class Solver:
             (None: a single process). Its hooks are the ``self.parallel`` lines below.
         no_graph: never capture the step as a CUDA graph (``--no-graph``; GPU only).
         recompute_columns: convolutions rebuild their im2col columns in backward instead of
-            keeping them per layer: less memory, more time (graph/train_memory.py).
+            keeping them per layer (the default): much less memory for about the same time
+            on the CPU, as measured (graph/train_memory.recompute_columns); False keeps them.
+        share_activations: the train net's intermediate activations share memory by
+            liveness with one another and with the diffs (graph/train_memory.py); False
+            keeps every blob's data readable after a step (pycaffe habits), at the memory
+            cost of keeping them all.
     """
 
     forced_type: str | None = None  # set by the pycaffe-named subclasses
 
     def __init__(self, solver, *, level: int = 0, stages=(), signals: SignalRequests | None = None,
                  dtype=np.float32, metrics: bool = True, parallel=None,
-                 no_graph: bool = False, recompute_columns: bool = False):
+                 no_graph: bool = False, recompute_columns: bool = True,
+                 share_activations: bool = True):
         if isinstance(solver, (str, Path)):
             self.path = Path(solver)
             sp = config.load_solver_param(solver)
@@ -145,12 +151,12 @@ class Solver:
             test_net.share_trained_layers(self.net)
             self.test_nets.append(test_net)
 
-        # Nothing reads the train net's intermediate diffs, nor the test nets' intermediate
+        # Nothing reads the train net's intermediate diffs and activations, nor the test nets'
         # activations: both share memory by liveness (graph/train_memory.py, memory_plan.py).
         # The train net's arena moves its arrays when a pass changes memory: the views the
         # test nets (its weights) and the update rule keep are rebuilt through the solver.
         self.net.plan.hold_arena_views(self)
-        self.net.plan.share_diffs()
+        self.net.plan.share_diffs(activations=share_activations)
         if recompute_columns:
             with self.net.plan.rearranging():
                 train_memory.recompute_columns(self.net.plan)

@@ -1,9 +1,10 @@
 """CPU speed and memory: netforge vs PyTorch on LeNet, CIFAR-10 quick, AlexNet, ResNet-50,
 DenseNet-121.
 
-    .venv/bin/python tools/bench/cpu.py [--nets lenet,cifar10_quick,alexnet,resnet50]
+    .venv/bin/python tools/bench/cpu.py [--nets lenet,cifar10_quick,alexnet,resnet50,densenet121]
         [--modes train,predict] [--threads 2,1] [--rounds 5] [--seconds 1.0] [--no-memory]
-        [--netforge DIR] [--coretype SkylakeX] [--blas-env unset,environment] [--json FILE]
+        [--netforge DIR] [--recompute-columns | --keep-columns] [--no-runtime-counted]
+        [--coretype SkylakeX] [--blas-env unset,environment] [--json FILE]
 
 Rows: a TRAIN step (forward + backward + SGD update with momentum and weight decay: netforge's
 ``Solver.step(1)``, torch's zero_grad/forward/cross_entropy/backward/SGD.step) and predict (a
@@ -37,6 +38,18 @@ Both count resident pages only, so memory never touched is not counted for eithe
 children set glibc's mmap threshold to 64 KiB (``fixed_mmap_threshold``), so that freed
 memory leaves RSS at once instead of being reused unseen.
 
+Runtimes are loaded before the base, alike, so that neither framework's library code
+counts as the net's memory: torch's child imports torch (its kernels, its allocator) before
+it takes the base RSS, and netforge's child likewise imports every compiled-kernel module
+and starts numba's code generator (llvmlite's JIT) before its base (``load_kernel_runtime``).
+numba then still loads each kernel's machine code (from its cache) on the kernel's first
+call, some 70 MB for LeNet's dozen kernels, which torch has in its shared library already:
+so both children first run one step of the same net at batch 1 and free it (``warm_up``:
+netforge's kernels loaded, torch's lazy initialisation done) before the base. The netforge
+figure also comes with the runtime counted ("kernel runtime counted" in the --no-time
+listing: the base taken before ``load_kernel_runtime`` and no warm-up, as the bench did
+before; about +100 MB per process since the numba kernels landed), so both are reported.
+
 ``--netforge DIR`` runs another checkout of the package (a copy of ``netforge/`` taken
 before a change) to print the before table in the same session. ``--blas-env`` lists the
 BLAS settings to time under (tools/bench/blas_env.py): "unset" removes OPENBLAS_CORETYPE and
@@ -64,7 +77,7 @@ from pathlib import Path
 import blas_env  # tools/bench/, this script's folder
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_NETS = "lenet,cifar10_quick,alexnet,resnet50"
+DEFAULT_NETS = "lenet,cifar10_quick,alexnet,resnet50,densenet121"
 
 
 def rss_mb() -> float:
@@ -110,6 +123,21 @@ def predict_options() -> dict:
     return {"reuse_memory": True} if "reuse_memory" in inspect.signature(Net).parameters else {}
 
 
+# Solver options of the netforge under test (--recompute-columns, --keep-columns), set by
+# main(); a checkout's own default otherwise.
+SOLVER_OPTIONS: dict = {}
+
+
+def solver_options() -> dict:
+    """SOLVER_OPTIONS, less those this netforge checkout's Solver does not take."""
+    import inspect
+
+    from netforge.train.solver import Solver
+
+    known = inspect.signature(Solver).parameters
+    return {k: v for k, v in SOLVER_OPTIONS.items() if k in known}
+
+
 def netforge_case(net_name: str, mode: str, batch: int):
     """(step function, the Net) for netforge."""
     import numpy as np
@@ -117,7 +145,7 @@ def netforge_case(net_name: str, mode: str, batch: int):
     from tools.bench import nets
 
     if mode == "train":
-        solver = nets.make_solver(net_name, batch)
+        solver = nets.make_solver(net_name, batch, **solver_options())
 
         def step():
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -255,6 +283,41 @@ def fixed_mmap_threshold() -> None:
         pass
 
 
+def load_kernel_runtime() -> None:
+    """Import netforge's compiled-kernel modules and start numba's code generator (llvmlite's
+    JIT engine), as importing torch loads torch's runtime: library code, not the net's
+    memory. A checkout without compiled kernels (or without numba) loads nothing."""
+    try:
+        from netforge.ops import compiled
+    except ImportError:
+        return
+    if not compiled.enabled():
+        return
+    import pkgutil
+
+    for info in pkgutil.iter_modules(compiled.__path__):
+        if info.name != "jit":
+            compiled.load(info.name)
+    from numba.core.registry import cpu_target
+
+    cpu_target.target_context  # noqa: B018  (builds the codegen: llvmlite initialised)
+
+
+def warm_up(framework: str, net_name: str, mode: str) -> None:
+    """One step of ``net_name`` at batch 1 in ``framework``, then everything freed: the
+    runtime's lazily loaded code (numba's kernels, torch's first-call initialisation) is
+    in place before the base RSS, and the net's memory is not."""
+    step, nf_net = netforge_case(net_name, mode, 1)
+    if framework == "netforge":
+        step()
+    else:
+        torch_step, _, _ = torch_case(nf_net, net_name, mode)
+        torch_step()
+        del torch_step
+    del step, nf_net
+    release_freed_memory()
+
+
 def memory_case(args) -> None:
     fixed_mmap_threshold()
     import logging
@@ -271,6 +334,17 @@ def memory_case(args) -> None:
     batch = args.batch or nets.NETS[net_name].batch
     if args.framework == "netforge":
         release_freed_memory()
+        base_with_runtime = rss_mb()  # the base the bench took before load_kernel_runtime
+        if args.runtime_counted:  # as the bench measured before: no preloading
+            step, _ = netforge_case(net_name, mode, batch)
+            release_freed_memory()
+            reset_peak_rss()
+            for _ in range(3):
+                step()
+            print(json.dumps({"mb": peak_rss_mb() - base_with_runtime}))
+            return
+        load_kernel_runtime()
+        warm_up("netforge", net_name, mode)
         base = rss_mb()
         step, _ = netforge_case(net_name, mode, batch)
         release_freed_memory()  # the build's temporaries (fillers) are not the net's
@@ -279,6 +353,7 @@ def memory_case(args) -> None:
             step()
         print(json.dumps({"mb": peak_rss_mb() - base}))
         return
+    warm_up("torch", net_name, mode)
     _, nf_net = netforge_case(net_name, mode, batch)
     module = torch_translate.translate(nf_net, training=mode == "train")
     inputs = nets.torch_inputs(nf_net)
@@ -328,6 +403,10 @@ def child(args, extra: list[str], threads: int, other_netforge: bool = True,
            "--check-threads", str(args.check_threads), *extra]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
+    if args.recompute_columns:
+        cmd += ["--recompute-columns"]
+    if args.keep_columns:
+        cmd += ["--keep-columns"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"child {' '.join(extra)} failed:\n{out.stderr[-3000:]}")
@@ -350,11 +429,22 @@ def main() -> None:
     parser.add_argument("--blas-env", default="unset,environment",
                         help="BLAS settings to time under, in order (tools/bench/blas_env.py)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--no-runtime-counted", action="store_true",
+                        help="skip the netforge figure with its kernel runtime counted")
+    parser.add_argument("--runtime-counted", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--recompute-columns", action="store_true",
+                        help="netforge's Solver(recompute_columns=True): convolutions rebuild "
+                             "their columns in backward (this checkout's default)")
+    parser.add_argument("--keep-columns", action="store_true",
+                        help="netforge's Solver(recompute_columns=False): convolutions keep "
+                             "forward's columns for backward")
     parser.add_argument("--jit-cache", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["time", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--framework", choices=["netforge", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--check-threads", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.recompute_columns or args.keep_columns:
+        SOLVER_OPTIONS["recompute_columns"] = not args.keep_columns
     if args.child:  # PYTHONPATH (set by the parent) puts the netforge under test first
         args.threads = int(args.threads)
         (time_cases if args.child == "time" else memory_case)(args)
@@ -372,7 +462,7 @@ def main() -> None:
                                     args.modes], threads, setting=setting):
                 row["setting"] = blas_env.label(setting, blas_env.environment(setting))
                 rows.append(row)
-    memory = {}
+    memory, runtime_counted = {}, {}
     if not args.no_memory:
         for net_name in args.nets.split(","):
             for mode in args.modes.split(","):
@@ -382,6 +472,12 @@ def main() -> None:
                                           net_name, "--modes", mode], thread_counts[0],
                                    other_netforge=fw == "netforge", setting=settings[0])
                     memory[(net_name, mode, fw)] = result[0]["mb"]
+                if not args.no_runtime_counted:  # the figure as the bench took it before
+                    result = child(args, ["--child", "memory", "--framework", "netforge",
+                                          "--runtime-counted", "--nets", net_name,
+                                          "--modes", mode], thread_counts[0],
+                                   setting=settings[0])
+                    runtime_counted[(net_name, mode)] = result[0]["mb"]
     import torch
 
     source = args.netforge or "this checkout"
@@ -413,10 +509,15 @@ def main() -> None:
               f"{r['load']:>5.1f} {r['first_ms']:>7.0f}")
     if args.no_time:
         for (net_name, mode, fw), mb in memory.items():
-            print(f"{net_name:<14} {mode:<8} {fw:<9} peak {mb:8.1f} MB")
+            with_runtime = runtime_counted.get((net_name, mode)) if fw == "netforge" else None
+            note = (f"   (nf+rt MB, kernel runtime counted: {with_runtime:.1f})"
+                    if with_runtime is not None else "")
+            print(f"{net_name:<14} {mode:<8} {fw:<9} peak {mb:8.1f} MB{note}")
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"rows": rows, "memory": {"/".join(k): v for k, v in memory.items()}}, indent=1))
+            {"rows": rows, "memory": {"/".join(k): v for k, v in memory.items()},
+             "netforge_with_runtime": {"/".join(k): v for k, v in runtime_counted.items()}},
+            indent=1))
 
 
 if __name__ == "__main__":

@@ -79,14 +79,15 @@ def deploy_param(name: str, batch: int):
     return param
 
 
-def make_solver(name: str, batch: int, seed: int = 1):
-    """A netforge SGD solver (momentum, L2 decay) on the TRAIN net of ``name``."""
+def make_solver(name: str, batch: int, seed: int = 1, **solver_options):
+    """A netforge SGD solver (momentum, L2 decay) on the TRAIN net of ``name``;
+    ``solver_options`` go to ``netforge.train.solver.Solver``."""
     from netforge import netforge_pb2 as pb
     from netforge.train.solver import Solver
 
     sp = pb.SolverParameter(lr_policy="fixed", max_iter=10**9, random_seed=seed, **SOLVER)
     sp.train_net_param.CopyFrom(train_param(name, batch))
-    solver = Solver(sp, metrics=False)
+    solver = Solver(sp, metrics=False, **solver_options)
     fill_inputs(solver.net, name, seed)
     _calibrate_batch_norm(solver.net)
     return solver
