@@ -196,8 +196,8 @@ def run(tasks: Sequence[Callable[[], object]]) -> None:
         for task in tasks:
             task()
         return
-    if compiled.enabled():  # one core per task: the compiled kernels' loops too
-        serial = compiled.load("jit").on_one_thread
+    if compiled.enabled() and compiled.load("jit").parallel_kernels():
+        serial = compiled.load("jit").on_one_thread  # one core per task: prange loops too
         tasks = [lambda task=task: serial(task) for task in tasks]
     # Each task in a copy of the caller's context, so that numpy's error state (a context
     # variable: the solver silences overflow warnings, its divergence guard reports them)

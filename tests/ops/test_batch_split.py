@@ -8,7 +8,9 @@ from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.net import Net
 from netforge.ops import batch_split as parallel
+from netforge.ops import engine, vision
 from netforge.ops.xp import allocate
+from tests.ops import naive
 
 
 @pytest.fixture
@@ -122,3 +124,61 @@ def test_split_inner_product_stages_each_slice_in_its_own_bounded_blocks(slices,
     engine.linear_backward(plan, dy, x, w, dx=None, dw=dw, db=None, transpose=transpose, ws=ws)
     expected = 0.25 + (x.T @ dy if transpose else dy.T @ x)
     np.testing.assert_allclose(dw, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("geometry", [
+    {"kernel": (3, 3), "stride": 1, "pad": 1},
+    {"kernel": (1, 1), "stride": 1, "pad": 0},  # pointwise: the GEMM reads x itself
+    {"kernel": (3, 2), "stride": 2, "pad": 0},
+    {"kernel": (1, 1), "stride": 2, "pad": 0},
+], ids=["3x3_pad1", "1x1", "3x2_s2", "1x1_s2"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_one_image_splits_the_convolution_by_output_channels(slices, geometry, bias,
+                                                              monkeypatch):
+    """A batch of one cannot be split by images: its GEMM is split by output channels on
+    the pool (written straight into y), against the naive convolution in float64."""
+    slices(2)
+    rng = np.random.default_rng(3)
+    kh, kw = geometry["kernel"]
+    stride, pad = geometry["stride"], geometry["pad"]
+    x = rng.standard_normal((1, 3, 9, 8))
+    w = rng.standard_normal((5, 3, kh, kw))
+    b = rng.standard_normal(5) if bias else None
+    want = naive.conv2d(x, w, b, stride=(stride, stride), pad=(pad, pad))
+    parts = engine.conv_plan(x.shape, w.shape, {"stride": stride, "pad": pad}, np.float64, np)
+    calls = []
+    real = engine.single_image_conv
+    monkeypatch.setattr(engine, "single_image_conv",
+                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    y = np.full(want.shape, np.nan)
+    engine.conv_forward(parts, x, w, b, y, stride=stride, pad=pad)
+    assert calls == [2], "the batch-1 path did not run split in two"
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+    # and the same as the unsplit kernel (the reference path) in float32
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    b32 = None if b is None else b.astype(np.float32)
+    ws = allocate(vision.conv_workspace_shapes(x.shape, w.shape, stride=stride, pad=pad,
+                                               dtype=np.float32), np)
+    ref = np.empty(want.shape, np.float32)
+    vision.conv_forward(x32, w32, b32, ref, stride=stride, pad=pad, ws=ws)
+    parts32 = engine.conv_plan(x.shape, w.shape, {"stride": stride, "pad": pad}, np.float32, np)
+    y32 = np.empty_like(ref)
+    engine.conv_forward(parts32, x32, w32, b32, y32, stride=stride, pad=pad)
+    np.testing.assert_allclose(y32, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_batch_of_one_gives_the_unsplit_net(slices):
+    """The whole net at batch 1, pool on vs off (float64)."""
+    def forward(count):
+        parallel.configure(count)
+        param = config.parse_text(NET.replace("dim: 5", "dim: 1"), pb.NetParameter(),
+                                  "p.prototxt")
+        net = Net(param, "test", dtype=np.float64, seed=0)
+        rng = np.random.default_rng(1)
+        net.blobs["data"].data[...] = rng.standard_normal((1, 2, 9, 9))
+        net.forward()
+        return net
+
+    whole, split = forward(1), forward(2)
+    for name, blob in whole.blobs.items():
+        np.testing.assert_allclose(split.blobs[name].data, blob.data, rtol=1e-12, atol=1e-12)
