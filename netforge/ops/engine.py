@@ -176,7 +176,19 @@ def linear_layout(rows: int, outputs: int, xp, *, w_shape: tuple[int, ...] | Non
 
 def linear_forward(plan, x: Array, w: Array, b: Array | None, y: Array, *,
                    transpose: bool, epilogue: ChannelEpilogue | None = None) -> None:
-    row_parts = plan[0]
+    row_parts, output_parts = plan[0], plan[1]
+    if len(row_parts) == 1 and len(output_parts) > 1:
+        # One row (a batch of one) cannot be split: its outputs are, as the convolution's
+        # channels are (single_image_conv), rather than left to OpenBLAS's threads. A fused
+        # epilogue (with the bias) then runs once over the whole row.
+        bias = b if epilogue is None else None
+        batch_split.run([lambda lo=lo, hi=hi: linear_ops.linear_forward(
+            x, w[:, lo:hi] if transpose else w[lo:hi], None if bias is None else bias[lo:hi],
+            y[:, lo:hi], transpose=transpose) for lo, hi in output_parts])
+        if epilogue is not None:
+            y3 = view_as(y, (y.shape[0], y.shape[1], 1))
+            apply_epilogue(y3, y3, b, epilogue)
+        return
     batch_split.run([lambda lo=lo, hi=hi: linear_ops.linear_forward(
         x[lo:hi], w, b, y[lo:hi], transpose=transpose, epilogue=epilogue)
         for lo, hi in row_parts])

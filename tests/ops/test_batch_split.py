@@ -182,3 +182,20 @@ def test_a_batch_of_one_gives_the_unsplit_net(slices):
     whole, split = forward(1), forward(2)
     for name, blob in whole.blobs.items():
         np.testing.assert_allclose(split.blobs[name].data, blob.data, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["plain", "transposed"])
+def test_one_row_splits_the_inner_product_by_outputs(slices, transpose, monkeypatch):
+    slices(2)
+    rng = np.random.default_rng(4)
+    x, b = rng.standard_normal((1, 6)), rng.standard_normal(7)
+    w = rng.standard_normal((6, 7) if transpose else (7, 6))
+    want = x @ (w if transpose else w.T) + b
+    plan = engine.linear_plan(1, 7, np)
+    tasks = []
+    real = parallel.run
+    monkeypatch.setattr(parallel, "run", lambda t: tasks.append(len(t)) or real(t))
+    y = np.full((1, 7), np.nan)
+    engine.linear_forward(plan, x, w, b, y, transpose=transpose)
+    assert tasks == [2], "one row must run as two output slices"
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
