@@ -11,6 +11,11 @@ Which kernels split, and how:
                   W (the outputs), so that every slice writes its own rows, no partial sums
     pooling       one slice of images per core (MAX and AVE), each with its own workspace
 
+A batch of one (``netforge predict --batch-size 1``) has no images to split: a
+convolution then splits its GEMM by output channels (``single_image_conv``) and an inner
+product its outputs, on the same pool, rather than leaving the small GEMMs to OpenBLAS's
+threads (which stalled whenever another thread held a core, 20x slower on SqueezeNet).
+
 Plans are made at reshape (``*_plan``: slices and workspaces, allocated once) and replayed
 by the run functions. ``*_layout`` gives the same plan with each workspace still a spec
 (name -> shape, dtype): what a layer declares, for the graph to allocate. With one part
