@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from netforge.ops import batch_split, vision
+from netforge.ops import batch_split, compiled, vision
 from netforge.ops import common as linear_ops
 from netforge.ops.fused import ChannelEpilogue, apply_epilogue
 from netforge.ops.xp import Array, WorkspaceSpec, allocate_layout, get_array_module, view_as
@@ -64,6 +64,23 @@ def run_slices(parts: list[Part], fn: Callable, /, *arrays: Array | None, **kwar
         lambda lo=lo, hi=hi, ws=ws: fn(*[None if a is None else a[lo:hi] for a in arrays],
                                        ws=ws, **kwargs)
         for lo, hi, ws in parts])
+
+
+def run_planes(parts: list[Part], fn: Callable, /, *arrays: Array | None, **kwargs) -> None:
+    """``run_slices`` for a kernel that treats every (image, channel) plane alone and keeps
+    nothing in its workspace when compiled (pooling's forward): a batch of one is split by
+    channels instead of running on one core (x[:, lo:hi] of one image is contiguous)."""
+    lo, hi, ws = parts[0]
+    present = [a for a in arrays if a is not None]
+    if len(parts) == 1 and hi - lo == 1 and compiled.active(*present):
+        count = batch_split.parts(get_array_module(present[0]))
+        if count > 1 and present[0].shape[1] > 1:
+            batch_split.run([
+                lambda c0=c0, c1=c1: fn(*[None if a is None else a[:, c0:c1] for a in arrays],
+                                        ws=ws, **kwargs)
+                for c0, c1 in batch_split.split(present[0].shape[1], count)])
+            return
+    run_slices(parts, fn, *arrays, **kwargs)
 
 
 # --------------------------------------------------------------------------- convolution

@@ -8,7 +8,7 @@ from netforge import config
 from netforge import netforge_pb2 as pb
 from netforge.net import Net
 from netforge.ops import batch_split as parallel
-from netforge.ops import engine, vision
+from netforge.ops import compiled, engine, pooling, vision
 from netforge.ops.xp import allocate
 from tests.ops import naive
 
@@ -199,3 +199,25 @@ def test_one_row_splits_the_inner_product_by_outputs(slices, transpose, monkeypa
     engine.linear_forward(plan, x, w, b, y, transpose=transpose)
     assert tasks == [2], "one row must run as two output slices"
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not compiled.available(), reason="the channel split needs numba's kernels")
+@pytest.mark.parametrize("want_argmax", [True, False], ids=["argmax", "values"])
+def test_one_image_pools_its_channels_on_the_pool(slices, want_argmax, monkeypatch):
+    slices(2)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 5, 9, 8))
+    want_y, want_arg = naive.max_pool(x, (3, 3), (2, 2), (1, 1))
+    y = np.full(want_y.shape, np.nan)
+    argmax = np.full(want_y.shape, -7, np.int32) if want_argmax else None
+    spec = pooling.max_pool_workspace_shapes(x.shape, y.shape, kernel=3, stride=2, pad=1,
+                                             index_dtype=np.int32, dtype=x.dtype)
+    parts = engine.slice_plan(1, lambda n: spec, np)
+    tasks = []
+    real = parallel.run
+    monkeypatch.setattr(parallel, "run", lambda t: tasks.append(len(t)) or real(t))
+    engine.run_planes(parts, pooling.max_pool_forward, x, y, argmax, kernel=3, stride=2, pad=1)
+    assert tasks == [2], "one image must pool as two channel slices"
+    np.testing.assert_array_equal(y, want_y)
+    if want_argmax:
+        np.testing.assert_array_equal(argmax, want_arg)
