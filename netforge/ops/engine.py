@@ -32,7 +32,10 @@ from netforge.ops import common as linear_ops
 from netforge.ops.fused import ChannelEpilogue, apply_epilogue
 from netforge.ops.xp import Array, WorkspaceSpec, allocate_layout, get_array_module, view_as
 
-Part = tuple[int, int, dict]  # (first image, end, the slice's workspace)
+Part = tuple[int, int, dict]
+# A batch-1 GEMM smaller than this (multiply-adds) runs on one core: the pool's hand-off
+# would cost about what the second core saves.
+SPLIT_MIN_MACS = 1 << 23  # (first image, end, the slice's workspace)
 
 
 def slice_plan(n: int, spec: Callable[[int], WorkspaceSpec], xp, *, split: bool = True,
@@ -135,6 +138,9 @@ def single_image_conv(count: int, x: Array, w: Array, b: Array | None, y: Array,
         if b is not None and epilogue is None:
             xp.add(y2[lo:hi], b[lo:hi, None], out=y2[lo:hi])
 
+    if outputs * columns.shape[0] * columns.shape[1] < SPLIT_MIN_MACS:
+        batch_split.run_alone(lambda: rows(0, outputs))
+        return
     batch_split.run([lambda lo=lo, hi=hi: rows(lo, hi)
                      for lo, hi in batch_split.split(outputs, count)])
     if epilogue is not None:  # the fused bias, BatchNorm, Scale and ReLU: one pass over y

@@ -133,11 +133,17 @@ def test_split_inner_product_stages_each_slice_in_its_own_bounded_blocks(slices,
     {"kernel": (1, 1), "stride": 2, "pad": 0},
 ], ids=["3x3_pad1", "1x1", "3x2_s2", "1x1_s2"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-def test_one_image_splits_the_convolution_by_output_channels(slices, geometry, bias,
+@pytest.mark.parametrize("split", [True, False], ids=["split", "small"])
+def test_one_image_splits_the_convolution_by_output_channels(slices, geometry, bias, split,
                                                               monkeypatch):
     """A batch of one cannot be split by images: its GEMM is split by output channels on
-    the pool (written straight into y), against the naive convolution in float64."""
+    the pool (written straight into y), or run on one core when small, against the naive
+    convolution in float64."""
     slices(2)
+    monkeypatch.setattr(engine, "SPLIT_MIN_MACS", 0 if split else 1 << 40)
+    tasks = []
+    real_run = parallel.run
+    monkeypatch.setattr(parallel, "run", lambda t: tasks.append(len(t)) or real_run(t))
     rng = np.random.default_rng(3)
     kh, kw = geometry["kernel"]
     stride, pad = geometry["stride"], geometry["pad"]
@@ -152,7 +158,8 @@ def test_one_image_splits_the_convolution_by_output_channels(slices, geometry, b
                         lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     y = np.full(want.shape, np.nan)
     engine.conv_forward(parts, x, w, b, y, stride=stride, pad=pad)
-    assert calls == [2], "the batch-1 path did not run split in two"
+    assert calls == [2], "the batch-1 path did not run"
+    assert tasks == ([2] if split else []), "split in two only when large enough"
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
     # and the same as the unsplit kernel (the reference path) in float32
     x32, w32 = x.astype(np.float32), w.astype(np.float32)
@@ -221,3 +228,20 @@ def test_one_image_pools_its_channels_on_the_pool(slices, want_argmax, monkeypat
     np.testing.assert_array_equal(y, want_y)
     if want_argmax:
         np.testing.assert_array_equal(argmax, want_arg)
+
+
+def test_run_alone_holds_openblas_at_one_thread_and_gives_it_back(slices):
+    slices(2)
+    seen = []
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info()
+                if p["internal_api"] == "openblas"]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("numpy's BLAS is not OpenBLAS")
+    parallel.run_alone(lambda: seen.append(blas_threads()))
+    assert seen == [[1] * len(before)]
+    assert blas_threads() == before
