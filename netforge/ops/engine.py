@@ -140,9 +140,9 @@ def single_image_conv(count: int, x: Array, w: Array, b: Array | None, y: Array,
 
     if outputs * columns.shape[0] * columns.shape[1] < SPLIT_MIN_MACS:
         batch_split.run_alone(lambda: rows(0, outputs))
-        return
-    batch_split.run([lambda lo=lo, hi=hi: rows(lo, hi)
-                     for lo, hi in batch_split.split(outputs, count)])
+    else:
+        batch_split.run([lambda lo=lo, hi=hi: rows(lo, hi)
+                         for lo, hi in batch_split.split(outputs, count)])
     if epilogue is not None:  # the fused bias, BatchNorm, Scale and ReLU: one pass over y
         y3 = view_as(y, (1, outputs, columns.shape[1]))
         apply_epilogue(y3, y3, b, epilogue)
