@@ -366,9 +366,11 @@ class PoolingLayer(Layer):
         # Pure scratch in forward and backward alike; the argmax and samples live outside.
         return [buffer for _, _, ws in self.parts for buffer in scratch_in(ws)]
 
-    def _run_parts(self, kernel, *arrays) -> None:
-        """``kernel(*slices, ws=...)`` on each batch slice of ``arrays`` (None passes)."""
-        engine.run_slices(self.parts, kernel, *arrays, **self._geometry())
+    def _run_parts(self, kernel, *arrays, planes: bool = False) -> None:
+        """``kernel(*slices, ws=...)`` on each batch slice of ``arrays`` (None passes);
+        ``planes``: a batch of one may split by channels (forward only)."""
+        run = engine.run_planes if planes else engine.run_slices
+        run(self.parts, kernel, *arrays, **self._geometry())
 
     def forward(self, bottoms, tops):
         x, y = bottoms[0].data, tops[0].data
@@ -377,7 +379,7 @@ class PoolingLayer(Layer):
             # layer's backward (predict) skips computing it.
             want_argmax = self.need_backward or len(tops) == 2
             self._run_parts(pooling.max_pool_forward, x, y,
-                            self.argmax if want_argmax else None)
+                            self.argmax if want_argmax else None, planes=True)
             if len(tops) == 2:
                 tops[1].data[...] = self.argmax
         elif self.stochastic:
@@ -388,7 +390,7 @@ class PoolingLayer(Layer):
             else:
                 stochastic.stochastic_pool_forward_test(x, y, **window)
         else:
-            self._run_parts(pooling.ave_pool_forward, x, y)
+            self._run_parts(pooling.ave_pool_forward, x, y, planes=True)
 
     def backward(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:

@@ -19,6 +19,7 @@ loaded machine a late worker costs nothing but the parallelism.
     parts(xp) -> int   slices a batch-parallel layer should use now (1: unsplit)
     split(n, count)    the (lo, hi) ranges
     run(tasks)         run independent tasks in parallel
+    run_alone(task)    run one task here, OpenBLAS held at one thread
 
 The number of parts is ``NETFORGE_NUM_THREADS`` when set (0 or 1: off), else OpenBLAS's
 thread count (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / the CPUs available) when it is 2 to
@@ -196,8 +197,8 @@ def run(tasks: Sequence[Callable[[], object]]) -> None:
         for task in tasks:
             task()
         return
-    if compiled.enabled():  # one core per task: the compiled kernels' loops too
-        serial = compiled.load("jit").on_one_thread
+    if compiled.enabled() and compiled.load("jit").parallel_kernels():
+        serial = compiled.load("jit").on_one_thread  # one core per task: prange loops too
         tasks = [lambda task=task: serial(task) for task in tasks]
     # Each task in a copy of the caller's context, so that numpy's error state (a context
     # variable: the solver silences overflow warnings, its divergence guard reports them)
@@ -210,6 +211,26 @@ def run(tasks: Sequence[Callable[[], object]]) -> None:
         _blas.set(1)
         try:
             _pool.run(tasks)
+        finally:
+            _blas.set(threads)
+    finally:
+        _busy.release()
+
+
+def run_alone(task: Callable[[], object]) -> None:
+    """``task()`` on this thread with OpenBLAS held at one thread: for work too small to
+    share (a hand-off to the pool costs tens of microseconds; OpenBLAS's own threads stall
+    whenever a core is busy elsewhere)."""
+    if _blas is None:
+        _setup()
+    if _blas.set is None or not _busy.acquire(blocking=False):
+        task()  # inside a parallel region OpenBLAS already runs on one thread
+        return
+    try:
+        threads = _blas.get()
+        _blas.set(1)
+        try:
+            task()
         finally:
             _blas.set(threads)
     finally:

@@ -11,6 +11,11 @@ Which kernels split, and how:
                   W (the outputs), so that every slice writes its own rows, no partial sums
     pooling       one slice of images per core (MAX and AVE), each with its own workspace
 
+A batch of one (``netforge predict --batch-size 1``) has no images to split: a
+convolution then splits its GEMM by output channels (``single_image_conv``) and an inner
+product its outputs, on the same pool, rather than leaving the small GEMMs to OpenBLAS's
+threads (which stalled whenever another thread held a core, 20x slower on SqueezeNet).
+
 Plans are made at reshape (``*_plan``: slices and workspaces, allocated once) and replayed
 by the run functions. ``*_layout`` gives the same plan with each workspace still a spec
 (name -> shape, dtype): what a layer declares, for the graph to allocate. With one part
@@ -22,12 +27,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from netforge.ops import batch_split, vision
+from netforge.ops import batch_split, compiled, vision
 from netforge.ops import common as linear_ops
-from netforge.ops.fused import ChannelEpilogue
-from netforge.ops.xp import Array, WorkspaceSpec, allocate_layout
+from netforge.ops.fused import ChannelEpilogue, apply_epilogue
+from netforge.ops.xp import Array, WorkspaceSpec, allocate_layout, get_array_module, view_as
 
 Part = tuple[int, int, dict]  # (first image, end, the slice's workspace)
+# A batch-1 GEMM smaller than this (multiply-adds) runs on one core: the pool's hand-off
+# would cost about what the second core saves (measured on SqueezeNet 1.1, 2 cores).
+SPLIT_MIN_MACS = 1 << 23
 
 
 def slice_plan(n: int, spec: Callable[[int], WorkspaceSpec], xp, *, split: bool = True,
@@ -61,6 +69,23 @@ def run_slices(parts: list[Part], fn: Callable, /, *arrays: Array | None, **kwar
         for lo, hi, ws in parts])
 
 
+def run_planes(parts: list[Part], fn: Callable, /, *arrays: Array | None, **kwargs) -> None:
+    """``run_slices`` for a kernel that treats every (image, channel) plane alone and keeps
+    nothing in its workspace when compiled (pooling's forward): a batch of one is split by
+    channels instead of running on one core (x[:, lo:hi] of one image is contiguous)."""
+    lo, hi, ws = parts[0]
+    present = [a for a in arrays if a is not None]
+    if len(parts) == 1 and hi - lo == 1 and compiled.active(*present):
+        count = batch_split.parts(get_array_module(present[0]))
+        if count > 1 and present[0].shape[1] > 1:
+            batch_split.run([
+                lambda c0=c0, c1=c1: fn(*[None if a is None else a[:, c0:c1] for a in arrays],
+                                        ws=ws, **kwargs)
+                for c0, c1 in batch_split.split(present[0].shape[1], count)])
+            return
+    run_slices(parts, fn, *arrays, **kwargs)
+
+
 # --------------------------------------------------------------------------- convolution
 
 
@@ -84,9 +109,43 @@ def conv_layout(x_shape: tuple[int, ...], w_shape: tuple[int, ...], geometry: di
 
 def conv_forward(parts: list[Part], x: Array, w: Array, b: Array | None, y: Array, *,
                  epilogue: ChannelEpilogue | None = None, **geometry) -> None:
+    if len(parts) == 1 and x.shape[0] == 1 and geometry.get("group", 1) == 1:
+        count = batch_split.parts(get_array_module(x))
+        if count > 1:
+            single_image_conv(count, x, w, b, y, ws=parts[0][2], epilogue=epilogue, **geometry)
+            return
     run_slices(parts, lambda xs, ys, ws: vision.conv_forward(xs, w, b, ys, ws=ws,
                                                              epilogue=epilogue, **geometry),
                x, y)
+
+
+def single_image_conv(count: int, x: Array, w: Array, b: Array | None, y: Array, *, ws: dict,
+                      epilogue: ChannelEpilogue | None = None, **geometry) -> None:
+    """A batch of one, which cannot be split by images: im2col once, then the GEMM
+    ``w (O, K) @ columns (K, OH*OW)`` split by output channels over ``count`` cores, each
+    slice written straight into its rows of y (whose layout the product already has) with
+    its bias added. Left to OpenBLAS's own threads instead, such small GEMMs collapsed
+    whenever another thread (the predictor's decoding, another process) held a core: its
+    threads wait for each other between GEMMs (SqueezeNet 1.1 at batch 1, 2 cores, loaded
+    machine: 250-300 ms a forward against 12 ms on one thread)."""
+    columns = vision.image_columns(x, w, ws=ws, **geometry)
+    outputs = w.shape[0]
+    w2, y2 = view_as(w, (outputs, columns.shape[0])), view_as(y, (outputs, columns.shape[1]))
+    xp = get_array_module(x)
+
+    def rows(lo: int, hi: int) -> None:
+        xp.matmul(w2[lo:hi], columns, out=y2[lo:hi])
+        if b is not None and epilogue is None:
+            xp.add(y2[lo:hi], b[lo:hi, None], out=y2[lo:hi])
+
+    if outputs * columns.shape[0] * columns.shape[1] < SPLIT_MIN_MACS:
+        batch_split.run_alone(lambda: rows(0, outputs))
+    else:
+        batch_split.run([lambda lo=lo, hi=hi: rows(lo, hi)
+                         for lo, hi in batch_split.split(outputs, count)])
+    if epilogue is not None:  # the fused bias, BatchNorm, Scale and ReLU: one pass over y
+        y3 = view_as(y, (1, outputs, columns.shape[1]))
+        apply_epilogue(y3, y3, b, epilogue)
 
 
 def conv_backward(parts: list[Part], dy: Array, x: Array, w: Array, *, dx: Array | None,
@@ -145,7 +204,19 @@ def linear_layout(rows: int, outputs: int, xp, *, w_shape: tuple[int, ...] | Non
 
 def linear_forward(plan, x: Array, w: Array, b: Array | None, y: Array, *,
                    transpose: bool, epilogue: ChannelEpilogue | None = None) -> None:
-    row_parts = plan[0]
+    row_parts, output_parts = plan[0], plan[1]
+    if len(row_parts) == 1 and len(output_parts) > 1:
+        # One row (a batch of one) cannot be split: its outputs are, as the convolution's
+        # channels are (single_image_conv), rather than left to OpenBLAS's threads. A fused
+        # epilogue (with the bias) then runs once over the whole row.
+        bias = b if epilogue is None else None
+        batch_split.run([lambda lo=lo, hi=hi: linear_ops.linear_forward(
+            x, w[:, lo:hi] if transpose else w[lo:hi], None if bias is None else bias[lo:hi],
+            y[:, lo:hi], transpose=transpose) for lo, hi in output_parts])
+        if epilogue is not None:
+            y3 = view_as(y, (y.shape[0], y.shape[1], 1))
+            apply_epilogue(y3, y3, b, epilogue)
+        return
     batch_split.run([lambda lo=lo, hi=hi: linear_ops.linear_forward(
         x[lo:hi], w, b, y[lo:hi], transpose=transpose, epilogue=epilogue)
         for lo, hi in row_parts])

@@ -532,3 +532,20 @@ def _pointwise_backward(xp, dy3: Array, x: Array, w: Array, dx: Array | None,
         _load_top(xp, dy3[lo:hi], None, sub, ws)
         _columns(x[lo:hi], sub, ws)
         _weight_gradient(xp, dw, sub, ws)
+
+
+def image_columns(x: Array, w: Array, *, stride: IntPair = 1, pad: IntPair = 0,
+                  dilation: IntPair = 1, group: int = 1, ws: dict) -> Array:
+    """The (C*kh*kw, OH*OW) column matrix of ONE image x (1, C, H, W), ungrouped: with w
+    viewed as (O, C*kh*kw), ``w @ columns`` is y (O, OH*OW) — the layout of y itself, so a
+    caller may split that GEMM by output channels and write straight into y (the batch-1
+    path of ``netforge.ops.engine``). A 1x1 stride-1 unpadded convolution returns x itself
+    (viewed), else ws["col"] (from ``conv_workspace_shapes``) filled by im2col."""
+    geo = _conv_geom(x.shape, w.shape, stride, pad, dilation, group)
+    if geo.n != 1 or geo.g != 1:
+        raise ValueError(f"image_columns: one image, one group (x {tuple(x.shape)}, "
+                         f"group {group})")
+    if geo.mode == "pointwise":
+        return view_as(x, (geo.c, geo.lp))
+    _columns(x, geo, ws)
+    return _ws(ws, "col", (geo.k, geo.lp))

@@ -310,3 +310,34 @@ def test_kept_blobs_of_a_memory_sharing_predict_net_via_forward_blobs():
             assert len(net.plan.fused) == 2
         results.append({k: np.array(v) for k, v in net.forward(blobs=list(keep)).items()})
     _assert_same(results[0], results[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("split", [True, False], ids=["split", "one-core"])
+@pytest.mark.parametrize("name", ["bn_block", "alexnet_like"])
+def test_batch_of_one_split_over_the_pool_equals_unfused(name, split, dtype, monkeypatch):
+    """At batch 1 a convolution's GEMM is split by output channels and an inner product's by
+    outputs (ops/engine: single_image_conv, linear_forward); a fused epilogue then runs once
+    over the whole top, giving the unfused layers' values bit for bit."""
+    from netforge.ops import batch_split, engine
+
+    before = batch_split.parts()
+    batch_split.configure(2)
+    # split even these small GEMMs, or run every one on one core
+    monkeypatch.setattr(engine, "SPLIT_MIN_MACS", 0 if split else 1 << 40)
+    calls = []
+    real = engine.single_image_conv
+    monkeypatch.setattr(engine, "single_image_conv",
+                        lambda *a, **k: calls.append(k.get("epilogue")) or real(*a, **k))
+    try:
+        param = NETS[name]()
+        for layer in param.layer:
+            if layer.type == "Input":
+                layer.input_param.shape[0].dim[0] = 1
+        _, chains, out, state = _run(param, "test", True, dtype, backward=False)
+        assert chains and any(ep is not None for ep in calls), "no fused batch-1 conv ran"
+        _, _, want_out, want_state = _run(param, "test", False, dtype, backward=False)
+    finally:
+        batch_split.configure(before)
+    _assert_same(out, want_out)
+    _assert_same(state, want_state)

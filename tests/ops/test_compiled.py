@@ -58,6 +58,25 @@ def _pool_case(kind, shape, kernel, stride, pad):
     return build
 
 
+def _max_values_case(shape, kernel, stride, pad):
+    """MAX forward without the argmax (predict's form), NaN and -inf pixels included."""
+    def build(rng, dtype):
+        x = rng.standard_normal(shape).astype(dtype)
+        x.flat[::5] = np.nan
+        x.flat[1::7] = -np.inf
+        x[0, 0] = np.nan  # a whole plane of NaN: every window gives -FLT_MAX
+        oh = pooling.pool_output_size(shape[2], kernel[0], pad[0], stride[0])
+        ow = pooling.pool_output_size(shape[3], kernel[1], pad[1], stride[1])
+        arrays = {"x": x, "y": np.zeros((shape[0], shape[1], oh, ow), dtype)}
+
+        def run(a):
+            ws = _pool_ws("max", a["x"], a["y"], kernel, stride, pad)
+            pooling.max_pool_forward(a["x"], a["y"], None, kernel=kernel, stride=stride,
+                                     pad=pad, ws=ws)
+        return arrays, run
+    return build
+
+
 def _relu_case(slope):
     def build(rng, dtype):
         x = rng.standard_normal((4, 3, 5, 5)).astype(dtype)
@@ -197,6 +216,10 @@ ROWS = {
     "max_pool_3x3_s2_pad1": ("pooling", _pool_case("max", (2, 3, 9, 7), (3, 3), (2, 2), (1, 1))),
     "max_pool_3x2_s3_overhang": ("pooling",
                                  _pool_case("max", (2, 3, 8, 7), (3, 2), (3, 3), (0, 0))),
+    "max_pool_values_3x3_s2": ("pooling", _max_values_case((2, 3, 13, 11), (3, 3), (2, 2),
+                                                           (0, 0))),
+    "max_pool_values_3x2_s1_pad1": ("pooling", _max_values_case((2, 3, 8, 7), (3, 2), (1, 1),
+                                                                (1, 1))),
     "ave_pool_3x3_s2_pad1": ("pooling", _pool_case("ave", (2, 3, 9, 7), (3, 3), (2, 2), (1, 1))),
     "ave_pool_2x2_s2": ("pooling", _pool_case("ave", (3, 4, 8, 8), (2, 2), (2, 2), (0, 0))),
     "relu": ("elementwise", _relu_case(0.0)),
